@@ -1,1 +1,5 @@
-fn main() {}
+//! `berth-proxy`: see `berth-proxy --help`.
+
+fn main() -> std::process::ExitCode {
+    berth_proxy::cli::main()
+}

@@ -1,0 +1,656 @@
+//! Authentication: htpasswd parsing, password hash verification, the verified-credential cache and the
+//! htpasswd watcher that reloads the file when it changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha1::Digest as _;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// The password hash formats found in htpasswd files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    /// `$2y$`, `$2a$`, `$2b$`.
+    Bcrypt,
+    /// `$apr1$` (Apache MD5).
+    Apr1,
+    /// `$1$` (MD5-crypt).
+    Md5Crypt,
+    /// `$5$` (SHA-256-crypt).
+    Sha256Crypt,
+    /// `$6$` (SHA-512-crypt).
+    Sha512Crypt,
+    /// `{SHA}` (unsalted SHA-1, insecure).
+    Sha1,
+    /// `{SSHA}` (salted SHA-1, insecure).
+    Ssha,
+    /// Traditional DES crypt (13 characters, insecure).
+    DesCrypt,
+    /// `{PLAIN}` or an unprefixed value that is not a DES hash (plaintext, insecure).
+    Plain,
+}
+
+const CRYPT_ALPHABET: &str = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+impl HashKind {
+    /// Recognise the format of a stored hash.
+    pub fn detect(hash: &str) -> HashKind {
+        if hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$") {
+            HashKind::Bcrypt
+        } else if hash.starts_with("$apr1$") {
+            HashKind::Apr1
+        } else if hash.starts_with("$1$") {
+            HashKind::Md5Crypt
+        } else if hash.starts_with("$5$") {
+            HashKind::Sha256Crypt
+        } else if hash.starts_with("$6$") {
+            HashKind::Sha512Crypt
+        } else if hash.starts_with("{SHA}") {
+            HashKind::Sha1
+        } else if hash.starts_with("{SSHA}") {
+            HashKind::Ssha
+        } else if hash.len() == 13 && hash.chars().all(|c| CRYPT_ALPHABET.contains(c)) {
+            HashKind::DesCrypt
+        } else {
+            HashKind::Plain
+        }
+    }
+
+    /// Whether loading an entry of this kind deserves a warning.
+    pub fn insecure(self) -> bool {
+        matches!(self, HashKind::DesCrypt | HashKind::Plain)
+    }
+}
+
+/// Verify `password` against a stored htpasswd hash. Slow for bcrypt and the crypt family: call from a blocking
+/// thread.
+pub fn verify_hash(hash: &str, password: &str) -> bool {
+    match HashKind::detect(hash) {
+        HashKind::Bcrypt => pwhash::bcrypt::verify(password, hash),
+        HashKind::Apr1 => md5_crypt_verify(password, hash, "$apr1$"),
+        HashKind::Md5Crypt => md5_crypt_verify(password, hash, "$1$"),
+        HashKind::Sha256Crypt => pwhash::sha256_crypt::verify(password, hash),
+        HashKind::Sha512Crypt => pwhash::sha512_crypt::verify(password, hash),
+        HashKind::Sha1 => {
+            let Some(b64) = hash.strip_prefix("{SHA}") else {
+                return false;
+            };
+            let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+                return false;
+            };
+            let got = sha1::Sha1::digest(password.as_bytes());
+            expected.len() == got.len() && bool::from(expected.ct_eq(got.as_slice()))
+        }
+        HashKind::Ssha => {
+            let Some(b64) = hash.strip_prefix("{SSHA}") else {
+                return false;
+            };
+            let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+                return false;
+            };
+            if raw.len() < 20 {
+                return false;
+            }
+            let (digest, salt) = raw.split_at(20);
+            let mut h = sha1::Sha1::new();
+            h.update(password.as_bytes());
+            h.update(salt);
+            bool::from(h.finalize().as_slice().ct_eq(digest))
+        }
+        HashKind::DesCrypt => pwhash::unix_crypt::verify(password, hash),
+        HashKind::Plain => {
+            let stored = hash.strip_prefix("{PLAIN}").unwrap_or(hash);
+            stored.len() == password.len()
+                && bool::from(stored.as_bytes().ct_eq(password.as_bytes()))
+        }
+    }
+}
+
+/// MD5-crypt with a given magic (`$1$` or Apache's `$apr1$`), per the FreeBSD/Apache algorithm.
+pub fn md5_crypt(password: &[u8], salt: &[u8], magic: &str) -> String {
+    use md5::{Digest, Md5};
+    let salt = &salt[..salt.len().min(8)];
+    let mut ctx = Md5::new();
+    ctx.update(password);
+    ctx.update(magic.as_bytes());
+    ctx.update(salt);
+    let mut alt = Md5::new();
+    alt.update(password);
+    alt.update(salt);
+    alt.update(password);
+    let alt = alt.finalize();
+    let mut left = password.len();
+    while left > 0 {
+        let n = left.min(16);
+        ctx.update(&alt[..n]);
+        left -= n;
+    }
+    let mut i = password.len();
+    while i > 0 {
+        if i & 1 == 1 {
+            ctx.update([0u8]);
+        } else {
+            ctx.update(&password[..1.min(password.len())]);
+        }
+        i >>= 1;
+    }
+    let mut fin = ctx.finalize();
+    for r in 0..1000 {
+        let mut c = Md5::new();
+        if r & 1 == 1 {
+            c.update(password);
+        } else {
+            c.update(fin);
+        }
+        if r % 3 != 0 {
+            c.update(salt);
+        }
+        if r % 7 != 0 {
+            c.update(password);
+        }
+        if r & 1 == 1 {
+            c.update(fin);
+        } else {
+            c.update(password);
+        }
+        fin = c.finalize();
+    }
+    let alphabet = CRYPT_ALPHABET.as_bytes();
+    let mut out = String::with_capacity(22);
+    let mut to64 = |mut v: u32, n: usize| {
+        for _ in 0..n {
+            out.push(alphabet[(v & 0x3f) as usize] as char);
+            v >>= 6;
+        }
+    };
+    let f = |i: usize| u32::from(fin[i]);
+    to64((f(0) << 16) | (f(6) << 8) | f(12), 4);
+    to64((f(1) << 16) | (f(7) << 8) | f(13), 4);
+    to64((f(2) << 16) | (f(8) << 8) | f(14), 4);
+    to64((f(3) << 16) | (f(9) << 8) | f(15), 4);
+    to64((f(4) << 16) | (f(10) << 8) | f(5), 4);
+    to64(f(11), 2);
+    format!("{magic}{}${out}", String::from_utf8_lossy(salt))
+}
+
+fn md5_crypt_verify(password: &str, hash: &str, magic: &str) -> bool {
+    let Some(rest) = hash.strip_prefix(magic) else {
+        return false;
+    };
+    let Some((salt, _)) = rest.split_once('$') else {
+        return false;
+    };
+    let computed = md5_crypt(password.as_bytes(), salt.as_bytes(), magic);
+    computed.len() == hash.len() && bool::from(computed.as_bytes().ct_eq(hash.as_bytes()))
+}
+
+/// Hash a new password the way `htpasswd -B` does (`$2y$`, bcrypt).
+pub fn bcrypt_hash(password: &str, cost: u32) -> Result<String, String> {
+    pwhash::bcrypt::hash_with(
+        pwhash::bcrypt::BcryptSetup {
+            cost: Some(cost),
+            variant: Some(pwhash::bcrypt::BcryptVariant::V2y),
+            ..Default::default()
+        },
+        password,
+    )
+    .map_err(|e| format!("bcrypt: {e}"))
+}
+
+/// One problem found while reading an htpasswd file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HtpasswdWarning {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The users of an htpasswd file: name -> stored hash.
+#[derive(Debug, Clone, Default)]
+pub struct Htpasswd {
+    users: HashMap<String, String>,
+}
+
+impl Htpasswd {
+    /// Parse htpasswd text. Blank lines and `#` comments are skipped; a malformed line is reported and skipped;
+    /// insecure formats are accepted with a warning; a repeated user keeps its first entry (as Apache does).
+    pub fn parse(text: &str) -> (Htpasswd, Vec<HtpasswdWarning>) {
+        let mut users = HashMap::new();
+        let mut warnings = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let line = raw.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            match parse_line(line) {
+                Ok((user, hash)) => {
+                    let kind = HashKind::detect(hash);
+                    if kind.insecure() {
+                        warnings.push(HtpasswdWarning {
+                            line: line_no,
+                            message: format!(
+                                "user {user:?} uses an insecure {} password; replace it with `berth-proxy user add`",
+                                if kind == HashKind::Plain { "plaintext" } else { "DES crypt" }
+                            ),
+                        });
+                    }
+                    if users.contains_key(user) {
+                        warnings.push(HtpasswdWarning {
+                            line: line_no,
+                            message: format!(
+                                "user {user:?} appears again; the first entry is used"
+                            ),
+                        });
+                    } else {
+                        users.insert(user.to_string(), hash.to_string());
+                    }
+                }
+                Err(message) => warnings.push(HtpasswdWarning {
+                    line: line_no,
+                    message,
+                }),
+            }
+        }
+        (Htpasswd { users }, warnings)
+    }
+
+    /// The stored hash for `user`.
+    pub fn hash_of(&self, user: &str) -> Option<&str> {
+        self.users.get(user).map(String::as_str)
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// The cost of the first bcrypt entry, used so unknown users take as long as known ones.
+    fn typical_bcrypt_cost(&self) -> Option<u32> {
+        self.users.values().find_map(|h| {
+            if HashKind::detect(h) == HashKind::Bcrypt {
+                h.get(4..6)?.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// Split one htpasswd line into user and hash.
+pub fn parse_line(line: &str) -> Result<(&str, &str), String> {
+    let (user, hash) = line
+        .split_once(':')
+        .ok_or_else(|| "malformed line: expected user:hash".to_string())?;
+    if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("malformed line: empty user name or one with spaces".into());
+    }
+    let hash = hash.trim();
+    if hash.is_empty() {
+        return Err(format!(
+            "malformed line: user {user:?} has no password hash"
+        ));
+    }
+    Ok((user, hash))
+}
+
+/// Credentials decoded from an `Authorization: Basic` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicCredentials {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+/// Decode an `Authorization` header value of the Basic scheme.
+pub fn parse_basic(value: &[u8]) -> Option<BasicCredentials> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    if user.is_empty() {
+        return None;
+    }
+    Some(BasicCredentials {
+        user: user.to_string(),
+        password: password.to_string(),
+    })
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Remembers `Authorization` headers that were verified recently, keyed by an HMAC (random per-process key) of
+/// the whole header, so the plaintext is never stored and a password is not re-hashed for every blob chunk.
+#[derive(Debug)]
+pub struct CredentialCache {
+    key: [u8; 32],
+    ttl: Duration,
+    capacity: usize,
+    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+impl CredentialCache {
+    /// An empty cache.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        CredentialCache {
+            key: rand::random(),
+            ttl,
+            capacity: capacity.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn fingerprint(&self, header: &[u8]) -> [u8; 32] {
+        let Ok(mut mac) = HmacSha256::new_from_slice(&self.key) else {
+            return [0; 32];
+        };
+        mac.update(header);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The user a still-fresh verified header belongs to.
+    pub fn lookup(&self, header: &[u8]) -> Option<String> {
+        let fp = self.fingerprint(header);
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&fp) {
+            Some((user, expires)) if *expires > Instant::now() => Some(user.clone()),
+            Some(_) => {
+                map.remove(&fp);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remember that `header` verified as `user`.
+    pub fn insert(&self, header: &[u8], user: &str) {
+        let fp = self.fingerprint(header);
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.capacity {
+            map.retain(|_, (_, exp)| *exp > now);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+        }
+        map.insert(fp, (user.to_string(), now + self.ttl));
+    }
+
+    /// Forget everything (the htpasswd file changed).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Number of remembered entries.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// Not a decodable Basic header.
+    Malformed,
+    /// Unknown user or wrong password.
+    Rejected,
+}
+
+/// Identity of the htpasswd file on disk, to notice changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+struct Users {
+    htpasswd: Htpasswd,
+    dummy_hash: String,
+}
+
+/// Checks credentials against the htpasswd file, through the [`CredentialCache`], reloading the file when it
+/// changes.
+pub struct Authenticator {
+    path: PathBuf,
+    users: RwLock<Arc<Users>>,
+    stamp: Mutex<Option<FileStamp>>,
+    cache: CredentialCache,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn load_users(path: &Path) -> Users {
+    let htpasswd = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let (h, warnings) = Htpasswd::parse(&text);
+            for w in warnings {
+                tracing::warn!("{}:{}: {}", path.display(), w.line, w.message);
+            }
+            tracing::info!(users = h.len(), "loaded {}", path.display());
+            h
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot read htpasswd file {}: {e}; every request needing credentials is refused until it exists \
+                 (create users with `berth-proxy user add NAME`)",
+                path.display()
+            );
+            Htpasswd::default()
+        }
+    };
+    let cost = htpasswd.typical_bcrypt_cost().unwrap_or(5).clamp(4, 12);
+    let secret: [u8; 16] = rand::random();
+    let dummy_hash = bcrypt_hash(&hex::encode(secret), cost).unwrap_or_default();
+    Users {
+        htpasswd,
+        dummy_hash,
+    }
+}
+
+impl Authenticator {
+    /// Load `path` now (a missing file means no users, with a warning).
+    pub fn new(path: PathBuf, cache_ttl: Duration, cache_size: usize) -> Self {
+        let st = stamp(&path);
+        let users = load_users(&path);
+        Authenticator {
+            path,
+            users: RwLock::new(Arc::new(users)),
+            stamp: Mutex::new(st),
+            cache: CredentialCache::new(cache_ttl, cache_size),
+        }
+    }
+
+    /// Reload the file if its mtime, size or inode changed; clears the credential cache when it did.
+    /// Returns whether a reload happened. Blocking (reads the file, hashes the dummy): use a blocking thread.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamp(&self.path);
+        {
+            let current = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+            if *current == now {
+                return false;
+            }
+        }
+        let users = load_users(&self.path);
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
+        *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        self.cache.clear();
+        tracing::info!(
+            "htpasswd file {} changed: reloaded, credential cache cleared",
+            self.path.display()
+        );
+        true
+    }
+
+    /// Poll the file every `interval` until the returned task is dropped/aborted.
+    pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let m = Arc::clone(&me);
+                let _ = tokio::task::spawn_blocking(move || m.reload_if_changed()).await;
+            }
+        })
+    }
+
+    /// The verified-credential cache.
+    pub fn cache(&self) -> &CredentialCache {
+        &self.cache
+    }
+
+    /// Authenticate an `Authorization` header value; returns the user name.
+    pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<String, AuthFailure> {
+        let header = header.ok_or(AuthFailure::Missing)?;
+        if let Some(user) = self.cache.lookup(header) {
+            return Ok(user);
+        }
+        let creds = parse_basic(header).ok_or(AuthFailure::Malformed)?;
+        let users = Arc::clone(&self.users.read().unwrap_or_else(|e| e.into_inner()));
+        let user = creds.user.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            match users.htpasswd.hash_of(&creds.user) {
+                Some(hash) => verify_hash(hash, &creds.password),
+                None => {
+                    // Same work as for a real user, so timing does not tell which names exist.
+                    let _ = verify_hash(&users.dummy_hash, &creds.password);
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            self.cache.insert(header, &user);
+            Ok(user)
+        } else {
+            Err(AuthFailure::Rejected)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn htpasswd_lines() {
+        let text = "# comment\n\nalice:$2y$05$abc\nbroken line\n:nohash\nbob:\ncarol:{SHA}x\nalice:$apr1$dup\ndave:secret\n";
+        let (h, w) = Htpasswd::parse(text);
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.hash_of("alice"), Some("$2y$05$abc"));
+        let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
+        assert_eq!(lines, vec![4, 5, 6, 8, 9]);
+    }
+
+    #[test]
+    fn hash_kinds() {
+        assert_eq!(HashKind::detect("$2b$10$x"), HashKind::Bcrypt);
+        assert_eq!(HashKind::detect("$apr1$x$y"), HashKind::Apr1);
+        assert_eq!(HashKind::detect("$6$x$y"), HashKind::Sha512Crypt);
+        assert_eq!(HashKind::detect("{SSHA}x"), HashKind::Ssha);
+        assert_eq!(HashKind::detect("abJnggxhB/yWI"), HashKind::DesCrypt);
+        assert_eq!(HashKind::detect("{PLAIN}pw"), HashKind::Plain);
+        assert_eq!(HashKind::detect("hunter2"), HashKind::Plain);
+    }
+
+    #[test]
+    fn known_vectors() {
+        // Apache documentation vector for apr1 ("myPassword").
+        assert!(verify_hash(
+            "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/",
+            "myPassword"
+        ));
+        assert!(!verify_hash(
+            "$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/",
+            "mypassword"
+        ));
+        // {SHA} of "password".
+        assert!(verify_hash("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "password"));
+        assert!(verify_hash("{PLAIN}pw", "pw"));
+        assert!(!verify_hash("{PLAIN}pw", "pw2"));
+        let md5 = pwhash::md5_crypt::hash_with("$1$saltsalt", "pw").unwrap();
+        assert_eq!(md5_crypt(b"pw", b"saltsalt", "$1$"), md5);
+        assert!(verify_hash(&md5, "pw"));
+        let b = bcrypt_hash("pw", 4).unwrap();
+        assert!(b.starts_with("$2y$04$"));
+        assert!(verify_hash(&b, "pw"));
+        assert!(!verify_hash(&b, "px"));
+        assert!(!verify_hash("{SSHA}!!", "pw"));
+    }
+
+    #[test]
+    fn basic_credentials() {
+        let c = parse_basic(b"Basic YWxpY2U6cDphc3M=").unwrap();
+        assert_eq!(c.user, "alice");
+        assert_eq!(c.password, "p:ass");
+        assert!(parse_basic(b"basic YWxpY2U6").is_some());
+        assert!(parse_basic(b"Bearer abc").is_none());
+        assert!(parse_basic(b"Basic !!!").is_none());
+        assert!(parse_basic(b"Basic bm9jb2xvbg==").is_none()); // "nocolon"
+        assert!(parse_basic(b"Basic OnB3").is_none()); // ":pw"
+        assert!(parse_basic(&[0xff, 0xfe]).is_none());
+    }
+
+    #[test]
+    fn cache_is_keyed_and_bounded() {
+        let c = CredentialCache::new(Duration::from_secs(60), 2);
+        c.insert(b"Basic a", "a");
+        c.insert(b"Basic b", "b");
+        assert_eq!(c.lookup(b"Basic a").as_deref(), Some("a"));
+        c.insert(b"Basic c", "c");
+        assert!(c.len() <= 2);
+        assert_eq!(c.lookup(b"Basic c").as_deref(), Some("c"));
+        c.clear();
+        assert!(c.is_empty());
+        let expired = CredentialCache::new(Duration::from_millis(0), 2);
+        expired.insert(b"Basic a", "a");
+        assert_eq!(expired.lookup(b"Basic a"), None);
+    }
+}

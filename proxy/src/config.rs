@@ -1,0 +1,533 @@
+//! Configuration: one `#[serde(default)]` struct, loaded from a TOML file, then overridden by `BERTH_*`
+//! environment variables (read through an [`EnvSource`] so tests never touch the process environment), then
+//! checked by [`Config::validate`], which reports every problem at once with its key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The user-agent rule nginx deployments used in front of registry:2: Docker clients 1.3 to 1.5 (except
+/// 1.5.x-dev builds) and old Go clients are refused with 404, because they cannot speak the v2 protocol.
+pub const DEFAULT_USER_AGENT_RULE: &str = r"^(docker\/1\.(3|4|5(?!\.[0-9]-dev))|Go ).*$";
+
+/// Where configuration values come from besides the file: the process environment or, in tests, a map.
+pub trait EnvSource {
+    /// The value of the variable `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Everything `berth-proxy serve` needs to know. Every field has a default; see `docs/proxy.md`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`BERTH_LISTEN`).
+    pub listen: String,
+    /// Upstream registries, `http://host:port`, used round-robin with failover (`BERTH_UPSTREAM`, comma-separated).
+    pub upstreams: Vec<String>,
+    /// The htpasswd file (`BERTH_HTPASSWD`).
+    pub htpasswd: PathBuf,
+    /// Directory holding `domain.crt`, `domain.key` and the dev CA (`BERTH_CERTS_DIR`).
+    pub certs_dir: PathBuf,
+    /// Names and IP addresses put in a generated server certificate (`BERTH_TLS_HOSTS`, comma-separated).
+    /// Empty means: this machine's hostname, `localhost`, `127.0.0.1`.
+    pub tls_hosts: Vec<String>,
+    /// Realm sent in `WWW-Authenticate` (`BERTH_REALM`).
+    pub realm: String,
+    /// User-agent rules (fancy-regex, nginx `~` syntax; a leading `~*` means case-insensitive). A matching
+    /// client gets 404.
+    pub user_agent_deny: Vec<String>,
+    /// Forward the client's `Authorization` header upstream instead of replacing it by `X-Forwarded-User`.
+    pub pass_authorization: bool,
+    /// Front proxies (CIDRs or addresses) whose `X-Forwarded-*` / `X-Real-IP` headers are kept
+    /// (`BERTH_TRUSTED_PROXIES`, comma-separated).
+    pub trusted_proxies: Vec<String>,
+    /// Largest request body accepted, in bytes; 0 means unlimited (`BERTH_MAX_BODY_SIZE`).
+    pub max_body_size: u64,
+    /// How long a verified credential is remembered, in seconds (`BERTH_CREDENTIAL_CACHE_TTL`).
+    pub credential_cache_ttl_secs: u64,
+    /// Most verified credentials remembered at once.
+    pub credential_cache_size: usize,
+    /// How often the htpasswd file is checked for changes, in milliseconds.
+    pub htpasswd_poll_ms: u64,
+    /// Upstream connect timeout, in seconds.
+    pub connect_timeout_secs: u64,
+    /// Idle read timeout on bodies and upstream answers, in seconds (`BERTH_READ_TIMEOUT`).
+    pub read_timeout_secs: u64,
+    /// TLS handshake timeout, in seconds.
+    pub handshake_timeout_secs: u64,
+    /// Time a client has to send its request headers, in seconds.
+    pub header_read_timeout_secs: u64,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list), in bytes.
+    pub max_header_bytes: usize,
+    /// On SIGTERM/SIGINT, how long running transfers may go on before the process exits, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Answer `/_ping` and `/v1/_ping` locally with 200 instead of forwarding them.
+    pub ping_local: bool,
+    /// Log filter, tracing-subscriber syntax (`BERTH_LOG`).
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:5043".into(),
+            upstreams: vec!["http://127.0.0.1:5000".into()],
+            htpasswd: PathBuf::from("auth/htpasswd"),
+            certs_dir: PathBuf::from("certs"),
+            tls_hosts: Vec::new(),
+            realm: "registry.localhost".into(),
+            user_agent_deny: vec![DEFAULT_USER_AGENT_RULE.into()],
+            pass_authorization: false,
+            trusted_proxies: Vec::new(),
+            max_body_size: 0,
+            credential_cache_ttl_secs: 300,
+            credential_cache_size: 10_000,
+            htpasswd_poll_ms: 1000,
+            connect_timeout_secs: 5,
+            read_timeout_secs: 900,
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 30,
+            max_header_bytes: 64 * 1024,
+            shutdown_grace_secs: 30,
+            ping_local: false,
+            log: "info".into(),
+        }
+    }
+}
+
+/// One thing wrong with a configuration, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The TOML key (and the environment variable, when there is one).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found while loading a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn problem(key: &str, message: impl Into<String>) -> ConfigProblem {
+    ConfigProblem {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A parsed upstream base address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// `host:port` as given.
+    pub authority: http::uri::Authority,
+}
+
+/// Parse `http://host:port` (a path, query or another scheme is refused).
+pub fn parse_upstream(s: &str) -> Result<UpstreamAddr, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "{s:?}: scheme {other:?} is not supported, use http://"
+            ))
+        }
+        None => return Err(format!("{s:?}: missing http:// scheme")),
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{s:?}: missing host"))?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{s:?}: a path is not supported"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: a query is not supported"));
+    }
+    Ok(UpstreamAddr { authority })
+}
+
+/// Parse one trusted-proxy entry: a CIDR (`10.0.0.0/8`) or a single address.
+pub fn parse_trusted(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{s:?} is neither a CIDR nor an IP address"))
+}
+
+impl Config {
+    /// Load `file` (if given), apply environment overrides from `env`, and validate.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(vec![problem(
+                        "config",
+                        format!("cannot read {}: {e}", path.display()),
+                    )])
+                })?;
+                toml::from_str::<Config>(&text).map_err(|e| {
+                    ConfigError(vec![problem(
+                        "config",
+                        format!("{}: {}", path.display(), e.to_string().trim()),
+                    )])
+                })?
+            }
+            None => Config::default(),
+        };
+        let mut problems = config.apply_env(env);
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Apply `BERTH_*` overrides; returns problems with values that could not be parsed.
+    pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if let Some(v) = env.var("BERTH_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = env.var("BERTH_UPSTREAM") {
+            self.upstreams = split_list(&v);
+        }
+        if let Some(v) = env.var("BERTH_HTPASSWD") {
+            self.htpasswd = PathBuf::from(v);
+        }
+        if let Some(v) = env.var("BERTH_CERTS_DIR") {
+            self.certs_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.var("BERTH_TLS_HOSTS") {
+            self.tls_hosts = split_list(&v);
+        }
+        if let Some(v) = env.var("BERTH_REALM") {
+            self.realm = v;
+        }
+        if let Some(v) = env.var("BERTH_TRUSTED_PROXIES") {
+            self.trusted_proxies = split_list(&v);
+        }
+        if let Some(v) = env.var("BERTH_LOG") {
+            self.log = v;
+        }
+        let mut number = |name: &str, key: &str, target: &mut u64| {
+            if let Some(v) = env.var(name) {
+                match v.trim().parse::<u64>() {
+                    Ok(n) => *target = n,
+                    Err(_) => problems.push(problem(
+                        &format!("{key} ({name})"),
+                        format!("{v:?} is not a non-negative integer"),
+                    )),
+                }
+            }
+        };
+        number(
+            "BERTH_MAX_BODY_SIZE",
+            "max_body_size",
+            &mut self.max_body_size,
+        );
+        number(
+            "BERTH_READ_TIMEOUT",
+            "read_timeout_secs",
+            &mut self.read_timeout_secs,
+        );
+        number(
+            "BERTH_CREDENTIAL_CACHE_TTL",
+            "credential_cache_ttl_secs",
+            &mut self.credential_cache_ttl_secs,
+        );
+        if let Some(v) = env.var("BERTH_PASS_AUTHORIZATION") {
+            match v.trim() {
+                "1" | "true" | "yes" => self.pass_authorization = true,
+                "0" | "false" | "no" | "" => self.pass_authorization = false,
+                _ => problems.push(problem(
+                    "pass_authorization (BERTH_PASS_AUTHORIZATION)",
+                    format!("{v:?} is not a boolean"),
+                )),
+            }
+        }
+        problems
+    }
+
+    /// Every problem with this configuration, each with its key. Empty means valid.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut p = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(problem(
+                "listen (BERTH_LISTEN)",
+                format!("{:?} is not an address:port", self.listen),
+            ));
+        }
+        if self.upstreams.is_empty() {
+            p.push(problem(
+                "upstreams (BERTH_UPSTREAM)",
+                "at least one upstream is needed",
+            ));
+        }
+        for u in &self.upstreams {
+            if let Err(e) = parse_upstream(u) {
+                p.push(problem("upstreams (BERTH_UPSTREAM)", e));
+            }
+        }
+        if self.htpasswd.as_os_str().is_empty() {
+            p.push(problem("htpasswd (BERTH_HTPASSWD)", "must not be empty"));
+        }
+        if self.certs_dir.as_os_str().is_empty() {
+            p.push(problem("certs_dir (BERTH_CERTS_DIR)", "must not be empty"));
+        }
+        for h in &self.tls_hosts {
+            if h.parse::<IpAddr>().is_err() && !valid_dns_name(h) {
+                p.push(problem(
+                    "tls_hosts (BERTH_TLS_HOSTS)",
+                    format!("{h:?} is neither a DNS name nor an IP address"),
+                ));
+            }
+        }
+        if self.realm.is_empty()
+            || self.realm.contains('"')
+            || self.realm.chars().any(char::is_control)
+        {
+            p.push(problem(
+                "realm (BERTH_REALM)",
+                "must be non-empty, without quotes or control characters",
+            ));
+        }
+        for rule in &self.user_agent_deny {
+            if let Err(e) = crate::filter::UserAgentRule::parse(rule) {
+                p.push(problem("user_agent_deny", e));
+            }
+        }
+        for t in &self.trusted_proxies {
+            if let Err(e) = parse_trusted(t) {
+                p.push(problem("trusted_proxies (BERTH_TRUSTED_PROXIES)", e));
+            }
+        }
+        let positive: [(&str, u64); 6] = [
+            (
+                "credential_cache_ttl_secs (BERTH_CREDENTIAL_CACHE_TTL)",
+                self.credential_cache_ttl_secs,
+            ),
+            ("htpasswd_poll_ms", self.htpasswd_poll_ms),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            (
+                "read_timeout_secs (BERTH_READ_TIMEOUT)",
+                self.read_timeout_secs,
+            ),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                p.push(problem(key, "must be greater than 0"));
+            }
+        }
+        if self.credential_cache_size == 0 {
+            p.push(problem("credential_cache_size", "must be greater than 0"));
+        }
+        if self.max_header_bytes < 8192 {
+            p.push(problem("max_header_bytes", "must be at least 8192"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            p.push(problem(
+                "log (BERTH_LOG)",
+                format!("{:?} is not a log filter", self.log),
+            ));
+        }
+        p
+    }
+
+    /// The names and addresses for a generated server certificate: `tls_hosts`, or this machine's hostname,
+    /// `localhost` and `127.0.0.1`.
+    pub fn effective_tls_hosts(&self) -> Vec<String> {
+        if !self.tls_hosts.is_empty() {
+            return self.tls_hosts.clone();
+        }
+        let mut hosts = Vec::new();
+        if let Some(h) = machine_hostname() {
+            hosts.push(h);
+        }
+        for h in ["localhost", "127.0.0.1"] {
+            if !hosts.iter().any(|x| x == h) {
+                hosts.push(h.into());
+            }
+        }
+        hosts
+    }
+
+    /// The parsed listen address (call after [`Config::validate`]).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError(vec![problem("listen", "invalid address")]))
+    }
+}
+
+/// This machine's hostname, if it can be read.
+pub fn machine_hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()?;
+    let h = h.trim().to_string();
+    (!h.is_empty() && valid_dns_name(&h)).then_some(h)
+}
+
+/// A DNS name (optionally a `*.` wildcard) made of letters, digits, `-` and `.`.
+pub fn valid_dns_name(s: &str) -> bool {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:5043");
+        assert_eq!(c.upstreams, vec!["http://127.0.0.1:5000"]);
+        assert_eq!(c.htpasswd, PathBuf::from("auth/htpasswd"));
+        assert_eq!(c.certs_dir, PathBuf::from("certs"));
+        assert_eq!(c.realm, "registry.localhost");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("proxy.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\nrealm = \"file\"\n").unwrap();
+        let c = Config::load(
+            Some(&f),
+            &env(&[
+                ("BERTH_REALM", "env"),
+                ("BERTH_UPSTREAM", "http://a:1, http://b:2"),
+                ("BERTH_TLS_HOSTS", "reg.example,10.0.0.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.realm, "env");
+        assert_eq!(c.upstreams, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(c.tls_hosts, vec!["reg.example", "10.0.0.1"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = Config::load(
+            None,
+            &env(&[
+                ("BERTH_LISTEN", "nope"),
+                ("BERTH_UPSTREAM", "https://x:1,ftp://y"),
+                ("BERTH_MAX_BODY_SIZE", "-3"),
+                ("BERTH_TLS_HOSTS", "bad host"),
+                ("BERTH_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ]),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"listen (BERTH_LISTEN)"), "{keys:?}");
+        assert_eq!(
+            keys.iter().filter(|k| k.starts_with("upstreams")).count(),
+            2
+        );
+        assert!(keys.contains(&"max_body_size (BERTH_MAX_BODY_SIZE)"));
+        assert!(keys.contains(&"tls_hosts (BERTH_TLS_HOSTS)"));
+        assert!(keys.contains(&"trusted_proxies (BERTH_TRUSTED_PROXIES)"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_regex_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("proxy.toml");
+        std::fs::write(&f, "listn = \"x\"\n").unwrap();
+        assert!(Config::load(Some(&f), &env(&[])).is_err());
+        let c = Config {
+            user_agent_deny: vec!["(".into()],
+            ..Config::default()
+        };
+        assert_eq!(c.validate()[0].key, "user_agent_deny");
+    }
+
+    #[test]
+    fn upstream_parsing() {
+        assert!(parse_upstream("http://127.0.0.1:5000").is_ok());
+        assert!(parse_upstream("http://registry:5000/").is_ok());
+        assert!(parse_upstream("http://registry:5000/v2").is_err());
+        assert!(parse_upstream("registry:5000").is_err());
+    }
+
+    #[test]
+    fn default_tls_hosts_include_localhost() {
+        let hosts = Config::default().effective_tls_hosts();
+        assert!(hosts.contains(&"localhost".to_string()));
+        assert!(hosts.contains(&"127.0.0.1".to_string()));
+    }
+}

@@ -1,0 +1,103 @@
+//! Every answer the proxy makes itself, classified by who is at fault (client 4xx, upstream 502/504, internal
+//! 500), built in one place with an OCI-style JSON error body.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::forward::ProxyBody;
+
+/// An answer the proxy gives without (or instead of) the upstream's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// The request target is malformed or tries to escape its path (`..`, `//`, encoded dots, absolute form).
+    BadRequest(&'static str),
+    /// Credentials are missing or wrong.
+    Unauthorized,
+    /// No such route on the proxy.
+    NotFound,
+    /// The client's user agent is refused by a rule.
+    ClientRefused,
+    /// The request body is larger than `max_body_size`.
+    PayloadTooLarge,
+    /// No upstream could be reached, or it broke the exchange.
+    UpstreamUnavailable,
+    /// The upstream did not answer within the read timeout.
+    UpstreamTimeout,
+    /// A bug or a resource problem in the proxy.
+    Internal,
+}
+
+impl ProxyError {
+    /// Status, OCI error code and message.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ProxyError::BadRequest(m) => (StatusCode::BAD_REQUEST, "UNSUPPORTED", m),
+            ProxyError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "authentication required",
+            ),
+            ProxyError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "not found"),
+            ProxyError::ClientRefused => (
+                StatusCode::NOT_FOUND,
+                "UNSUPPORTED",
+                "this client version is not supported; upgrade it",
+            ),
+            ProxyError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "SIZE_INVALID",
+                "request body larger than the proxy accepts",
+            ),
+            ProxyError::UpstreamUnavailable => (
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                "the registry behind the proxy is unavailable",
+            ),
+            ProxyError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UNAVAILABLE",
+                "the registry behind the proxy did not answer in time",
+            ),
+            ProxyError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "internal proxy error",
+            ),
+        }
+    }
+
+    /// The HTTP response. `realm` is used for the `WWW-Authenticate` challenge of a 401.
+    pub fn response(&self, realm: &str) -> Response<ProxyBody> {
+        let (status, code, message) = self.parts();
+        let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
+        let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        if *self == ProxyError::Unauthorized {
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        resp
+    }
+}
+
+/// A small JSON answer made by the proxy itself (health, local ping).
+pub fn json_response(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}

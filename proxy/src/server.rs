@@ -1,0 +1,402 @@
+//! The server: accept loop, TLS handshake (with a timeout and a short answer to plain HTTP), HTTP/1.1 and
+//! HTTP/2 on the same port, the per-request stages, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{AuthFailure, Authenticator};
+use crate::config::{parse_trusted, parse_upstream, Config};
+use crate::error::{json_response, ProxyError};
+use crate::filter::UserAgentFilter;
+use crate::forward::{
+    classify, client_host, rewrite_request_headers, strip_hop_by_hop, ClientContext, MeteredBody,
+    ProxyBody, Route, API_VERSION, API_VERSION_HEADER,
+};
+use crate::log::AccessRecord;
+use crate::tls::{server_config, server_paths, ReloadableCert, TlsError};
+use crate::upstream::Upstreams;
+
+/// Why the server could not be built.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    Config(crate::config::ConfigError),
+    /// The certificate or key could not be loaded.
+    Tls(TlsError),
+    /// A socket problem.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Config(e) => write!(f, "invalid configuration:\n{e}"),
+            ServerError::Tls(e) => write!(f, "TLS: {e}"),
+            ServerError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct ProxyState {
+    config: Config,
+    auth: Arc<Authenticator>,
+    filter: UserAgentFilter,
+    upstreams: Upstreams,
+    trusted: Vec<ipnet::IpNet>,
+}
+
+impl ProxyState {
+    /// Build from a configuration (validated here).
+    pub fn new(config: Config) -> Result<Self, ServerError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ServerError::Config(crate::config::ConfigError(problems)));
+        }
+        let bad = |m: String| {
+            ServerError::Config(crate::config::ConfigError(vec![
+                crate::config::ConfigProblem {
+                    key: "config".into(),
+                    message: m,
+                },
+            ]))
+        };
+        let filter = UserAgentFilter::new(&config.user_agent_deny).map_err(bad)?;
+        let targets = config
+            .upstreams
+            .iter()
+            .map(|u| parse_upstream(u).map(|a| a.authority))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let trusted = config
+            .trusted_proxies
+            .iter()
+            .map(|t| parse_trusted(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let auth = Arc::new(Authenticator::new(
+            config.htpasswd.clone(),
+            Duration::from_secs(config.credential_cache_ttl_secs),
+            config.credential_cache_size,
+        ));
+        let upstreams = Upstreams::new(
+            targets,
+            Duration::from_secs(config.connect_timeout_secs),
+            Duration::from_secs(config.read_timeout_secs),
+        );
+        Ok(ProxyState {
+            config,
+            auth,
+            filter,
+            upstreams,
+            trusted,
+        })
+    }
+
+    /// The authenticator (its cache, its reload).
+    pub fn auth(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+}
+
+/// A bound proxy, ready to run.
+pub struct Server {
+    state: Arc<ProxyState>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    cert: Arc<ReloadableCert>,
+}
+
+impl Server {
+    /// Build the proxy on `listener`, loading `domain.crt`/`domain.key` from the configured certs directory
+    /// (call [`crate::tls::ensure_server_cert`] first to generate them when missing).
+    pub fn new(config: Config, listener: TcpListener) -> Result<Server, ServerError> {
+        let (cert_path, key_path) = server_paths(&config.certs_dir);
+        let cert = Arc::new(ReloadableCert::load(cert_path, key_path).map_err(ServerError::Tls)?);
+        let tls = server_config(Arc::clone(&cert)).map_err(ServerError::Tls)?;
+        let state = Arc::new(ProxyState::new(config)?);
+        Ok(Server {
+            state,
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            cert,
+        })
+    }
+
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The certificate holder; call `reload()` on it to swap the certificate (what SIGHUP does).
+    pub fn cert(&self) -> Arc<ReloadableCert> {
+        Arc::clone(&self.cert)
+    }
+
+    /// The shared request state.
+    pub fn state(&self) -> Arc<ProxyState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting and let open exchanges finish for up to
+    /// `shutdown_grace_secs`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let cfg = &self.state.config;
+        let watcher = self
+            .state
+            .auth
+            .spawn_watcher(Duration::from_millis(cfg.htpasswd_poll_ms));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
+            .max_buf_size(cfg.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(60)));
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let handshake_timeout = Duration::from_secs(cfg.handshake_timeout_secs);
+        let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let state = Arc::clone(&self.state);
+            let builder = Arc::clone(&builder);
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let Some(tls) = handshake(acceptor, tcp, peer, handshake_timeout).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req| handle(Arc::clone(&state), peer, req));
+                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+        drop(self.listener);
+        tracing::info!(
+            "shutting down: waiting up to {}s for open transfers",
+            grace.as_secs()
+        );
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+        }
+        watcher.abort();
+        Ok(())
+    }
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    if first[0] != 0x16 {
+        // Not a TLS handshake record: most likely plain HTTP sent to the TLS port.
+        let msg = "This port speaks HTTPS only; use https://\n";
+        let resp = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Docker-Distribution-Api-Version: registry/2.0\r\nConnection: close\r\n\r\n{msg}",
+            msg.len()
+        );
+        let _ = tokio::time::timeout(timeout, tcp.write_all(resp.as_bytes())).await;
+        let _ = tcp.shutdown().await;
+        tracing::debug!(%peer, "plain HTTP on the TLS port refused");
+        return None;
+    }
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    let (mut resp, user) = match stages(&state, peer, req, Arc::clone(&bytes_in)).await {
+        Ok(ok) => ok,
+        Err((e, user)) => (e.response(&state.config.realm), user),
+    };
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+    let record = AccessRecord {
+        client: peer,
+        user,
+        method,
+        path,
+        status: resp.status().as_u16(),
+        bytes_in,
+        bytes_out: Arc::clone(&bytes_out),
+        start,
+        user_agent,
+    };
+    let resp = resp.map(|body| {
+        MeteredBody::new(body, bytes_out)
+            .on_drop(Box::new(move || record.emit()))
+            .boxed()
+    });
+    Ok(resp)
+}
+
+type StageResult = Result<(Response<ProxyBody>, Option<String>), (ProxyError, Option<String>)>;
+
+/// The stages in order: health/ping bypass -> user-agent filter -> authenticate -> rewrite -> forward.
+async fn stages(
+    state: &ProxyState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    bytes_in: Arc<AtomicU64>,
+) -> StageResult {
+    let cfg = &state.config;
+    let route =
+        classify(req.version(), req.uri()).map_err(|m| (ProxyError::BadRequest(m), None))?;
+    if req.method() == http::Method::CONNECT {
+        return Err((ProxyError::BadRequest("CONNECT is not supported"), None));
+    }
+    match route {
+        Route::Health => return Ok((json_response(StatusCode::OK, r#"{"status":"ok"}"#), None)),
+        Route::Unknown => return Err((ProxyError::NotFound, None)),
+        Route::Ping if cfg.ping_local => return Ok((json_response(StatusCode::OK, "{}"), None)),
+        Route::Ping => return forward(state, peer, req, None, bytes_in).await,
+        Route::Registry => {}
+    }
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    if state.filter.refuses(&user_agent) {
+        return Err((ProxyError::ClientRefused, None));
+    }
+    let user = state
+        .auth
+        .authenticate(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+        .await
+        .map_err(|f| {
+            if f == AuthFailure::Rejected {
+                tracing::info!(%peer, "credentials rejected");
+            }
+            (ProxyError::Unauthorized, None)
+        })?;
+    forward(state, peer, req, Some(user), bytes_in).await
+}
+
+async fn forward(
+    state: &ProxyState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    user: Option<String>,
+    bytes_in: Arc<AtomicU64>,
+) -> StageResult {
+    let cfg = &state.config;
+    let limit = (cfg.max_body_size > 0).then_some(cfg.max_body_size);
+    if let Some(max) = limit {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err((ProxyError::PayloadTooLarge, user));
+        }
+    }
+    let host = client_host(req.version(), req.uri(), req.headers());
+    let (mut parts, body) = req.into_parts();
+    let client = ClientContext {
+        peer_ip: peer.ip(),
+        peer_trusted: state.trusted.iter().any(|n| n.contains(&peer.ip())),
+    };
+    rewrite_request_headers(
+        &mut parts.headers,
+        host,
+        &client,
+        user.as_deref(),
+        cfg.pass_authorization,
+    );
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let read_timeout = Duration::from_secs(cfg.read_timeout_secs);
+    let mut body = MeteredBody::new(body, bytes_in).idle_timeout(read_timeout);
+    if let Some(max) = limit {
+        body = body.limit(max, Arc::clone(&exceeded));
+    }
+    let resp = match state.upstreams.send(parts, body).await {
+        Ok(r) => r,
+        Err(e) if exceeded.load(Ordering::Relaxed) => {
+            let _ = e;
+            return Err((ProxyError::PayloadTooLarge, user));
+        }
+        Err(e) => return Err((e, user)),
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = MeteredBody::new(body, Arc::new(AtomicU64::new(0)))
+        .idle_timeout(read_timeout)
+        .boxed();
+    Ok((Response::from_parts(parts, body), user))
+}
