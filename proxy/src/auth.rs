@@ -601,6 +601,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)]
     fn known_vectors() {
         // Apache documentation vector for apr1 ("myPassword").
         assert!(verify_hash(

@@ -1,0 +1,359 @@
+//! Shared test support: a recording upstream registry stand-in, a TLS client, htpasswd files made by the real
+//! `htpasswd` binary, and an in-process proxy on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type TestBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    pub body_sha256: String,
+}
+
+/// A small HTTP/1.1 server standing in for the registry: records requests, hashes bodies it receives, and
+/// serves `GET /v2/big/<bytes>` as a stream of that many pattern bytes.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Deterministic pattern bytes for big transfers.
+pub fn pattern_chunk() -> Bytes {
+    Bytes::from(
+        (0..65536u32)
+            .map(|i| (i.wrapping_mul(31) % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// A body of `total` pattern bytes, sent in chunks (no length: chunked on HTTP/1.1).
+pub fn pattern_body(total: u64) -> TestBody {
+    let chunk = pattern_chunk();
+    let stream = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= total {
+                return None;
+            }
+            let n = (total - sent).min(chunk.len() as u64) as usize;
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.slice(..n))),
+                sent + n as u64,
+            ))
+        }
+    });
+    StreamBody::new(stream).boxed()
+}
+
+/// The sha256 of `total` pattern bytes.
+pub fn pattern_sha256(total: u64) -> String {
+    let chunk = pattern_chunk();
+    let mut h = Sha256::new();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        h.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    hex::encode(h.finalize())
+}
+
+async fn upstream_handle(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    h.update(d);
+                    len += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let sha = hex::encode(h.finalize());
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body_len: len,
+        body_sha256: sha.clone(),
+    });
+    let path = parts.uri.path().to_string();
+    let mut resp = if let Some(n) = path.strip_prefix("/v2/big/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let mut r = Response::new(pattern_body(total));
+        r.headers_mut().insert("content-length", total.into());
+        r
+    } else {
+        let body = serde_json::json!({"bytes": len, "sha256": sha, "path": path}).to_string();
+        Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+    };
+    *resp.status_mut() = StatusCode::OK;
+    // The real registry sets this too: the proxy must not duplicate it.
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        "registry/2.0".parse().unwrap(),
+    );
+    resp.headers_mut()
+        .insert("connection", "keep-alive".parse().unwrap());
+    Ok(resp)
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req| upstream_handle(Arc::clone(&s), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// A port nothing listens on.
+pub async fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// Run the real `htpasswd` binary (apache2-utils). Missing binary = test failure, never a skip.
+pub fn htpasswd(args: &[&str]) {
+    let out = Command::new("/usr/bin/htpasswd")
+        .args(args)
+        .output()
+        .expect("/usr/bin/htpasswd is required (apt-get install apache2-utils)");
+    assert!(
+        out.status.success(),
+        "htpasswd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// rustls client config trusting only `ca_pem`.
+pub fn client_config(ca_pem: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    connector
+        .connect(ServerName::try_from(name.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// An HTTP/1.1 connection over TLS to the proxy.
+pub struct Client {
+    pub send: hyper::client::conn::http1::SendRequest<TestBody>,
+    pub host: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, ca: &Path) -> Client {
+        let tls = tls_connect(addr, client_config(ca, &[b"http/1.1"]), "localhost")
+            .await
+            .unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Client {
+            send,
+            host: format!("localhost:{}", addr.port()),
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+    }
+
+    pub async fn send(&mut self, req: Request<TestBody>) -> (http::response::Parts, Bytes) {
+        let resp = self.send.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts, bytes)
+    }
+
+    pub async fn get(
+        &mut self,
+        path: &str,
+        auth: Option<(&str, &str)>,
+        ua: &str,
+    ) -> (http::response::Parts, Bytes) {
+        let mut b = self.request("GET", path).header("user-agent", ua);
+        if let Some((u, p)) = auth {
+            b = b.header("authorization", basic(u, p));
+        }
+        self.send(b.body(empty()).unwrap()).await
+    }
+}
+
+pub fn empty() -> TestBody {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+pub const UA: &str = "docker/27.3.1 go/go1.22.7 git-commit/41ca978 kernel/6.8 os/linux arch/amd64";
+
+/// A proxy running in-process, with its own certs dir and htpasswd file.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub htpasswd: PathBuf,
+    pub ca: PathBuf,
+    pub cert: Arc<berth_proxy::tls::ReloadableCert>,
+    pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Proxy {
+    /// Start with users alice:alice-pw (bcrypt), and `tweak` applied to the config.
+    pub async fn start(
+        upstreams: Vec<String>,
+        tweak: impl FnOnce(&mut berth_proxy::config::Config),
+    ) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        berth_proxy::ca::init(
+            &certs,
+            &["localhost".into(), "127.0.0.1".into()],
+            berth_proxy::ca::KeyType::EcdsaP256,
+            false,
+        )
+        .unwrap();
+        let htpasswd_path = dir.path().join("htpasswd");
+        htpasswd(&["-cbB", htpasswd_path.to_str().unwrap(), "alice", "alice-pw"]);
+        let mut config = berth_proxy::config::Config {
+            listen: "127.0.0.1:0".into(),
+            upstreams,
+            htpasswd: htpasswd_path.clone(),
+            certs_dir: certs.clone(),
+            realm: "test-realm".into(),
+            htpasswd_poll_ms: 100,
+            connect_timeout_secs: 2,
+            shutdown_grace_secs: 10,
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = berth_proxy::server::Server::new(config, listener).unwrap();
+        let addr = server.local_addr().unwrap();
+        let cert = server.cert();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            htpasswd: htpasswd_path,
+            ca: certs.join("devdockerCA.crt"),
+            dir,
+            cert,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, &self.ca).await
+    }
+}
+
+pub fn _unused(_: TokioExecutor) {}
