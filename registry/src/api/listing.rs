@@ -1,0 +1,162 @@
+//! Listings: tags, catalog, referrers, and the Docker v1 search over the catalog.
+
+use http::header::LINK;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::{digest, param, query, App, Reply};
+use crate::error::RegistryError;
+use crate::oci::{media, RepoName};
+
+/// Items strictly after `last`, at most `n`, and whether more follow.
+fn page(all: Vec<String>, n: Option<usize>, last: Option<&str>) -> (Vec<String>, bool) {
+    let start = match last {
+        Some(l) => all.partition_point(|x| x.as_str() <= l),
+        None => 0,
+    };
+    let rest = &all[start..];
+    match n {
+        Some(n) if n < rest.len() => (rest[..n].to_vec(), n > 0),
+        _ => (rest.to_vec(), false),
+    }
+}
+
+fn number(q: &[(String, String)], key: &str) -> Result<Option<usize>, RegistryError> {
+    match param(q, key) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
+            RegistryError::BadRequest(format!("{key} must be a non-negative integer"))
+        }),
+    }
+}
+
+fn next_link(path: &str, n: usize, last: &str) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("n", &n.to_string())
+        .append_pair("last", last)
+        .finish();
+    format!("<{path}?{q}>; rel=\"next\"")
+}
+
+impl App {
+    pub(super) async fn tags(
+        &self,
+        name: RepoName,
+        req: &Request<Incoming>,
+    ) -> Result<Reply, RegistryError> {
+        let q = query(req);
+        let n = number(&q, "n")?;
+        let all: Vec<String> = self
+            .store
+            .tags(&name)
+            .await?
+            .into_iter()
+            .map(|t| t.to_string())
+            .collect();
+        if all.is_empty() && !self.store.repo_exists(&name).await? {
+            return Err(RegistryError::NameUnknown);
+        }
+        let (tags, more) = page(all, n, param(&q, "last"));
+        let mut reply = Reply::new(StatusCode::OK);
+        if let (true, Some(n), Some(last)) = (more, n, tags.last()) {
+            reply = reply.header(LINK, next_link(&format!("/v2/{name}/tags/list"), n, last));
+        }
+        Ok(reply.json(&serde_json::json!({"name": name.as_str(), "tags": tags})))
+    }
+
+    pub(super) async fn catalog(&self, req: &Request<Incoming>) -> Result<Reply, RegistryError> {
+        let q = query(req);
+        let n = number(&q, "n")?;
+        let (repos, more) = page(self.store.catalog().await?, n, param(&q, "last"));
+        let mut reply = Reply::new(StatusCode::OK);
+        if let (true, Some(n), Some(last)) = (more, n, repos.last()) {
+            reply = reply.header(LINK, next_link("/v2/_catalog", n, last));
+        }
+        Ok(reply.json(&serde_json::json!({ "repositories": repos })))
+    }
+
+    pub(super) async fn referrers(
+        &self,
+        name: RepoName,
+        d: &str,
+        req: &Request<Incoming>,
+    ) -> Result<Reply, RegistryError> {
+        let d = digest(d)?;
+        let q = query(req);
+        let filter = param(&q, "artifactType").filter(|a| !a.is_empty());
+        let manifests = self.store.referrers(&name, &d, filter).await?;
+        let mut reply = Reply::new(StatusCode::OK);
+        if filter.is_some() {
+            reply = reply.header("oci-filters-applied", "artifactType");
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": manifests,
+        });
+        Ok(reply
+            .json(&index)
+            .header(http::header::CONTENT_TYPE, media::OCI_INDEX))
+    }
+
+    /// `GET /v1/search?q=&n=&page=`: the Docker v1 search API over the catalog, so `docker search` works.
+    pub(super) async fn v1_search(&self, req: &Request<Incoming>) -> Result<Reply, RegistryError> {
+        let q = query(req);
+        let term = param(&q, "q").unwrap_or("").to_ascii_lowercase();
+        let size = number(&q, "n")?.unwrap_or(25).clamp(1, 100);
+        let page_no = number(&q, "page")?.unwrap_or(1).max(1);
+        let hits: Vec<String> = self
+            .store
+            .catalog()
+            .await?
+            .into_iter()
+            .filter(|n| n.contains(term.as_str()))
+            .collect();
+        let total = hits.len();
+        let results: Vec<serde_json::Value> = hits
+            .into_iter()
+            .skip((page_no - 1).saturating_mul(size))
+            .take(size)
+            .map(|name| {
+                serde_json::json!({
+                    "name": name,
+                    "description": "",
+                    "star_count": 0,
+                    "is_official": false,
+                    "is_automated": false,
+                })
+            })
+            .collect();
+        Ok(Reply::new(StatusCode::OK).json(&serde_json::json!({
+            "num_pages": total.div_ceil(size).max(1),
+            "num_results": total,
+            "page": page_no,
+            "page_size": size,
+            "query": param(&q, "q").unwrap_or(""),
+            "results": results,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn paging() {
+        let all = v(&["a", "b", "c", "d"]);
+        assert_eq!(page(all.clone(), None, None), (all.clone(), false));
+        assert_eq!(page(all.clone(), Some(2), None), (v(&["a", "b"]), true));
+        assert_eq!(
+            page(all.clone(), Some(2), Some("b")),
+            (v(&["c", "d"]), false)
+        );
+        assert_eq!(page(all.clone(), Some(0), None), (v(&[]), false));
+        assert_eq!(page(all.clone(), None, Some("bb")), (v(&["c", "d"]), false));
+        assert_eq!(page(all, Some(10), Some("d")), (v(&[]), false));
+    }
+}

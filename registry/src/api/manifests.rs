@@ -1,0 +1,154 @@
+//! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{digest, full, App, Reply};
+use crate::error::RegistryError;
+use crate::oci::{Reference, RepoName, Tag};
+use crate::store::StoredManifest;
+
+/// Parses a reference: a digest when it contains `:`, else a tag.
+fn reference(r: &str) -> Result<Reference, RegistryError> {
+    if r.contains(':') {
+        Ok(Reference::Digest(digest(r)?))
+    } else {
+        Ok(Reference::Tag(
+            r.parse::<Tag>().map_err(|_| RegistryError::TagInvalid)?,
+        ))
+    }
+}
+
+/// Reads a body up to `limit` bytes; more is `ManifestTooLarge`. An oversized body is drained (up to a bound)
+/// before answering, so the client reads the 413 instead of a reset connection.
+async fn read_limited(mut body: Incoming, limit: u64) -> Result<Bytes, RegistryError> {
+    let mut buf = BytesMut::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| RegistryError::ManifestInvalid(format!("body read failed: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > limit.saturating_mul(4) {
+                break;
+            }
+            if total <= limit {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if total > limit {
+        return Err(RegistryError::ManifestTooLarge);
+    }
+    Ok(buf.freeze())
+}
+
+impl App {
+    async fn find_manifest(
+        &self,
+        name: &RepoName,
+        r: &Reference,
+    ) -> Result<StoredManifest, RegistryError> {
+        let d = match r {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(t) => self.store.resolve_tag(name, t).await?,
+        };
+        let found = match d {
+            Some(d) => self.store.manifest_by_digest(name, &d).await?,
+            None => None,
+        };
+        match found {
+            Some(m) => Ok(m),
+            None if !self.store.repo_exists(name).await? => Err(RegistryError::NameUnknown),
+            None => Err(RegistryError::ManifestUnknown),
+        }
+    }
+
+    pub(super) async fn get_manifest(
+        &self,
+        name: RepoName,
+        r: &str,
+        head: bool,
+    ) -> Result<Reply, RegistryError> {
+        let r = reference(r)?;
+        let m = self.find_manifest(&name, &r).await?;
+        let reply = Reply::new(StatusCode::OK)
+            .header(CONTENT_TYPE, &m.media_type)
+            .header(CONTENT_LENGTH, m.bytes.len().to_string())
+            .header("docker-content-digest", m.digest.to_string())
+            .header(ETAG, format!("\"{}\"", m.digest));
+        Ok(if head {
+            reply
+        } else {
+            reply.body(full(m.bytes))
+        })
+    }
+
+    pub(super) async fn put_manifest(
+        &self,
+        name: RepoName,
+        r: &str,
+        req: Request<Incoming>,
+    ) -> Result<Reply, RegistryError> {
+        let r = reference(r)?;
+        let limit = self.config.http.max_manifest_bytes;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit.saturating_mul(4)) {
+            return Err(RegistryError::ManifestTooLarge);
+        }
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
+        let (parts, body) = req.into_parts();
+        let bytes = read_limited(body, limit).await?;
+        let (tag, expected) = match &r {
+            Reference::Tag(t) => (Some(t), None),
+            Reference::Digest(d) => (None, Some(d)),
+        };
+        let pushed = self
+            .store
+            .put_manifest(&name, tag, expected, bytes, content_type.as_deref())
+            .await?;
+        let mut reply = Reply::new(StatusCode::CREATED)
+            .header(
+                LOCATION,
+                format!(
+                    "{}/v2/{name}/manifests/{}",
+                    self.base_url(&parts.headers),
+                    pushed.digest
+                ),
+            )
+            .header("docker-content-digest", pushed.digest.to_string())
+            .header(CONTENT_LENGTH, "0");
+        if let Some(s) = pushed.subject {
+            reply = reply.header("oci-subject", s.to_string());
+        }
+        Ok(reply)
+    }
+
+    pub(super) async fn delete_manifest(
+        &self,
+        name: RepoName,
+        r: &str,
+    ) -> Result<Reply, RegistryError> {
+        let r = reference(r)?;
+        self.require_delete()?;
+        if !self.store.repo_exists(&name).await? {
+            return Err(RegistryError::NameUnknown);
+        }
+        match &r {
+            Reference::Digest(d) => self.store.delete_manifest(&name, d).await?,
+            Reference::Tag(t) => self.store.delete_tag(&name, t).await?,
+        }
+        Ok(Reply::new(StatusCode::ACCEPTED).header(CONTENT_LENGTH, "0"))
+    }
+}

@@ -1,0 +1,361 @@
+//! The HTTP API: the router and one module per resource.
+
+mod blobs;
+mod listing;
+mod manifests;
+mod uploads;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, BodyStream, Full, StreamBody};
+
+use crate::config::Config;
+use crate::error::RegistryError;
+use crate::oci::{Digest, DigestError, RepoName};
+use crate::storage::ByteStream;
+use crate::store::{BodyStream as StoreBody, RegistryStore};
+
+/// Response body: small buffers or a stream from storage.
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// `Docker-Distribution-Api-Version`, on every response.
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+
+/// Shared state of the API.
+pub struct App {
+    /// Registry semantics over storage.
+    pub store: RegistryStore,
+    /// The configuration.
+    pub config: Config,
+}
+
+/// What the router recognised in a path below `/v2/`.
+#[derive(Debug, PartialEq)]
+enum Route<'a> {
+    Base,
+    Catalog,
+    Tags(&'a str),
+    Manifest(&'a str, &'a str),
+    Blob(&'a str, &'a str),
+    Upload(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
+    V1Ping,
+    V1Search,
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    match path {
+        "/v1/_ping" | "/v1/_ping/" => return Some(Route::V1Ping),
+        "/v1/search" => return Some(Route::V1Search),
+        "/v2" | "/v2/" => return Some(Route::Base),
+        "/v2/_catalog" => return Some(Route::Catalog),
+        _ => {}
+    }
+    let rest = path.strip_prefix("/v2/")?;
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name));
+    }
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads")
+        .or_else(|| rest.strip_suffix("/blobs/uploads/"))
+    {
+        return Some(Route::Upload(name, ""));
+    }
+    let (head, last) = rest.rsplit_once('/')?;
+    let (name, kind) = head.rsplit_once('/')?;
+    match kind {
+        "manifests" => Some(Route::Manifest(name, last)),
+        "blobs" => Some(Route::Blob(name, last)),
+        "referrers" => Some(Route::Referrers(name, last)),
+        "uploads" => {
+            let name = name.strip_suffix("/blobs")?;
+            Some(Route::Upload(name, last))
+        }
+        _ => None,
+    }
+}
+
+/// Parses a repository name from the path.
+fn repo(name: &str) -> Result<RepoName, RegistryError> {
+    name.parse().map_err(|_| RegistryError::NameInvalid)
+}
+
+/// Parses a digest from the path or query.
+fn digest(s: &str) -> Result<Digest, RegistryError> {
+    Digest::parse(s).map_err(|e| match e {
+        DigestError::Invalid => RegistryError::DigestInvalid(format!("invalid digest {s:?}")),
+        DigestError::UnsupportedAlgorithm => {
+            RegistryError::Unsupported(format!("digest algorithm of {s:?} is not supported"))
+        }
+    })
+}
+
+/// Query parameters, decoded.
+fn query(req: &Request<hyper::body::Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A request body as a stream of data bytes.
+fn body_stream(body: hyper::body::Incoming) -> StoreBody {
+    Box::pin(
+        TryStreamExt::map_err(BodyStream::new(body), std::io::Error::other)
+            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) }),
+    )
+}
+
+/// A full body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A streamed body.
+pub fn streamed(s: ByteStream) -> Body {
+    StreamBody::new(s.map_ok(Frame::data)).boxed_unsync()
+}
+
+/// A response under construction.
+pub struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Body,
+}
+
+impl Reply {
+    /// A reply with a status and an empty body.
+    pub fn new(status: StatusCode) -> Reply {
+        Reply {
+            status,
+            headers: HeaderMap::new(),
+            body: empty(),
+        }
+    }
+
+    /// Adds a header; values that are not valid header text are dropped (they come from our own formatting).
+    pub fn header(mut self, name: impl TryInto<HeaderName>, value: impl AsRef<str>) -> Reply {
+        if let (Ok(n), Ok(v)) = (name.try_into(), HeaderValue::from_str(value.as_ref())) {
+            self.headers.insert(n, v);
+        }
+        self
+    }
+
+    /// Sets a JSON body with its type and length.
+    pub fn json(self, v: &serde_json::Value) -> Reply {
+        let bytes = Bytes::from(v.to_string());
+        let len = bytes.len();
+        let mut r = self
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_LENGTH, len.to_string());
+        r.body = full(bytes);
+        r
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: Body) -> Reply {
+        self.body = body;
+        self
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(self.body);
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+/// The response for an error: OCI JSON, plus the headers some errors carry.
+pub fn error_response(e: &RegistryError, head: bool) -> Response<Body> {
+    let (status, _, _) = e.parts();
+    let body = e.body();
+    let mut r = Reply::new(status)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len().to_string());
+    if let RegistryError::RangeInvalid {
+        upload_offset,
+        blob_size,
+    } = e
+    {
+        if let Some(off) = upload_offset {
+            r = r.header("range", format!("0-{}", off.saturating_sub(1)));
+        }
+        if let Some(size) = blob_size {
+            r = r.header("content-range", format!("bytes */{size}"));
+        }
+    }
+    if !head {
+        r = r.body(full(body));
+    }
+    r.into_response()
+}
+
+impl App {
+    /// Base URL for `Location` headers: configured, relative, or from `X-Forwarded-Proto` and `Host`.
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if self.config.http.relative_urls {
+            return String::new();
+        }
+        if let Some(base) = self.config.external_base() {
+            return base.to_string();
+        }
+        let first = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let proto = first("x-forwarded-proto")
+            .filter(|p| p == "http" || p == "https")
+            .unwrap_or_else(|| "http".into());
+        match first("x-forwarded-host").or_else(|| first("host")) {
+            Some(host)
+                if host
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"/?#@\\".contains(&b)) =>
+            {
+                format!("{proto}://{host}")
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// Handles one request; never fails (errors become OCI error responses).
+    pub async fn handle(self: Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let head = req.method() == Method::HEAD;
+        let mut resp = match self.dispatch(req).await {
+            Ok(r) => r.into_response(),
+            Err(e) => {
+                if let RegistryError::Internal(cause) = &e {
+                    tracing::error!(%cause, "request failed");
+                }
+                error_response(&e, head)
+            }
+        };
+        resp.headers_mut()
+            .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+        resp
+    }
+
+    async fn dispatch(&self, req: Request<hyper::body::Incoming>) -> Result<Reply, RegistryError> {
+        let path = req.uri().path().to_string();
+        let Some(route) = route(&path) else {
+            return Err(RegistryError::NotFound);
+        };
+        let method = req.method().clone();
+        match (route, method) {
+            (Route::Base, Method::GET | Method::HEAD) => {
+                Ok(Reply::new(StatusCode::OK).json(&serde_json::json!({})))
+            }
+            (Route::V1Ping, Method::GET | Method::HEAD) => {
+                Ok(Reply::new(StatusCode::OK).json(&serde_json::json!({})))
+            }
+            (Route::V1Search, Method::GET) => self.v1_search(&req).await,
+            (Route::Catalog, Method::GET) => self.catalog(&req).await,
+            (Route::Tags(n), Method::GET) => self.tags(repo(n)?, &req).await,
+            (Route::Referrers(n, d), Method::GET) => self.referrers(repo(n)?, d, &req).await,
+            (Route::Manifest(n, r), m) => {
+                let name = repo(n)?;
+                match m {
+                    Method::GET | Method::HEAD => {
+                        self.get_manifest(name, r, m == Method::HEAD).await
+                    }
+                    Method::PUT => self.put_manifest(name, r, req).await,
+                    Method::DELETE => self.delete_manifest(name, r).await,
+                    _ => Err(RegistryError::MethodNotAllowed),
+                }
+            }
+            (Route::Blob(n, d), m) => {
+                let name = repo(n)?;
+                match m {
+                    Method::GET | Method::HEAD => {
+                        self.get_blob(name, d, m == Method::HEAD, req.headers())
+                            .await
+                    }
+                    Method::DELETE => self.delete_blob(name, d).await,
+                    _ => Err(RegistryError::MethodNotAllowed),
+                }
+            }
+            (Route::Upload(n, id), m) => {
+                let name = repo(n)?;
+                match (m, id.is_empty()) {
+                    (Method::POST, true) => self.start_upload(name, req).await,
+                    (Method::GET, false) => self.upload_status(name, id, req.headers()).await,
+                    (Method::PATCH, false) => self.patch_upload(name, id, req).await,
+                    (Method::PUT, false) => self.put_upload(name, id, req).await,
+                    (Method::DELETE, false) => self.cancel_upload(name, id).await,
+                    _ => Err(RegistryError::MethodNotAllowed),
+                }
+            }
+            _ => Err(RegistryError::MethodNotAllowed),
+        }
+    }
+
+    fn require_delete(&self) -> Result<(), RegistryError> {
+        if self.config.storage.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::Unsupported(
+                "deletes are disabled (storage.delete_enabled / REGISTRY_STORAGE_DELETE_ENABLED)"
+                    .into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/v2/"), Some(Route::Base));
+        assert_eq!(route("/v2/_catalog"), Some(Route::Catalog));
+        assert_eq!(route("/v2/a/b/tags/list"), Some(Route::Tags("a/b")));
+        assert_eq!(
+            route("/v2/a/b/manifests/latest"),
+            Some(Route::Manifest("a/b", "latest"))
+        );
+        assert_eq!(
+            route("/v2/a/manifests/manifests/x"),
+            Some(Route::Manifest("a/manifests", "x"))
+        );
+        assert_eq!(
+            route("/v2/a/blobs/sha256:00"),
+            Some(Route::Blob("a", "sha256:00"))
+        );
+        assert_eq!(route("/v2/a/blobs/uploads/"), Some(Route::Upload("a", "")));
+        assert_eq!(route("/v2/a/blobs/uploads"), Some(Route::Upload("a", "")));
+        assert_eq!(
+            route("/v2/a/b/blobs/uploads/123-4"),
+            Some(Route::Upload("a/b", "123-4"))
+        );
+        assert_eq!(
+            route("/v2/a/referrers/sha256:1"),
+            Some(Route::Referrers("a", "sha256:1"))
+        );
+        assert_eq!(route("/v1/_ping"), Some(Route::V1Ping));
+        assert_eq!(route("/v2/a"), None);
+        assert_eq!(route("/v3/"), None);
+        assert_eq!(route("/v2/x/uploads/1"), None);
+    }
+}

@@ -1,0 +1,220 @@
+//! Blob uploads: `POST` (session, monolithic, mount), `PATCH`, `PUT`, `GET` status, `DELETE`.
+
+use http::header::{CONTENT_LENGTH, LOCATION};
+use http::{HeaderMap, Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::{body_stream, digest, param, query, App, Reply};
+use crate::error::RegistryError;
+use crate::oci::{Digest, RepoName, UploadId};
+use crate::store::UploadSession;
+
+/// Parses `Content-Range: <start>-<end>` (inclusive; `bytes ` or `bytes=` prefixes tolerated).
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let v = v.trim();
+    let v = v
+        .strip_prefix("bytes")
+        .map(|r| r.trim_start_matches([' ', '=']))
+        .unwrap_or(v);
+    let v = v.split('/').next()?;
+    let (a, b) = v.split_once('-')?;
+    let ok = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !ok(a) || !ok(b) {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, RegistryError> {
+    match headers.get(CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| RegistryError::SizeInvalid("invalid Content-Length".into())),
+    }
+}
+
+/// Start offset and expected length of a chunk from `Content-Range` and `Content-Length`.
+fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>), RegistryError> {
+    let len = content_length(headers)?;
+    let Some(raw) = headers.get("content-range") else {
+        return Ok((None, len));
+    };
+    let (start, end) = raw
+        .to_str()
+        .ok()
+        .and_then(parse_content_range)
+        .ok_or_else(|| RegistryError::BlobUploadInvalid("invalid Content-Range".into()))?;
+    if end < start {
+        return Err(RegistryError::RangeInvalid {
+            upload_offset: None,
+            blob_size: None,
+        });
+    }
+    let span = end - start + 1;
+    if len.is_some_and(|l| l != span) {
+        return Err(RegistryError::SizeInvalid(format!(
+            "Content-Length {} does not match Content-Range {start}-{end}",
+            len.unwrap_or(0)
+        )));
+    }
+    Ok((Some(start), Some(span)))
+}
+
+fn range_value(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+impl App {
+    fn upload_location(&self, headers: &HeaderMap, s: &UploadSession) -> String {
+        format!(
+            "{}/v2/{}/blobs/uploads/{}",
+            self.base_url(headers),
+            s.name,
+            s.id.as_str()
+        )
+    }
+
+    fn blob_location(&self, headers: &HeaderMap, name: &RepoName, d: &Digest) -> String {
+        format!("{}/v2/{name}/blobs/{d}", self.base_url(headers))
+    }
+
+    fn session(name: RepoName, id: &str) -> Result<UploadSession, RegistryError> {
+        let id: UploadId = id.parse().map_err(|_| RegistryError::BlobUploadUnknown)?;
+        Ok(UploadSession { name, id })
+    }
+
+    fn progress(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        s: &UploadSession,
+        size: u64,
+    ) -> Reply {
+        Reply::new(status)
+            .header(LOCATION, self.upload_location(headers, s))
+            .header("range", range_value(size))
+            .header("docker-upload-uuid", s.id.as_str())
+            .header(CONTENT_LENGTH, "0")
+    }
+
+    fn created_blob(&self, headers: &HeaderMap, name: &RepoName, d: &Digest) -> Reply {
+        Reply::new(StatusCode::CREATED)
+            .header(LOCATION, self.blob_location(headers, name, d))
+            .header("docker-content-digest", d.to_string())
+            .header(CONTENT_LENGTH, "0")
+    }
+
+    pub(super) async fn start_upload(
+        &self,
+        name: RepoName,
+        req: Request<Incoming>,
+    ) -> Result<Reply, RegistryError> {
+        let q = query(&req);
+        if let Some(m) = param(&q, "mount") {
+            let d = digest(m)?;
+            let from = match param(&q, "from") {
+                Some(f) => Some(
+                    f.parse::<RepoName>()
+                        .map_err(|_| RegistryError::NameInvalid)?,
+                ),
+                None => None,
+            };
+            if self.store.mount_blob(&name, &d, from.as_ref()).await? {
+                return Ok(self.created_blob(req.headers(), &name, &d));
+            }
+        }
+        let monolithic = match param(&q, "digest") {
+            Some(d) => Some(digest(d)?),
+            None => None,
+        };
+        let session = self.store.start_upload(&name).await?;
+        let Some(d) = monolithic else {
+            return Ok(self.progress(StatusCode::ACCEPTED, req.headers(), &session, 0));
+        };
+        let (parts, body) = req.into_parts();
+        let len = content_length(&parts.headers)?;
+        self.store
+            .commit_upload(&session, &d, Some((None, len, body_stream(body))))
+            .await?;
+        Ok(self.created_blob(&parts.headers, &name, &d))
+    }
+
+    pub(super) async fn upload_status(
+        &self,
+        name: RepoName,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<Reply, RegistryError> {
+        let s = Self::session(name, id)?;
+        let size = self.store.upload_size(&s).await?;
+        Ok(self.progress(StatusCode::NO_CONTENT, headers, &s, size))
+    }
+
+    pub(super) async fn patch_upload(
+        &self,
+        name: RepoName,
+        id: &str,
+        req: Request<Incoming>,
+    ) -> Result<Reply, RegistryError> {
+        let s = Self::session(name, id)?;
+        let (parts, body) = req.into_parts();
+        let (start, len) = chunk_bounds(&parts.headers)?;
+        let appended = self
+            .store
+            .append_upload(&s, start, len, body_stream(body))
+            .await?;
+        Ok(self.progress(StatusCode::ACCEPTED, &parts.headers, &s, appended.size))
+    }
+
+    pub(super) async fn put_upload(
+        &self,
+        name: RepoName,
+        id: &str,
+        req: Request<Incoming>,
+    ) -> Result<Reply, RegistryError> {
+        let s = Self::session(name, id)?;
+        let q = query(&req);
+        let d = digest(
+            param(&q, "digest")
+                .ok_or_else(|| RegistryError::DigestInvalid("digest parameter missing".into()))?,
+        )?;
+        let (parts, body) = req.into_parts();
+        let (start, len) = chunk_bounds(&parts.headers)?;
+        let final_chunk = if len == Some(0) && start.is_none() {
+            None
+        } else {
+            Some((start, len, body_stream(body)))
+        };
+        self.store.commit_upload(&s, &d, final_chunk).await?;
+        Ok(self.created_blob(&parts.headers, &s.name, &d))
+    }
+
+    pub(super) async fn cancel_upload(
+        &self,
+        name: RepoName,
+        id: &str,
+    ) -> Result<Reply, RegistryError> {
+        let s = Self::session(name, id)?;
+        self.store.cancel_upload(&s).await?;
+        Ok(Reply::new(StatusCode::NO_CONTENT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-99"), Some((0, 99)));
+        assert_eq!(parse_content_range("bytes 5-9/100"), Some((5, 9)));
+        assert_eq!(parse_content_range("bytes=5-9"), Some((5, 9)));
+        assert_eq!(parse_content_range("-9"), None);
+        assert_eq!(parse_content_range("a-b"), None);
+        assert_eq!(parse_content_range("99999999999999999999999-1"), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! berth-registry: an OCI Distribution v1.1 registry over registry:2's storage layout.
+//!
+//! [`App`] handles requests; [`server::serve`] runs it on a listener. Tests build both in-process, and also
+//! start the real binary.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod oci;
+pub mod paths;
+pub mod server;
+pub mod storage;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use api::App;
+pub use config::Config;
+
+/// Builds the application for a configuration: opens the storage and the store over it.
+pub fn build(config: Config) -> std::io::Result<Arc<App>> {
+    let storage = storage::fs::FsStorage::new(&config.storage.root_directory)?;
+    Ok(Arc::new(App {
+        store: store::RegistryStore::new(Arc::new(storage)),
+        config,
+    }))
+}

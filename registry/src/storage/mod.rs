@@ -1,0 +1,96 @@
+//! The storage backend trait: an object-store-like interface the registry semantics sit on.
+//!
+//! Keys are `/`-separated relative paths made only by [`crate::paths`] from parsed names and digests.
+//!
+//! # Contract (checked for every backend by [`conformance`])
+//! - `put` is atomic: a reader sees the old object, the new one, or nothing; never a partial object.
+//! - Append writers (upload data) write to the end of one object; `finish` makes what was written durable.
+//!   A writer dropped without `finish` keeps what reached storage (an upload can be resumed from `stat`).
+//! - `rename` moves an object atomically and durably, replacing any object at the destination; it is how an
+//!   upload is committed into the blob store.
+//! - `read` streams, optionally a byte range, and never loads a whole object in memory.
+//! - `list` returns the names of the direct children of a prefix (objects and "directories"), sorted,
+//!   without temporary files; an absent prefix lists as empty.
+//! - `delete` removes an object or everything under a prefix; deleting what is absent succeeds.
+
+pub mod conformance;
+pub mod fs;
+
+use std::fmt;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A stream of object bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Storage failures.
+#[derive(Debug)]
+pub enum StorageError {
+    /// The object does not exist.
+    NotFound(String),
+    /// A range outside the object.
+    InvalidRange,
+    /// I/O or backend failure.
+    Io(String, std::io::Error),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::NotFound(k) => write!(f, "not found: {k}"),
+            StorageError::InvalidRange => write!(f, "invalid range"),
+            StorageError::Io(k, e) => write!(f, "{k}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl StorageError {
+    /// Whether the error means "absent".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound(_))
+    }
+}
+
+/// What `stat` tells about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A writer appending to one object.
+#[async_trait]
+pub trait AppendWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError>;
+    /// Size of the object including everything written so far.
+    fn size(&self) -> u64;
+    /// Makes everything written durable.
+    async fn finish(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// A storage backend. See the module documentation for the contract.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Size of an object, or `None` when absent.
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
+    /// Streams an object, or the half-open byte range `start..end` of it.
+    async fn read(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, StorageError>;
+    /// Reads a small object whole (links, manifests); refuses objects over `limit` bytes.
+    async fn read_small(&self, key: &str, limit: u64) -> Result<Bytes, StorageError>;
+    /// Writes a small object atomically, replacing any previous one.
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError>;
+    /// Opens an object for appending, creating it empty when absent.
+    async fn append(&self, key: &str) -> Result<Box<dyn AppendWriter>, StorageError>;
+    /// Moves an object atomically, replacing the destination.
+    async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
+    /// Names of the direct children of `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Removes an object or a whole prefix.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+}

@@ -1,0 +1,435 @@
+//! Registry semantics on top of a [`Storage`]: blobs and their links, upload sessions, manifests, tags,
+//! the catalog and referrers, in registry:2's layout.
+//!
+//! Ordering rules that keep a crash harmless: blob content is committed before the link that makes it part
+//! of a repository, and a manifest's content and revision link before the tag that points at it. Every
+//! write of a link replaces it atomically.
+
+mod uploads;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+
+use crate::error::RegistryError;
+use crate::oci::{media, Algorithm, Digest, Hasher, Manifest, ManifestKind, RepoName, Tag};
+use crate::paths;
+use crate::storage::{ByteStream, Storage, StorageError};
+
+pub use uploads::{BodyStream, UploadSession};
+
+/// The largest link file read (a digest and a little slack).
+const LINK_LIMIT: u64 = 1024;
+/// The largest stored manifest served (registry:2 data may hold manifests larger than our push limit).
+const STORED_MANIFEST_LIMIT: u64 = 32 * 1024 * 1024;
+/// Media type of foreign layers, which are not stored in the registry.
+const FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+/// A manifest as served.
+pub struct StoredManifest {
+    /// Exact bytes as pushed.
+    pub bytes: Bytes,
+    /// Media type, from the body or its structure.
+    pub media_type: String,
+    /// Canonical digest.
+    pub digest: Digest,
+}
+
+/// The outcome of a manifest push.
+pub struct PushedManifest {
+    /// Digest of the stored bytes.
+    pub digest: Digest,
+    /// The `subject` the manifest refers to, if any.
+    pub subject: Option<Digest>,
+}
+
+/// Registry semantics over one storage backend.
+#[derive(Clone)]
+pub struct RegistryStore {
+    storage: Arc<dyn Storage>,
+    uploads: Arc<uploads::UploadStates>,
+}
+
+/// Whether a storage error means "absent".
+fn absent<T>(r: Result<T, StorageError>) -> Result<Option<T>, RegistryError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Media type of stored manifest bytes, as registry:2 decides it: the `mediaType` field, else the structure.
+pub fn detect_media_type(bytes: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
+    if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str()) {
+        if !mt.is_empty() {
+            return mt.to_string();
+        }
+    }
+    if v.get("schemaVersion").and_then(|s| s.as_i64()) == Some(1) {
+        return if v.get("signatures").is_some() {
+            media::DOCKER_V1_SIGNED.to_string()
+        } else {
+            media::DOCKER_V1.to_string()
+        };
+    }
+    if v.get("manifests").is_some() {
+        media::OCI_INDEX.to_string()
+    } else {
+        media::OCI_MANIFEST.to_string()
+    }
+}
+
+impl RegistryStore {
+    /// A store over `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> RegistryStore {
+        RegistryStore {
+            storage,
+            uploads: Arc::new(uploads::UploadStates::default()),
+        }
+    }
+
+    /// The backend.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    async fn read_link(&self, key: &str) -> Result<Option<Digest>, RegistryError> {
+        let Some(bytes) = absent(self.storage.read_small(key, LINK_LIMIT).await)? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        match Digest::parse(text.trim()) {
+            Ok(d) => Ok(Some(d)),
+            Err(_) => Err(RegistryError::Internal(format!(
+                "{key}: link holds no valid digest"
+            ))),
+        }
+    }
+
+    async fn write_link(&self, key: &str, d: &Digest) -> Result<(), RegistryError> {
+        Ok(self.storage.put(key, Bytes::from(d.to_string())).await?)
+    }
+
+    /// Whether the repository exists (has any content, links or uploads).
+    pub async fn repo_exists(&self, name: &RepoName) -> Result<bool, RegistryError> {
+        Ok(!self.storage.list(&paths::repo_dir(name)).await?.is_empty())
+    }
+
+    // ---- blobs ----
+
+    /// Size of a blob in the blob store, whatever repository links it.
+    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>, RegistryError> {
+        Ok(self
+            .storage
+            .stat(&paths::blob_data(d))
+            .await?
+            .map(|m| m.size))
+    }
+
+    /// Size of a blob that is part of `name` (linked into the repository and present).
+    pub async fn repo_blob_size(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        if self
+            .storage
+            .stat(&paths::layer_link(name, d))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.blob_size(d).await
+    }
+
+    /// Streams a blob, or a half-open byte range of it.
+    pub async fn open_blob(
+        &self,
+        d: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<ByteStream, RegistryError> {
+        match self.storage.read(&paths::blob_data(d), range).await {
+            Ok(s) => Ok(s),
+            Err(e) if e.is_not_found() => Err(RegistryError::BlobUnknown),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes a blob part of a repository.
+    pub async fn link_blob(&self, name: &RepoName, d: &Digest) -> Result<(), RegistryError> {
+        self.write_link(&paths::layer_link(name, d), d).await
+    }
+
+    /// Mounts a blob into `name` from `from` (or from anywhere when `from` is `None`). Returns whether it did.
+    pub async fn mount_blob(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<bool, RegistryError> {
+        let present = match from {
+            Some(from) => self.repo_blob_size(from, d).await?.is_some(),
+            None => self.blob_size(d).await?.is_some(),
+        };
+        if present {
+            self.link_blob(name, d).await?;
+        }
+        Ok(present)
+    }
+
+    /// Removes a blob from a repository (the content stays for other repositories until garbage collection).
+    pub async fn delete_blob(&self, name: &RepoName, d: &Digest) -> Result<(), RegistryError> {
+        if self
+            .storage
+            .stat(&paths::layer_link(name, d))
+            .await?
+            .is_none()
+        {
+            return Err(RegistryError::BlobUnknown);
+        }
+        Ok(self.storage.delete(&paths::layer_dir(name, d)).await?)
+    }
+
+    /// Hashes a stored object with `algorithm`, streaming.
+    pub(crate) async fn hash_object(
+        &self,
+        key: &str,
+        algorithm: Algorithm,
+    ) -> Result<Digest, RegistryError> {
+        let mut stream = self.storage.read(key, None).await?;
+        let mut hasher = Hasher::new(algorithm);
+        while let Some(chunk) = stream.try_next().await? {
+            hasher = tokio::task::spawn_blocking(move || {
+                hasher.update(&chunk);
+                hasher
+            })
+            .await
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        }
+        Ok(hasher.finish())
+    }
+
+    // ---- manifests and tags ----
+
+    /// Resolves a tag to the digest it points at.
+    pub async fn resolve_tag(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, RegistryError> {
+        self.read_link(&paths::tag_current_link(name, tag)).await
+    }
+
+    /// Reads a manifest by digest, if it is a revision of the repository.
+    pub async fn manifest_by_digest(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<StoredManifest>, RegistryError> {
+        if self
+            .storage
+            .stat(&paths::revision_link(name, d))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let Some(bytes) = absent(
+            self.storage
+                .read_small(&paths::blob_data(d), STORED_MANIFEST_LIMIT)
+                .await,
+        )?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(StoredManifest {
+            media_type: detect_media_type(&bytes),
+            bytes,
+            digest: d.clone(),
+        }))
+    }
+
+    /// Validates and stores a manifest, then points `tag` at it when given.
+    pub async fn put_manifest(
+        &self,
+        name: &RepoName,
+        tag: Option<&Tag>,
+        expected: Option<&Digest>,
+        bytes: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<PushedManifest, RegistryError> {
+        let manifest =
+            Manifest::parse(&bytes, content_type).map_err(RegistryError::ManifestInvalid)?;
+        let digest = match expected {
+            Some(e) => {
+                let actual = Digest::of(e.algorithm(), &bytes);
+                if &actual != e {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "manifest digest {actual} does not match the reference {e}"
+                    )));
+                }
+                actual
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        self.check_references(name, &manifest).await?;
+        if self.blob_size(&digest).await? != Some(bytes.len() as u64) {
+            self.storage.put(&paths::blob_data(&digest), bytes).await?;
+        }
+        self.write_link(&paths::revision_link(name, &digest), &digest)
+            .await?;
+        if let Some(tag) = tag {
+            self.write_link(&paths::tag_index_link(name, tag, &digest), &digest)
+                .await?;
+            self.write_link(&paths::tag_current_link(name, tag), &digest)
+                .await?;
+        }
+        let subject = manifest
+            .subject
+            .as_ref()
+            .and_then(|s| Digest::parse(&s.digest).ok());
+        Ok(PushedManifest { digest, subject })
+    }
+
+    async fn check_references(&self, name: &RepoName, m: &Manifest) -> Result<(), RegistryError> {
+        let mut checked = HashSet::new();
+        for desc in m.config.iter().chain(m.references.iter()) {
+            if desc.media_type.as_deref() == Some(FOREIGN_LAYER)
+                || !checked.insert(desc.digest.clone())
+            {
+                continue;
+            }
+            let d = Digest::parse(&desc.digest).map_err(|_| {
+                RegistryError::ManifestInvalid(format!("invalid digest {}", desc.digest))
+            })?;
+            let present = match m.kind {
+                ManifestKind::Image => self.repo_blob_size(name, &d).await?.is_some(),
+                ManifestKind::Index => self
+                    .storage
+                    .stat(&paths::revision_link(name, &d))
+                    .await?
+                    .is_some(),
+            };
+            if !present {
+                return Err(RegistryError::ManifestBlobUnknown(d.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a manifest revision and every tag pointing at it.
+    pub async fn delete_manifest(&self, name: &RepoName, d: &Digest) -> Result<(), RegistryError> {
+        if self
+            .storage
+            .stat(&paths::revision_link(name, d))
+            .await?
+            .is_none()
+        {
+            return Err(RegistryError::ManifestUnknown);
+        }
+        for tag in self.tags(name).await? {
+            if self.resolve_tag(name, &tag).await?.as_ref() == Some(d) {
+                self.storage.delete(&paths::tag_dir(name, &tag)).await?;
+            }
+        }
+        Ok(self.storage.delete(&paths::revision_dir(name, d)).await?)
+    }
+
+    /// Deletes a tag (the manifest stays).
+    pub async fn delete_tag(&self, name: &RepoName, tag: &Tag) -> Result<(), RegistryError> {
+        if self.resolve_tag(name, tag).await?.is_none() {
+            return Err(RegistryError::ManifestUnknown);
+        }
+        Ok(self.storage.delete(&paths::tag_dir(name, tag)).await?)
+    }
+
+    /// Tags of a repository, sorted; tag folders without a current link are not tags.
+    pub async fn tags(&self, name: &RepoName) -> Result<Vec<Tag>, RegistryError> {
+        let names = self.storage.list(&paths::tags_dir(name)).await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| n.parse::<Tag>().ok())
+            .collect())
+    }
+
+    /// Every repository name, sorted: folders under `repositories/` that hold `_manifests`.
+    pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
+        let root = paths::repositories_root();
+        let mut out = Vec::new();
+        let mut pending = vec![String::new()];
+        while let Some(rel) = pending.pop() {
+            let dir = if rel.is_empty() {
+                root.clone()
+            } else {
+                format!("{root}/{rel}")
+            };
+            for child in self.storage.list(&dir).await? {
+                if child == "_manifests" {
+                    if !rel.is_empty() {
+                        out.push(rel.clone());
+                    }
+                } else if !child.starts_with('_') {
+                    pending.push(if rel.is_empty() {
+                        child
+                    } else {
+                        format!("{rel}/{child}")
+                    });
+                }
+            }
+        }
+        out.retain(|n| n.parse::<RepoName>().is_ok());
+        out.sort();
+        Ok(out)
+    }
+
+    /// Descriptors of the manifests in `name` whose `subject` is `subject`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        name: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>, RegistryError> {
+        let mut out = Vec::new();
+        for alg in ["sha256", "sha512"] {
+            for hex in self.storage.list(&paths::revisions_dir(name, alg)).await? {
+                let Ok(d) = Digest::parse(&format!("{alg}:{hex}")) else {
+                    continue;
+                };
+                let Some(m) = self.manifest_by_digest(name, &d).await? else {
+                    continue;
+                };
+                let Ok(parsed) = Manifest::parse(&m.bytes, None) else {
+                    continue;
+                };
+                let Some(s) = &parsed.subject else { continue };
+                if s.digest != subject.to_string() {
+                    continue;
+                }
+                let at = parsed.referrer_artifact_type();
+                if let Some(want) = artifact_type {
+                    if at.as_deref() != Some(want) {
+                        continue;
+                    }
+                }
+                let mut desc = serde_json::json!({
+                    "mediaType": m.media_type,
+                    "digest": d.to_string(),
+                    "size": m.bytes.len(),
+                });
+                if let Some(at) = at {
+                    desc["artifactType"] = at.into();
+                }
+                if let Some(a) = parsed.annotations {
+                    desc["annotations"] = serde_json::Value::Object(a);
+                }
+                out.push(desc);
+            }
+        }
+        Ok(out)
+    }
+}

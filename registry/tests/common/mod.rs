@@ -1,0 +1,274 @@
+//! Test support: start the real `berth-registry` binary on a free port and talk HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use sha2::{Digest as _, Sha256};
+
+pub type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// A running registry process with its own data directory.
+pub struct Registry {
+    pub child: Child,
+    pub addr: String,
+    pub root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    client: Client<HttpConnector, ReqBody>,
+}
+
+/// A response read whole.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The OCI error code of the first error.
+    pub fn code(&self) -> String {
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+pub fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+pub fn full(b: impl Into<Bytes>) -> ReqBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+impl Registry {
+    /// Starts the binary with a fresh data directory and extra environment.
+    pub fn start(env: &[(&str, &str)]) -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let mut r = Registry::start_at(&root, env);
+        r._dir = Some(dir);
+        r
+    }
+
+    /// Starts the binary on an existing data directory.
+    pub fn start_at(root: &Path, env: &[(&str, &str)]) -> Registry {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
+        cmd.env_clear()
+            .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", root)
+            .env("REGISTRY_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn berth-registry");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listen line");
+        let addr = line
+            .trim()
+            .strip_prefix("berth-registry listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Registry {
+            child,
+            addr,
+            root: root.to_path_buf(),
+            _dir: None,
+            client,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request with a body, reads the whole response.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: ReqBody,
+    ) -> Resp {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            self.url(path)
+        };
+        let mut b = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(b.body(body).expect("request"))
+            .await
+            .expect("send");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(Method::GET, path, &[], full(Bytes::new())).await
+    }
+
+    pub async fn head(&self, path: &str) -> Resp {
+        self.send(Method::HEAD, path, &[], full(Bytes::new())).await
+    }
+
+    /// Pushes a blob monolithically (POST then PUT) and returns its digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let d = sha256(data);
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                full(Bytes::new()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "POST upload: {:?}", r.body);
+        let loc = r.header("location").expect("Location").to_string();
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = self
+            .send(
+                Method::PUT,
+                &format!("{loc}{sep}digest={d}"),
+                &[("content-type", "application/octet-stream")],
+                full(Bytes::copy_from_slice(data)),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "PUT upload: {:?}", r.body);
+        d
+    }
+
+    /// Pushes an image (config + layers) and its OCI manifest under `tag`; returns the manifest digest.
+    pub async fn push_image(&self, repo: &str, tag: &str, layers: &[&[u8]]) -> (String, Vec<u8>) {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let cd = self.push_blob(repo, config).await;
+        let mut descs = Vec::new();
+        for l in layers {
+            let d = self.push_blob(repo, l).await;
+            descs.push(serde_json::json!({"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":d,"size":l.len()}));
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType":"application/vnd.oci.image.config.v1+json","digest":cd,"size":config.len()},
+            "layers": descs,
+        });
+        let bytes = serde_json::to_vec(&manifest).expect("json");
+        let r = self
+            .send(
+                Method::PUT,
+                &format!("/v2/{repo}/manifests/{tag}"),
+                &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
+                full(bytes.clone()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "PUT manifest: {:?}", r.body);
+        (sha256(&bytes), bytes)
+    }
+
+    /// Peak resident memory of the process in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops with SIGTERM and waits (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "registry did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Walks a directory tree and returns every file path relative to it.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(
+                    p.strip_prefix(dir)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
