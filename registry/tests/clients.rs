@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use common::{sha256, Registry};
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs it)"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs it)"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -92,35 +94,62 @@ fn skopeo_push_pull_inspect_list_tags_delete() {
     let host = &r.addr;
 
     // OCI image.
-    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", src.display())).arg(format!("docker://{host}/team/oci-img:v1")));
+    run(skopeo()
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{host}/team/oci-img:v1")));
     // The same image as a Docker schema 2 image.
     run(skopeo()
         .args(["copy", "--dest-tls-verify=false", "--format", "v2s2"])
         .arg(format!("oci:{}:v1", src.display()))
         .arg(format!("docker://{host}/team/docker-img:v1")));
 
-    let inspect: serde_json::Value =
-        serde_json::from_str(&run(skopeo().args(["inspect", "--tls-verify=false"]).arg(format!("docker://{host}/team/oci-img:v1")))).unwrap();
+    let inspect: serde_json::Value = serde_json::from_str(&run(skopeo()
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{host}/team/oci-img:v1"))))
+    .unwrap();
     assert_eq!(inspect["Layers"], serde_json::json!(layers));
-    let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{host}/team/docker-img:v1")));
+    let raw = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{host}/team/docker-img:v1")));
     let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    assert_eq!(raw["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
 
-    run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", src.display())).arg(format!("docker://{host}/team/oci-img:v2")));
-    let tags: serde_json::Value =
-        serde_json::from_str(&run(skopeo().args(["list-tags", "--tls-verify=false"]).arg(format!("docker://{host}/team/oci-img")))).unwrap();
+    run(skopeo()
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{host}/team/oci-img:v2")));
+    let tags: serde_json::Value = serde_json::from_str(&run(skopeo()
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{host}/team/oci-img"))))
+    .unwrap();
     assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
 
     // Pull both back and compare the layers byte for byte.
-    for (repo, dst) in [("team/oci-img", "back-oci"), ("team/docker-img", "back-docker")] {
+    for (repo, dst) in [
+        ("team/oci-img", "back-oci"),
+        ("team/docker-img", "back-docker"),
+    ] {
         let dst = tmp.path().join(dst);
-        run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{host}/{repo}:v1")).arg(format!("oci:{}:v1", dst.display())));
+        run(skopeo()
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{host}/{repo}:v1"))
+            .arg(format!("oci:{}:v1", dst.display())));
         for d in &layers {
-            assert_eq!(blob_bytes(&dst, d), blob_bytes(&src, d), "layer {d} of {repo}");
+            assert_eq!(
+                blob_bytes(&dst, d),
+                blob_bytes(&src, d),
+                "layer {d} of {repo}"
+            );
         }
     }
 
-    run(skopeo().args(["delete", "--tls-verify=false"]).arg(format!("docker://{host}/team/oci-img:v2")));
+    run(skopeo()
+        .args(["delete", "--tls-verify=false"])
+        .arg(format!("docker://{host}/team/oci-img:v2")));
     let gone = skopeo()
         .args(["inspect", "--tls-verify=false"])
         .arg(format!("docker://{host}/team/oci-img:v2"))
@@ -137,7 +166,11 @@ struct Distribution {
 
 impl Distribution {
     fn start(root: &Path, work: &Path) -> Distribution {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let cfg = work.join(format!("registry-{port}.yml"));
         let mut f = std::fs::File::create(&cfg).unwrap();
@@ -159,7 +192,10 @@ impl Distribution {
         let d = Distribution { child, addr };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&d.addr).is_err() {
-            assert!(Instant::now() < deadline, "registry:2 did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "registry:2 did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         d
@@ -174,7 +210,9 @@ impl Drop for Distribution {
 }
 
 fn digest_of(host: &str, image: &str) -> String {
-    let raw = run(skopeo().args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{host}/{image}")));
+    let raw = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{host}/{image}")));
     sha256(raw.as_bytes())
 }
 
@@ -189,24 +227,36 @@ fn registry2_data_is_served_by_berth_and_back() {
     // registry:2 writes, berth serves.
     let (d_oci, d_docker) = {
         let dist = Distribution::start(&root, tmp.path());
-        run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", src.display())).arg(format!("docker://{}/from/dist:v1", dist.addr)));
+        run(skopeo()
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:v1", src.display()))
+            .arg(format!("docker://{}/from/dist:v1", dist.addr)));
         run(skopeo()
             .args(["copy", "--dest-tls-verify=false", "--format", "v2s2"])
             .arg(format!("oci:{}:v1", src.display()))
             .arg(format!("docker://{}/from/dist-docker:v1", dist.addr)));
-        (digest_of(&dist.addr, "from/dist:v1"), digest_of(&dist.addr, "from/dist-docker:v1"))
+        (
+            digest_of(&dist.addr, "from/dist:v1"),
+            digest_of(&dist.addr, "from/dist-docker:v1"),
+        )
     };
     {
         let berth = Registry::start_at(&root, &[]);
         assert_eq!(digest_of(&berth.addr, "from/dist:v1"), d_oci);
         assert_eq!(digest_of(&berth.addr, "from/dist-docker:v1"), d_docker);
         let out = tmp.path().join("pulled-from-berth");
-        run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/from/dist:v1", berth.addr)).arg(format!("oci:{}:v1", out.display())));
+        run(skopeo()
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/from/dist:v1", berth.addr))
+            .arg(format!("oci:{}:v1", out.display())));
         for d in &layers {
             assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d));
         }
         // berth writes into the same directory.
-        run(skopeo().args(["copy", "--dest-tls-verify=false"]).arg(format!("oci:{}:v1", src.display())).arg(format!("docker://{}/from/berth:v1", berth.addr)));
+        run(skopeo()
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:v1", src.display()))
+            .arg(format!("docker://{}/from/berth:v1", berth.addr)));
         run(skopeo()
             .args(["copy", "--dest-tls-verify=false", "--format", "v2s2"])
             .arg(format!("oci:{}:v1", src.display()))
@@ -215,18 +265,34 @@ fn registry2_data_is_served_by_berth_and_back() {
     // registry:2 serves what berth wrote.
     let dist = Distribution::start(&root, tmp.path());
     let out = tmp.path().join("pulled-from-dist");
-    run(skopeo().args(["copy", "--src-tls-verify=false"]).arg(format!("docker://{}/from/berth:v1", dist.addr)).arg(format!("oci:{}:v1", out.display())));
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/from/berth:v1", dist.addr))
+        .arg(format!("oci:{}:v1", out.display())));
     for d in &layers {
         assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d));
     }
-    run(skopeo().args(["inspect", "--tls-verify=false"]).arg(format!("docker://{}/from/berth-docker:v1", dist.addr)));
-    let tags: serde_json::Value =
-        serde_json::from_str(&run(skopeo().args(["list-tags", "--tls-verify=false"]).arg(format!("docker://{}/from/berth", dist.addr)))).unwrap();
+    run(skopeo()
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{}/from/berth-docker:v1", dist.addr)));
+    let tags: serde_json::Value = serde_json::from_str(&run(skopeo()
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{}/from/berth", dist.addr))))
+    .unwrap();
     assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
-    let catalog = Command::new("curl").args(["-sf"]).arg(format!("http://{}/v2/_catalog", dist.addr)).output().unwrap();
+    let catalog = Command::new("curl")
+        .args(["-sf"])
+        .arg(format!("http://{}/v2/_catalog", dist.addr))
+        .output()
+        .unwrap();
     let catalog: serde_json::Value = serde_json::from_slice(&catalog.stdout).unwrap();
     assert_eq!(
         catalog["repositories"],
-        serde_json::json!(["from/berth", "from/berth-docker", "from/dist", "from/dist-docker"])
+        serde_json::json!([
+            "from/berth",
+            "from/berth-docker",
+            "from/dist",
+            "from/dist-docker"
+        ])
     );
 }
