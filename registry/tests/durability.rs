@@ -99,7 +99,7 @@ async fn kill_during_upload_leaves_no_blob_and_the_upload_resumes() {
     assert_eq!(status.status, StatusCode::NO_CONTENT);
     let range = status.header("range").unwrap();
     let offset: usize = range.strip_prefix("0-").unwrap().parse::<usize>().unwrap() + 1;
-    assert!(offset >= 3 << 20 && offset <= 4 << 20, "offset {offset}");
+    assert!((3 << 20..=4 << 20).contains(&offset), "offset {offset}");
     assert_eq!(
         std::fs::read(&data_file).unwrap(),
         &data[..offset],
