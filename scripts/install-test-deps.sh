@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Installs what berth's tests use on a fresh Debian machine (only what is missing).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+need curl:curl skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils \
+  dockerd:docker.io ip:iproute2 openssl:openssl

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# berth's whole test suite: installs what the tests need, runs every cargo test, then the end-to-end scripts.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$BERTH_ROOT"
+
+step "installing test dependencies (only what is missing)"
+scripts/install-test-deps.sh
+
+step "cargo test --workspace"
+cargo build --workspace --locked --bins
+cargo test --workspace --locked
+
+step "end-to-end"
+scripts/e2e-registry.sh
