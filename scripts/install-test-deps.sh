@@ -3,4 +3,5 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need curl:curl skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils \
-  dockerd:docker.io ip:iproute2 openssl:openssl
+  dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap ip:iproute2 \
+  update-ca-certificates:ca-certificates strip:binutils

@@ -8,8 +8,11 @@ step "installing test dependencies (only what is missing)"
 scripts/install-test-deps.sh
 
 step "cargo test --workspace"
-cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
+step "release binaries for the end-to-end suite"
+cargo build --release --locked --bins
+
 step "end-to-end"
-scripts/e2e-registry.sh
+BERTH_BIN_DIR=target/release scripts/e2e-registry.sh
+BERTH_BIN_DIR=target/release scripts/e2e.sh

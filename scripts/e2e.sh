@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# End-to-end suite of the whole stack with real clients (run by scripts/test.sh, as root):
+#   1. the Docker daemon through berth-proxy with verified TLS, at a non-loopback address in a network namespace
+#      (Docker skips certificate checks on 127.0.0.0/8): refused without the CA, then install-ca.sh, login with
+#      a wrong and a right password, push an image with two random layers, remove, pull, same image id, search,
+#      logout;
+#   2. skopeo through the proxy with --dest-cert-dir: copy in and out, inspect, list-tags;
+#   3. docker-compose up of the real compose.yml (images built here, nothing pulled): login, push, pull; down;
+#      the data survives a second up;
+#   4. scripts/start.sh: login and push with skopeo, SIGINT, both processes gone.
+# It starts its own Docker daemon and stops exactly what it started.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$BERTH_ROOT"
+
+BIN=${BERTH_BIN_DIR:-target/release}
+[ -x "$BIN/berth-proxy" ] && [ -x "$BIN/berth-registry" ] || die "build first: cargo build --release --bins (or set BERTH_BIN_DIR)"
+WORK=$(mktemp -d /tmp/berth-e2e.XXXXXX)
+NS=berth-e2e-$$
+VETH_H=bth$$h
+VETH_N=bth$$n
+ADDR=10.231.0.2
+HOSTPORT=$ADDR:5043
+PIDS=()
+COMPOSE_DIR=
+CA_INSTALLED=
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$COMPOSE_DIR" ]; then
+    (cd "$COMPOSE_DIR" && docker-compose -p "berthe2e$$" down -t 5 >/dev/null 2>&1)
+  fi
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [ -n "$CA_INSTALLED" ]; then
+    rm -rf "/etc/docker/certs.d/$HOSTPORT"
+    rm -f /usr/local/share/ca-certificates/docker-dev-cert/devdockerCA.crt
+    rmdir /usr/local/share/ca-certificates/docker-dev-cert 2>/dev/null
+    update-ca-certificates --fresh >/dev/null 2>&1
+  fi
+  ip netns del "$NS" 2>/dev/null
+  ip link del "$VETH_H" 2>/dev/null
+  stop_dockerd
+  rm -rf "$WORK"
+  [ $rc = 0 ] || printf 'e2e: FAILED (exit %s); see the step above\n' "$rc" >&2
+}
+trap cleanup EXIT
+
+PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+export DOCKER_CONFIG=$WORK/docker-client
+
+step "e2e: private Docker daemon"
+start_dockerd "$WORK/docker"
+make_image berth-e2e:src "$WORK/ctx"
+SRC_ID=$(docker image inspect -f '{{.Id}}' berth-e2e:src)
+info "test image $SRC_ID with $(docker image inspect -f '{{len .RootFS.Layers}}' berth-e2e:src) layers"
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 1: registry and proxy in network namespace $NS, proxy on $HOSTPORT"
+ip netns add "$NS"
+ip link add "$VETH_H" type veth peer name "$VETH_N"
+ip link set "$VETH_N" netns "$NS"
+ip addr add 10.231.0.1/30 dev "$VETH_H"
+ip link set "$VETH_H" up
+ip netns exec "$NS" ip addr add "$ADDR/30" dev "$VETH_N"
+ip netns exec "$NS" ip link set "$VETH_N" up
+ip netns exec "$NS" ip link set lo up
+
+mkdir -p "$WORK/ns/certs" "$WORK/ns/data"
+"$BIN/berth-proxy" ca init --host berth-e2e.test --ip "$ADDR" --dir "$WORK/ns/certs" >/dev/null
+# The htpasswd file is made by Apache's htpasswd, as users of the classic setup have it.
+htpasswd -Bbc "$WORK/ns/htpasswd" admin "$PASSWORD" >/dev/null 2>&1
+ip netns exec "$NS" env REGISTRY_HTTP_ADDR=127.0.0.1:5000 REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$WORK/ns/data" \
+  "$BIN/berth-registry" >"$WORK/ns/registry.out" 2>"$WORK/ns/registry.log" &
+PIDS+=($!)
+ip netns exec "$NS" env BERTH_LISTEN="$HOSTPORT" BERTH_UPSTREAM=http://127.0.0.1:5000 BERTH_CERTS_DIR="$WORK/ns/certs" \
+  BERTH_HTPASSWD="$WORK/ns/htpasswd" "$BIN/berth-proxy" serve >"$WORK/ns/proxy.log" 2>&1 &
+PIDS+=($!)
+wait_until 30 curl -sf --cacert "$WORK/ns/certs/devdockerCA.crt" "https://$HOSTPORT/v1/_ping" ||
+  { tail -5 "$WORK/ns/proxy.log" "$WORK/ns/registry.log"; die "proxy not reachable at $HOSTPORT"; }
+info "curl with --cacert: ok"
+rc=0
+curl -s -o /dev/null "https://$HOSTPORT/v1/_ping" || rc=$?
+[ "$rc" = 60 ] || die "curl without the CA should fail with exit 60 (certificate), got $rc"
+info "curl without the CA: refused (exit 60)"
+
+step "e2e 1: without the CA, docker login is refused with a certificate error"
+if printf '%s' "$PASSWORD" | docker login "$HOSTPORT" -u admin --password-stdin >"$WORK/login0.log" 2>&1; then
+  die "docker login succeeded without the CA installed"
+fi
+grep -qiE 'x509|certificate' "$WORK/login0.log" || { cat "$WORK/login0.log"; die "login failed, but not on the certificate"; }
+info "refused: $(grep -ioE 'x509: [^"]*' "$WORK/login0.log" | head -1)"
+
+step "e2e 1: scripts/install-ca.sh $HOSTPORT"
+CA_INSTALLED=1
+scripts/install-ca.sh "$HOSTPORT" "$WORK/ns/certs/devdockerCA.crt" | sed 's/^/    /'
+scripts/install-ca.sh "$HOSTPORT" "$WORK/ns/certs/devdockerCA.crt" >/dev/null  # idempotent
+[ -f "/etc/docker/certs.d/$HOSTPORT/ca.crt" ] || die "install-ca.sh did not write certs.d"
+
+step "e2e 1: docker login with a wrong password fails, with the right one succeeds"
+if printf 'wrong-%s' "$PASSWORD" | docker login "$HOSTPORT" -u admin --password-stdin >"$WORK/login1.log" 2>&1; then
+  die "docker login succeeded with a wrong password"
+fi
+grep -qiE 'unauthorized|401' "$WORK/login1.log" || { cat "$WORK/login1.log"; die "wrong password failed for another reason"; }
+printf '%s' "$PASSWORD" | docker login "$HOSTPORT" -u admin --password-stdin >"$WORK/login2.log" 2>&1 ||
+  { cat "$WORK/login2.log"; die "docker login failed"; }
+info "login ok"
+
+step "e2e 1: docker push, rmi, pull $HOSTPORT/e2e/webapp:1"
+docker tag berth-e2e:src "$HOSTPORT/e2e/webapp:1"
+docker push "$HOSTPORT/e2e/webapp:1" >"$WORK/push1.log" 2>&1 || { cat "$WORK/push1.log"; die "docker push failed"; }
+docker rmi "$HOSTPORT/e2e/webapp:1" >/dev/null
+docker pull "$HOSTPORT/e2e/webapp:1" >"$WORK/pull1.log" 2>&1 || { cat "$WORK/pull1.log"; die "docker pull failed"; }
+[ "$(docker image inspect -f '{{.Id}}' "$HOSTPORT/e2e/webapp:1")" = "$SRC_ID" ] || die "pulled image id differs"
+info "pulled image id matches $SRC_ID"
+
+step "e2e 1: docker search $HOSTPORT/webapp"
+docker search "$HOSTPORT/webapp" >"$WORK/search.log" 2>&1 || { cat "$WORK/search.log"; die "docker search failed"; }
+grep -q '^e2e/webapp ' "$WORK/search.log" || { cat "$WORK/search.log"; die "docker search did not find e2e/webapp"; }
+info "found e2e/webapp"
+
+step "e2e 1: docker logout"
+docker logout "$HOSTPORT" >/dev/null
+if docker pull "$HOSTPORT/e2e/webapp:1" >"$WORK/pull-anon.log" 2>&1; then
+  die "pull without credentials succeeded after logout"
+fi
+info "after logout, pulls are refused"
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 2: skopeo through the proxy with --dest-cert-dir"
+mkdir -p "$WORK/skopeo-certs"
+cp "$WORK/ns/certs/devdockerCA.crt" "$WORK/skopeo-certs/ca.crt"
+SK=(skopeo --insecure-policy)
+"${SK[@]}" copy --src-daemon-host "$DOCKER_HOST" --dest-creds "admin:$PASSWORD" --dest-cert-dir "$WORK/skopeo-certs" \
+  docker-daemon:berth-e2e:src "docker://$HOSTPORT/e2e/skopeo:1" >"$WORK/sk1.log" 2>&1 || { cat "$WORK/sk1.log"; die "skopeo copy in failed"; }
+"${SK[@]}" copy --src-creds "admin:$PASSWORD" --src-cert-dir "$WORK/skopeo-certs" \
+  "docker://$HOSTPORT/e2e/skopeo:1" "oci:$WORK/oci-out:1" >"$WORK/sk2.log" 2>&1 || { cat "$WORK/sk2.log"; die "skopeo copy out failed"; }
+LAYERS=$("${SK[@]}" inspect --creds "admin:$PASSWORD" --cert-dir "$WORK/skopeo-certs" "docker://$HOSTPORT/e2e/skopeo:1" |
+  python3 -c 'import json,sys; print(len(json.load(sys.stdin)["Layers"]))')
+[ "$LAYERS" = 2 ] || die "skopeo inspect shows $LAYERS layers, not 2"
+TAGS=$("${SK[@]}" list-tags --creds "admin:$PASSWORD" --cert-dir "$WORK/skopeo-certs" "docker://$HOSTPORT/e2e/skopeo" |
+  python3 -c 'import json,sys; print(",".join(json.load(sys.stdin)["Tags"]))')
+[ "$TAGS" = 1 ] || die "skopeo list-tags: $TAGS"
+info "copy in and out, inspect (2 layers), list-tags (1): ok"
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 3: docker-compose up of compose.yml (images built here from $BIN)"
+BERTH_BASE_IMAGE=local BERTH_IMAGE_TAG=e2e scripts/build-images.sh --prebuilt "$BIN" | sed 's/^/    /'
+COMPOSE_DIR=$WORK/compose
+mkdir -p "$COMPOSE_DIR"
+cp compose.yml "$COMPOSE_DIR/"
+CPORT=$(free_port)
+export BERTH_IMAGE_TAG=e2e BERTH_PORT=$CPORT
+DC=(docker-compose -p "berthe2e$$")
+(cd "$COMPOSE_DIR" && printf '%s\n' "$PASSWORD" | "${DC[@]}" run --rm -T proxy user add admin --password-stdin) >"$WORK/dc-user.log" 2>&1 ||
+  { cat "$WORK/dc-user.log"; die "docker-compose run proxy user add failed"; }
+compose_up() {
+  (cd "$COMPOSE_DIR" && "${DC[@]}" up -d --no-build) >"$WORK/dc-up.log" 2>&1 || { cat "$WORK/dc-up.log"; die "docker-compose up failed"; }
+  wait_until 60 curl -sf --cacert "$COMPOSE_DIR/certs/devdockerCA.crt" -u "admin:$PASSWORD" "https://127.0.0.1:$CPORT/v2/" ||
+    { (cd "$COMPOSE_DIR" && "${DC[@]}" logs --tail 20); die "the compose stack does not answer on $CPORT"; }
+}
+compose_up
+grep -q 'devdockerCA.crt' <(cd "$COMPOSE_DIR" && "${DC[@]}" logs proxy 2>&1) || die "the proxy's log does not say where devdockerCA.crt is"
+info "stack up; ./certs/devdockerCA.crt verifies the proxy (curl --cacert)"
+CHOST=127.0.0.1:$CPORT
+printf '%s' "$PASSWORD" | docker login "$CHOST" -u admin --password-stdin >/dev/null 2>&1 || die "docker login to the compose stack failed"
+docker tag berth-e2e:src "$CHOST/e2e/compose:1"
+docker push "$CHOST/e2e/compose:1" >"$WORK/push3.log" 2>&1 || { cat "$WORK/push3.log"; die "push to compose stack failed"; }
+docker rmi "$CHOST/e2e/compose:1" >/dev/null
+docker pull "$CHOST/e2e/compose:1" >/dev/null 2>&1 || die "pull from compose stack failed"
+info "login, push, pull: ok"
+(cd "$COMPOSE_DIR" && "${DC[@]}" down -t 10) >/dev/null 2>&1 || die "docker-compose down failed"
+info "down"
+docker rmi "$CHOST/e2e/compose:1" >/dev/null
+compose_up
+docker pull "$CHOST/e2e/compose:1" >/dev/null 2>&1 || die "the image did not survive down/up"
+[ "$(docker image inspect -f '{{.Id}}' "$CHOST/e2e/compose:1")" = "$SRC_ID" ] || die "image after down/up differs"
+info "data survived down and up"
+(cd "$COMPOSE_DIR" && "${DC[@]}" down -t 10) >/dev/null 2>&1
+COMPOSE_DIR=
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 4: scripts/start.sh"
+SPORT=$(free_port)
+RPORT=$(free_port)
+S=$WORK/start
+mkdir -p "$S"
+# Job control on, so the background script keeps SIGINT as a terminal would deliver it.
+set -m
+# With the release binaries, start.sh runs exactly as a user runs it (its release build is then up to date).
+[ "$BIN" = target/release ] && START_BIN= || START_BIN=$BIN
+BERTH_BIN_DIR="$START_BIN" BERTH_LISTEN=127.0.0.1:$SPORT REGISTRY_HTTP_ADDR=127.0.0.1:$RPORT BERTH_DATA_DIR=$S/data \
+  BERTH_CERTS_DIR=$S/certs BERTH_HTPASSWD=$S/auth/htpasswd scripts/start.sh >"$S/out" 2>&1 &
+START_PID=$!
+set +m
+PIDS+=("$START_PID")
+wait_until 60 curl -sf --cacert "$S/certs/devdockerCA.crt" "https://127.0.0.1:$SPORT/v1/_ping" || { cat "$S/out"; die "start.sh stack not up"; }
+SPASS=$(awk '/password:/ {print $2; exit}' "$S/out")
+[ -n "$SPASS" ] || { cat "$S/out"; die "start.sh did not print the first user's password"; }
+mkdir -p "$S/skopeo-certs"
+cp "$S/certs/devdockerCA.crt" "$S/skopeo-certs/ca.crt"
+"${SK[@]}" copy --src-daemon-host "$DOCKER_HOST" --dest-creds "admin:$SPASS" --dest-cert-dir "$S/skopeo-certs" \
+  docker-daemon:berth-e2e:src "docker://127.0.0.1:$SPORT/e2e/start:1" >"$S/sk.log" 2>&1 || { cat "$S/sk.log"; die "push to start.sh stack failed"; }
+info "skopeo push with the generated user: ok"
+CHILDREN=$(pgrep -P "$START_PID" | tr '\n' ' ')
+[ -n "$CHILDREN" ] || die "no child processes under start.sh"
+kill -INT "$START_PID"
+for i in $(seq 1 100); do kill -0 "$START_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$START_PID" 2>/dev/null && die "start.sh still running 10 s after SIGINT"
+for pid in $CHILDREN; do
+  kill -0 "$pid" 2>/dev/null && die "process $pid of start.sh still running after SIGINT"
+done
+info "SIGINT stopped start.sh and its processes ($CHILDREN)"
+
+step "e2e: all steps passed"
