@@ -453,6 +453,7 @@ pub struct Authenticator {
     path: PathBuf,
     users: RwLock<Arc<Users>>,
     stamp: Mutex<Option<FileStamp>>,
+    generation: std::sync::atomic::AtomicU64,
     cache: CredentialCache,
 }
 
@@ -501,6 +502,7 @@ impl Authenticator {
             path,
             users: RwLock::new(Arc::new(users)),
             stamp: Mutex::new(st),
+            generation: std::sync::atomic::AtomicU64::new(0),
             cache: CredentialCache::new(cache_ttl, cache_size),
         }
     }
@@ -518,6 +520,8 @@ impl Authenticator {
         let users = load_users(&self.path);
         *self.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
         *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.clear();
         tracing::info!(
             "htpasswd file {} changed: reloaded, credential cache cleared",
@@ -552,6 +556,7 @@ impl Authenticator {
             return Ok(user);
         }
         let creds = parse_basic(header).ok_or(AuthFailure::Malformed)?;
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let users = Arc::clone(&self.users.read().unwrap_or_else(|e| e.into_inner()));
         let user = creds.user.clone();
         let ok = tokio::task::spawn_blocking(move || {
@@ -567,7 +572,10 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         if ok {
-            self.cache.insert(header, &user);
+            // A verification that raced with a reload is not remembered: the new file decides next time.
+            if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                self.cache.insert(header, &user);
+            }
             Ok(user)
         } else {
             Err(AuthFailure::Rejected)
