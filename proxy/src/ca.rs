@@ -182,8 +182,9 @@ fn server_params(hosts: &[String]) -> Result<CertificateParams, CaError> {
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
+    // The whole validity period (not only what is left of it) stays within SERVER_DAYS.
     params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(SERVER_DAYS);
+    params.not_after = params.not_before + Duration::days(SERVER_DAYS);
     params.serial_number = Some(rand::random::<u64>().into());
     Ok(params)
 }

@@ -91,10 +91,14 @@ impl Upstreams {
                 Ok(Err(e)) => {
                     let body_unread = slot.lock().map(|s| s.is_some()).unwrap_or(false);
                     if e.is_connect() && body_unread && i + 1 < n {
-                        tracing::warn!(upstream = %target, "cannot connect ({e}); trying the next upstream");
+                        tracing::warn!(
+                            upstream = %target,
+                            "cannot connect ({}); trying the next upstream",
+                            error_chain(&e)
+                        );
                         continue;
                     }
-                    tracing::warn!(upstream = %target, "upstream request failed: {e}");
+                    tracing::warn!(upstream = %target, "upstream request failed: {}", error_chain(&e));
                     return Err(ProxyError::UpstreamUnavailable);
                 }
                 Err(_) => {
@@ -105,4 +109,16 @@ impl Upstreams {
         }
         Err(ProxyError::UpstreamUnavailable)
     }
+}
+
+/// An error with its causes, `outer: inner: innermost`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
