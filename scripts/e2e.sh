@@ -161,7 +161,8 @@ compose_up() {
     { (cd "$COMPOSE_DIR" && "${DC[@]}" logs --tail 20); die "the compose stack does not answer on $CPORT"; }
 }
 compose_up
-grep -q 'devdockerCA.crt' <(cd "$COMPOSE_DIR" && "${DC[@]}" logs proxy 2>&1) || die "the proxy's log does not say where devdockerCA.crt is"
+grep -q "install-ca.sh localhost:$CPORT ./certs/devdockerCA.crt" <(cd "$COMPOSE_DIR" && "${DC[@]}" logs proxy 2>&1) ||
+  die "the proxy's log does not tell how to trust ./certs/devdockerCA.crt on port $CPORT"
 info "stack up; ./certs/devdockerCA.crt verifies the proxy (curl --cacert)"
 CHOST=127.0.0.1:$CPORT
 printf '%s' "$PASSWORD" | docker login "$CHOST" -u admin --password-stdin >/dev/null 2>&1 || die "docker login to the compose stack failed"

@@ -312,20 +312,26 @@ async fn serve_async(config: Config) -> Result<(), String> {
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     if let crate::tls::CertSource::Generated { ca_cert, new_ca } = &source {
-        let host = config
-            .effective_tls_hosts()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| "localhost".into());
-        let hostport = format!("{host}:{}", addr.port());
+        let hostport = config.public_addr.clone().unwrap_or_else(|| {
+            let host = config
+                .effective_tls_hosts()
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", addr.port())
+        });
+        let shown_ca = match &config.public_certs_dir {
+            Some(dir) => dir.join("devdockerCA.crt"),
+            None => ca_cert.clone(),
+        };
         tracing::info!(
             "generated a server certificate{} signed by the dev CA {}",
             if *new_ca { " and a new dev CA" } else { "" },
-            ca_cert.display()
+            shown_ca.display()
         );
         tracing::info!(
             "to trust it on a client run: scripts/install-ca.sh {hostport} {}  then: docker login {hostport}",
-            ca_cert.display()
+            shown_ca.display()
         );
     }
     let listener = tokio::net::TcpListener::bind(addr)

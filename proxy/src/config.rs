@@ -84,6 +84,13 @@ pub struct Config {
     pub ping_local: bool,
     /// Log filter, tracing-subscriber syntax (`BERTH_LOG`).
     pub log: String,
+    /// How clients reach this proxy, `HOST:PORT`, when it differs from the listen address (a container
+    /// published on another port). Only used in the trust instructions logged at first start
+    /// (`BERTH_PUBLIC_ADDR`).
+    pub public_addr: Option<String>,
+    /// Where `certs_dir` is as seen by the user (the host folder mounted into a container). Only used in the
+    /// trust instructions logged at first start (`BERTH_PUBLIC_CERTS_DIR`).
+    pub public_certs_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -110,6 +117,8 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             ping_local: false,
             log: "info".into(),
+            public_addr: None,
+            public_certs_dir: None,
         }
     }
 }
@@ -260,6 +269,12 @@ impl Config {
         }
         if let Some(v) = env.var("BERTH_LOG") {
             self.log = v;
+        }
+        if let Some(v) = env.var("BERTH_PUBLIC_ADDR") {
+            self.public_addr = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = env.var("BERTH_PUBLIC_CERTS_DIR") {
+            self.public_certs_dir = Some(PathBuf::from(v)).filter(|v| !v.as_os_str().is_empty());
         }
         let mut number = |name: &str, key: &str, target: &mut u64| {
             if let Some(v) = env.var(name) {
