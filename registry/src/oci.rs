@@ -558,6 +558,38 @@ mod tests {
         );
     }
 
+    /// Random and mutated inputs never panic the parsers that read untrusted bytes.
+    #[test]
+    fn parsers_survive_random_input() {
+        let seeds: &[&[u8]] = &[
+            b"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            b"library/ubuntu",
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"digest":"sha256:00","size":-1}]}"#,
+        ];
+        for i in 0..20_000u32 {
+            let mut input: Vec<u8> = if i % 2 == 0 {
+                (0..rand::random::<u8>() % 200)
+                    .map(|_| rand::random::<u8>())
+                    .collect()
+            } else {
+                seeds[i as usize % seeds.len()].to_vec()
+            };
+            for _ in 0..(i % 5) {
+                if !input.is_empty() {
+                    let at = rand::random::<usize>() % input.len();
+                    input[at] = rand::random::<u8>();
+                }
+            }
+            let text = String::from_utf8_lossy(&input);
+            let _ = Digest::parse(&text);
+            let _ = text.parse::<RepoName>();
+            let _ = text.parse::<Tag>();
+            let _ = text.parse::<UploadId>();
+            let _ = Manifest::parse(&input, Some(media::OCI_MANIFEST));
+            let _ = Manifest::parse(&input, None);
+        }
+    }
+
     #[test]
     fn upload_ids() {
         let id = UploadId::generate();
