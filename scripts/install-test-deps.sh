@@ -5,3 +5,4 @@ set -euo pipefail
 need curl:curl skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils \
   dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap ip:iproute2 \
   update-ca-certificates:ca-certificates strip:binutils
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'

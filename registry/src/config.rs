@@ -36,10 +36,143 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Which backend holds the data (env `REGISTRY_STORAGE`: `filesystem` or `s3`).
+    pub driver: StorageDriver,
     /// Root of the filesystem storage (env `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`).
     pub root_directory: PathBuf,
     /// Allow DELETE of blobs, manifests and tags (env `REGISTRY_STORAGE_DELETE_ENABLED`).
     pub delete_enabled: bool,
+    /// `[storage.s3]`: the bucket, when `driver = "s3"`.
+    pub s3: S3Config,
+}
+
+/// The storage backends.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDriver {
+    /// A data directory on a filesystem (`storage.root_directory`).
+    #[default]
+    Filesystem,
+    /// An S3-compatible bucket (`[storage.s3]`).
+    S3,
+}
+
+/// `[storage.s3]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name (env `REGISTRY_STORAGE_S3_BUCKET`).
+    pub bucket: String,
+    /// Region (env `REGISTRY_STORAGE_S3_REGION`, else `AWS_REGION`, `AWS_DEFAULT_REGION`; default `us-east-1`).
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible service, e.g. `http://minio:9000` (env `REGISTRY_STORAGE_S3_REGIONENDPOINT`,
+    /// else `AWS_ENDPOINT_URL`); AWS itself when unset.
+    pub region_endpoint: Option<String>,
+    /// Path-style requests (env `REGISTRY_STORAGE_S3_FORCEPATHSTYLE`); default: true when an endpoint is set.
+    pub force_path_style: Option<bool>,
+    /// HTTPS to the endpoint (env `REGISTRY_STORAGE_S3_SECURE`); `false` allows plain HTTP.
+    pub secure: bool,
+    /// Key prefix the registry tree lives under (env `REGISTRY_STORAGE_S3_ROOTDIRECTORY`); empty for the root.
+    pub root_directory: String,
+    /// Access key (env `REGISTRY_STORAGE_S3_ACCESSKEY`, else `AWS_ACCESS_KEY_ID`); unset: instance credentials.
+    pub access_key: Option<String>,
+    /// Secret key (env `REGISTRY_STORAGE_S3_SECRETKEY`, else `AWS_SECRET_ACCESS_KEY`).
+    pub secret_key: Option<String>,
+    /// Session token of temporary credentials (env `AWS_SESSION_TOKEN`).
+    pub session_token: Option<String>,
+    /// Size of upload parts in bytes, at least 5 MiB (env `REGISTRY_STORAGE_S3_CHUNKSIZE`).
+    pub chunk_size: u64,
+}
+
+impl S3Config {
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.bucket.trim().is_empty() {
+            p.push("storage.s3.bucket: must be set when storage.driver is s3".into());
+        }
+        if self.access_key.is_some() != self.secret_key.is_some() {
+            p.push("storage.s3.access_key: access_key and secret_key go together".into());
+        }
+        let (min, max) = (
+            crate::storage::s3::MIN_CHUNK_SIZE,
+            crate::storage::s3::MAX_CHUNK_SIZE,
+        );
+        if !(min..=max).contains(&self.chunk_size) {
+            p.push(format!(
+                "storage.s3.chunk_size: {} is outside {min}..={max} (S3 part sizes)",
+                self.chunk_size
+            ));
+        }
+        if let Some(e) = &self.region_endpoint {
+            if e.contains("://") && !(e.starts_with("http://") || e.starts_with("https://")) {
+                p.push(format!(
+                    "storage.s3.region_endpoint: {e:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
+        if self
+            .root_directory
+            .split('/')
+            .any(|c| c == "." || c == "..")
+        {
+            p.push(format!(
+                "storage.s3.root_directory: {:?} must not contain . or .. segments",
+                self.root_directory
+            ));
+        }
+        p
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            region: None,
+            region_endpoint: None,
+            force_path_style: None,
+            secure: true,
+            root_directory: String::new(),
+            access_key: None,
+            secret_key: None,
+            session_token: None,
+            chunk_size: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl S3Config {
+    /// The backend options this section describes.
+    pub fn options(&self) -> crate::storage::s3::S3Options {
+        let endpoint = self
+            .region_endpoint
+            .as_ref()
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else if self.secure {
+                    format!("https://{e}")
+                } else {
+                    format!("http://{e}")
+                }
+            });
+        crate::storage::s3::S3Options {
+            bucket: self.bucket.clone(),
+            region: self.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            force_path_style: self.force_path_style.unwrap_or(endpoint.is_some()),
+            allow_http: !self.secure
+                || endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+            endpoint,
+            root_directory: self.root_directory.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            session_token: self.session_token.clone(),
+            chunk_size: self.chunk_size,
+        }
+    }
 }
 
 /// `[log]`
@@ -64,8 +197,10 @@ impl Default for HttpConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            driver: StorageDriver::Filesystem,
             root_directory: PathBuf::from("data"),
             delete_enabled: false,
+            s3: S3Config::default(),
         }
     }
 }
@@ -88,6 +223,33 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "storage.root_directory",
     ),
     ("REGISTRY_STORAGE_DELETE_ENABLED", "storage.delete_enabled"),
+    ("REGISTRY_STORAGE", "storage.driver"),
+    ("REGISTRY_STORAGE_S3_BUCKET", "storage.s3.bucket"),
+    ("REGISTRY_STORAGE_S3_REGION", "storage.s3.region"),
+    (
+        "REGISTRY_STORAGE_S3_REGIONENDPOINT",
+        "storage.s3.region_endpoint",
+    ),
+    (
+        "REGISTRY_STORAGE_S3_FORCEPATHSTYLE",
+        "storage.s3.force_path_style",
+    ),
+    ("REGISTRY_STORAGE_S3_SECURE", "storage.s3.secure"),
+    (
+        "REGISTRY_STORAGE_S3_ROOTDIRECTORY",
+        "storage.s3.root_directory",
+    ),
+    ("REGISTRY_STORAGE_S3_ACCESSKEY", "storage.s3.access_key"),
+    ("REGISTRY_STORAGE_S3_SECRETKEY", "storage.s3.secret_key"),
+    ("REGISTRY_STORAGE_S3_CHUNKSIZE", "storage.s3.chunk_size"),
+    ("AWS_ACCESS_KEY_ID", "storage.s3.access_key when unset"),
+    ("AWS_SECRET_ACCESS_KEY", "storage.s3.secret_key when unset"),
+    ("AWS_SESSION_TOKEN", "storage.s3.session_token when unset"),
+    (
+        "AWS_REGION, AWS_DEFAULT_REGION",
+        "storage.s3.region when unset",
+    ),
+    ("AWS_ENDPOINT_URL", "storage.s3.region_endpoint when unset"),
     ("REGISTRY_LOG_LEVEL", "log.level"),
 ];
 
@@ -99,6 +261,76 @@ fn parse_bool(key: &str, v: &str, problems: &mut Vec<String>) -> Option<bool> {
             problems.push(format!("{key}: {v:?} is not a boolean (true or false)"));
             None
         }
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|v| !v.trim().is_empty())
+}
+
+/// `REGISTRY_STORAGE` and `REGISTRY_STORAGE_S3_*` over the file, then the usual AWS variables for what is
+/// still unset (as registry:2 does).
+fn apply_s3_env(
+    storage: &mut StorageConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) {
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE")) {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "filesystem" => storage.driver = StorageDriver::Filesystem,
+            "s3" => storage.driver = StorageDriver::S3,
+            _ => problems.push(format!(
+                "REGISTRY_STORAGE: {v:?} is not a supported driver (filesystem or s3)"
+            )),
+        }
+    }
+    let s3 = &mut storage.s3;
+    if let Some(v) = env("REGISTRY_STORAGE_S3_BUCKET") {
+        s3.bucket = v;
+    }
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE_S3_REGION")) {
+        s3.region = Some(v);
+    }
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE_S3_REGIONENDPOINT")) {
+        s3.region_endpoint = Some(v);
+    }
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE_S3_FORCEPATHSTYLE")) {
+        s3.force_path_style = parse_bool("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", &v, problems);
+    }
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE_S3_SECURE")) {
+        if let Some(b) = parse_bool("REGISTRY_STORAGE_S3_SECURE", &v, problems) {
+            s3.secure = b;
+        }
+    }
+    if let Some(v) = env("REGISTRY_STORAGE_S3_ROOTDIRECTORY") {
+        s3.root_directory = v;
+    }
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE_S3_ACCESSKEY")) {
+        s3.access_key = Some(v);
+    }
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE_S3_SECRETKEY")) {
+        s3.secret_key = Some(v);
+    }
+    if let Some(v) = non_empty(env("REGISTRY_STORAGE_S3_CHUNKSIZE")) {
+        match v.trim().parse::<u64>() {
+            Ok(n) => s3.chunk_size = n,
+            Err(_) => problems.push(format!(
+                "REGISTRY_STORAGE_S3_CHUNKSIZE: {v:?} is not a number of bytes"
+            )),
+        }
+    }
+    if s3.access_key.is_none() && s3.secret_key.is_none() {
+        s3.access_key = non_empty(env("AWS_ACCESS_KEY_ID"));
+        s3.secret_key = non_empty(env("AWS_SECRET_ACCESS_KEY"));
+    }
+    if s3.session_token.is_none() {
+        s3.session_token = non_empty(env("AWS_SESSION_TOKEN"));
+    }
+    if s3.region.is_none() {
+        s3.region = non_empty(env("AWS_REGION")).or_else(|| non_empty(env("AWS_DEFAULT_REGION")));
+    }
+    if s3.region_endpoint.is_none() {
+        s3.region_endpoint = non_empty(env("AWS_ENDPOINT_URL"));
     }
 }
 
@@ -147,6 +379,7 @@ impl Config {
         if let Some(v) = env("REGISTRY_LOG_LEVEL") {
             config.log.level = v;
         }
+        apply_s3_env(&mut config.storage, env, &mut problems);
         problems.extend(config.validate());
         if problems.is_empty() {
             Ok(config)
@@ -178,8 +411,13 @@ impl Config {
         if self.http.max_manifest_bytes == 0 {
             p.push("http.max_manifest_bytes: must be greater than 0".into());
         }
-        if self.storage.root_directory.as_os_str().is_empty() {
-            p.push("storage.root_directory: must not be empty".into());
+        match self.storage.driver {
+            StorageDriver::Filesystem => {
+                if self.storage.root_directory.as_os_str().is_empty() {
+                    p.push("storage.root_directory: must not be empty".into());
+                }
+            }
+            StorageDriver::S3 => p.extend(self.storage.s3.validate()),
         }
         if !matches!(
             self.log.level.as_str(),
@@ -191,6 +429,23 @@ impl Config {
             ));
         }
         p
+    }
+
+    /// A short description of where the data is, for the start-up log.
+    pub fn storage_description(&self) -> String {
+        match self.storage.driver {
+            StorageDriver::Filesystem => self.storage.root_directory.display().to_string(),
+            StorageDriver::S3 => {
+                let s3 = &self.storage.s3;
+                let o = s3.options();
+                format!(
+                    "s3://{}/{}{}",
+                    s3.bucket,
+                    s3.root_directory.trim_matches('/'),
+                    o.endpoint.map(|e| format!(" at {e}")).unwrap_or_default()
+                )
+            }
+        }
     }
 
     /// The listen address; `:5000` means all interfaces.
@@ -259,6 +514,87 @@ mod tests {
             .iter()
             .any(|m| m.starts_with("REGISTRY_STORAGE_DELETE_ENABLED")));
         assert!(e.iter().any(|m| m.starts_with("http.host")));
+    }
+
+    #[test]
+    fn s3_from_registry2_env_and_aws_env() {
+        let c = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "b"),
+                ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "127.0.0.1:9000"),
+                ("REGISTRY_STORAGE_S3_SECURE", "false"),
+                ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", "/reg"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "6291456"),
+                ("AWS_ACCESS_KEY_ID", "k"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.driver, StorageDriver::S3);
+        let o = c.storage.s3.options();
+        assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(o.force_path_style && o.allow_http);
+        assert_eq!(o.region, "eu-west-1");
+        assert_eq!(o.chunk_size, 6 << 20);
+        assert_eq!(
+            (o.access_key.as_deref(), o.secret_key.as_deref()),
+            (Some("k"), Some("s"))
+        );
+        // registry:2's own keys win over the AWS ones; no endpoint means AWS, virtual-hosted, HTTPS.
+        let c = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "b"),
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "rk"),
+                ("REGISTRY_STORAGE_S3_SECRETKEY", "rs"),
+                ("AWS_ACCESS_KEY_ID", "k"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+            ]),
+        )
+        .unwrap();
+        let o = c.storage.s3.options();
+        assert_eq!(o.access_key.as_deref(), Some("rk"));
+        assert!(!o.force_path_style && !o.allow_http && o.endpoint.is_none());
+        assert_eq!(o.region, "us-east-1");
+    }
+
+    #[test]
+    fn s3_problems_are_reported() {
+        let e = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "1024"),
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "k"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("storage.s3.bucket")));
+        assert!(e.iter().any(|m| m.starts_with("storage.s3.chunk_size")));
+        assert!(e.iter().any(|m| m.starts_with("storage.s3.access_key")));
+        let e = Config::load(None, &env_of(&[("REGISTRY_STORAGE", "gcs")])).unwrap_err();
+        assert!(e[0].starts_with("REGISTRY_STORAGE:"), "{e:?}");
+    }
+
+    #[test]
+    fn s3_table_in_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[storage]\ndriver = \"s3\"\n[storage.s3]\nbucket = \"reg\"\nregion_endpoint = \"https://s3.example\"\nforce_path_style = false\nroot_directory = \"r\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env_of(&[])).unwrap();
+        let o = c.storage.s3.options();
+        assert_eq!(o.bucket, "reg");
+        assert!(!o.force_path_style && !o.allow_http);
+        assert_eq!(c.storage_description(), "s3://reg/r at https://s3.example");
     }
 
     #[test]

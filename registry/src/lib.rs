@@ -19,9 +19,17 @@ pub use config::Config;
 
 /// Builds the application for a configuration: opens the storage and the store over it.
 pub fn build(config: Config) -> std::io::Result<Arc<App>> {
-    let storage = storage::fs::FsStorage::new(&config.storage.root_directory)?;
+    let storage: Arc<dyn storage::Storage> = match config.storage.driver {
+        config::StorageDriver::Filesystem => {
+            Arc::new(storage::fs::FsStorage::new(&config.storage.root_directory)?)
+        }
+        config::StorageDriver::S3 => Arc::new(
+            storage::s3::S3Storage::new(&config.storage.s3.options())
+                .map_err(std::io::Error::other)?,
+        ),
+    };
     Ok(Arc::new(App {
-        store: store::RegistryStore::new(Arc::new(storage)),
+        store: store::RegistryStore::new(storage),
         config,
     }))
 }

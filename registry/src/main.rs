@@ -99,11 +99,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let root = config.storage.root_directory.clone();
+        let root = config.storage_description();
         let app = match build(config) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("berth-registry: storage {}: {e}", root.display());
+                eprintln!("berth-registry: storage {root}: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!(listen = %local, root = %root.display(), "berth-registry listening");
+        tracing::info!(listen = %local, storage = %root, "berth-registry listening");
         // Scripts and tests read this line to learn the bound port.
         println!("berth-registry listening on {local}");
         server::serve(listener, app, shutdown_signal()).await;

@@ -5,85 +5,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{sha256, Registry};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (scripts/test.sh installs it)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn skopeo() -> Command {
-    let mut c = Command::new("skopeo");
-    // No user policy file on CI machines: accept anything, as tests copy only their own images.
-    c.arg("--insecure-policy");
-    c
-}
-
-/// Writes an OCI image layout with gzip-compressed random layers and returns the layer digests (compressed
-/// layers are copied as they are by clients, so digests can be compared end to end).
-fn oci_layout(dir: &Path, tag: &str, layer_sizes: &[usize]) -> Vec<String> {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |bytes: &[u8]| -> String {
-        let d = sha256(bytes);
-        std::fs::write(blobs.join(&d["sha256:".len()..]), bytes).unwrap();
-        d
-    };
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    let mut descs = Vec::new();
-    for &size in layer_sizes {
-        let raw: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
-        diff_ids.push(sha256(&raw));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&raw).unwrap();
-        let data = gz.finish().unwrap();
-        let d = put(&data);
-        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": data.len()}));
-        layers.push(d);
-    }
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "config": {}
-    }))
-    .unwrap();
-    let cd = put(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": descs,
-    }))
-    .unwrap();
-    let md = put(&manifest);
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
-                       "annotations": {"org.opencontainers.image.ref.name": tag}}]
-    });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    layers
-}
-
-fn blob_bytes(layout: &Path, d: &str) -> Vec<u8> {
-    std::fs::read(layout.join("blobs/sha256").join(&d["sha256:".len()..])).unwrap()
-}
+use common::tools::{blob_bytes, digest_of, oci_layout, run, skopeo, Distribution};
+use common::Registry;
 
 #[test]
 fn skopeo_push_pull_inspect_list_tags_delete() {
@@ -156,64 +81,6 @@ fn skopeo_push_pull_inspect_list_tags_delete() {
         .output()
         .unwrap();
     assert!(!gone.status.success(), "deleted image still inspectable");
-}
-
-/// A registry:2 process on a free port over `root`.
-struct Distribution {
-    child: Child,
-    addr: String,
-}
-
-impl Distribution {
-    fn start(root: &Path, work: &Path) -> Distribution {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let cfg = work.join(format!("registry-{port}.yml"));
-        let mut f = std::fs::File::create(&cfg).unwrap();
-        writeln!(
-            f,
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            root.display()
-        )
-        .unwrap();
-        let log = std::fs::File::create(work.join(format!("registry-{port}.log"))).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .env_remove("AWS_CA_BUNDLE")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (scripts/test.sh installs it)");
-        let d = Distribution { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&d.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "registry:2 did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn digest_of(host: &str, image: &str) -> String {
-    let raw = run(skopeo()
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{host}/{image}")));
-    sha256(raw.as_bytes())
 }
 
 #[test]

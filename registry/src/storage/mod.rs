@@ -15,6 +15,7 @@
 
 pub mod conformance;
 pub mod fs;
+pub mod s3;
 
 use std::fmt;
 use std::pin::Pin;

@@ -1,6 +1,9 @@
 //! Test support: start the real `berth-registry` binary on a free port and talk HTTP to it.
 #![allow(dead_code)]
 
+pub mod s3;
+pub mod tools;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
