@@ -73,13 +73,22 @@ impl Registry {
 
     /// Starts the binary on an existing data directory.
     pub fn start_at(root: &Path, env: &[(&str, &str)]) -> Registry {
+        Registry::start_logged(root, env, None)
+    }
+
+    /// Starts the binary with its standard error (the logs) going to `log` when given.
+    pub fn start_logged(root: &Path, env: &[(&str, &str)], log: Option<&Path>) -> Registry {
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
         cmd.env_clear()
             .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
             .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", root)
             .env("REGISTRY_LOG_LEVEL", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }

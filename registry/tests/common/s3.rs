@@ -7,6 +7,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_registry::storage::s3::{S3Options, S3Storage};
+use berth_registry::storage::Storage;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+
+use super::sha256;
+
+const MIB: usize = 1024 * 1024;
+
+async fn read_all(s: &dyn Storage, key: &str) -> Vec<u8> {
+    let chunks: Vec<Bytes> = s
+        .read(key, None)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    chunks.concat()
+}
 
 /// A running moto_server.
 pub struct Moto {
@@ -159,4 +177,75 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Checks a registry tree in a bucket: every blob's content hashes to its digest, every link names a blob that
+/// exists, every tag points at a revision; no upload part or session is left over unless `uploads_allowed` (an
+/// abandoned session is legitimate after a crash; its parts must still be contiguous). Returns the blob count.
+pub async fn check_bucket(moto: &Moto, bucket: &str, root: &str, uploads_allowed: bool) -> usize {
+    let keys = moto.keys(bucket);
+    let prefix = if root.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", root.trim_matches('/'))
+    };
+    let s = moto.storage(bucket, root, 5 * MIB as u64);
+    let mut blobs = 0;
+    for k in &keys {
+        let rel = k
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("key {k} outside the root {root:?}"));
+        assert!(
+            rel.starts_with("docker/registry/v2/"),
+            "key {k} outside docker/registry/v2"
+        );
+        if rel.contains("/_uploads/") {
+            assert!(uploads_allowed, "upload session left over: {k}");
+            if let Some((data, _)) = rel.split_once("!parts/") {
+                assert!(
+                    s.stat(data).await.unwrap().is_some(),
+                    "unreadable session {k}"
+                );
+            }
+            continue;
+        }
+        assert!(
+            !rel.contains("!parts"),
+            "upload part outside a session: {k}"
+        );
+        if let Some(b) = rel.strip_prefix("docker/registry/v2/blobs/") {
+            let mut it = b.split('/');
+            let (alg, _, hex, file) = (it.next(), it.next(), it.next(), it.next());
+            assert_eq!(file, Some("data"), "unexpected blob key {k}");
+            let d = format!("{}:{}", alg.unwrap_or(""), hex.unwrap_or(""));
+            assert_eq!(
+                sha256(&read_all(s.as_ref(), rel).await),
+                d,
+                "corrupt blob {k}"
+            );
+            blobs += 1;
+        } else if rel.ends_with("/link") {
+            let link = String::from_utf8(s.read_small(rel, 1024).await.unwrap().to_vec()).unwrap();
+            let hex = &link["sha256:".len()..];
+            let blob = format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
+            assert!(
+                s.stat(&blob).await.unwrap().is_some(),
+                "{k} links to missing {link}"
+            );
+            if rel.ends_with("/current/link") {
+                let repo = rel
+                    .strip_prefix("docker/registry/v2/repositories/")
+                    .and_then(|r| r.split("/_manifests/").next())
+                    .unwrap();
+                let rev = format!(
+                    "docker/registry/v2/repositories/{repo}/_manifests/revisions/sha256/{hex}/link"
+                );
+                assert!(
+                    s.stat(&rev).await.unwrap().is_some(),
+                    "tag {k} points at a missing revision"
+                );
+            }
+        }
+    }
+    blobs
 }
