@@ -336,3 +336,133 @@ async fn registry2_bucket_is_served_by_berth_and_back() {
     assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
     check_bucket(&moto, "shared", "", false).await;
 }
+
+/// Counts `list` calls on the way to a backend.
+struct CountingLists {
+    inner: std::sync::Arc<dyn Storage>,
+    lists: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Storage for CountingLists {
+    async fn stat(
+        &self,
+        key: &str,
+    ) -> Result<Option<berth_registry::storage::ObjectMeta>, berth_registry::storage::StorageError>
+    {
+        self.inner.stat(key).await
+    }
+    async fn read(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<berth_registry::storage::ByteStream, berth_registry::storage::StorageError> {
+        self.inner.read(key, range).await
+    }
+    async fn read_small(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> Result<Bytes, berth_registry::storage::StorageError> {
+        self.inner.read_small(key, limit).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> Result<(), berth_registry::storage::StorageError> {
+        self.inner.put(key, bytes).await
+    }
+    async fn append(
+        &self,
+        key: &str,
+    ) -> Result<Box<dyn berth_registry::storage::AppendWriter>, berth_registry::storage::StorageError>
+    {
+        self.inner.append(key).await
+    }
+    async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<(), berth_registry::storage::StorageError> {
+        self.inner.rename(from, to).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<String>, berth_registry::storage::StorageError> {
+        self.lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), berth_registry::storage::StorageError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A catalog page costs about one delimiter listing per repository on the page, plus one per folder level
+/// and per namespace boundary crossed, wherever the page is: neither the whole bucket nor the whole catalog is walked for a page.
+#[tokio::test]
+async fn catalog_pages_on_s3_list_only_what_they_show() {
+    use std::sync::atomic::Ordering;
+    let moto = Moto::start();
+    moto.create_bucket("catalog");
+    let s3 = moto.storage("catalog", "c", 5 * MIB as u64);
+    const REPOS: usize = 200;
+    let mut names: Vec<String> = (0..REPOS)
+        .map(|i| format!("team{:02}/app{i:03}", i % 10))
+        .collect();
+    names.sort();
+    let link = Bytes::from(sha256(b"x"));
+    let puts = names.iter().map(|n| {
+        let s3 = s3.clone();
+        let link = link.clone();
+        async move {
+            s3.put(
+                &format!("docker/registry/v2/repositories/{n}/_manifests/tags/latest/current/link"),
+                link,
+            )
+            .await
+            .unwrap();
+            // A layer link next to the tags: a walk of the whole tree would list it too.
+            s3.put(
+                &format!(
+                    "docker/registry/v2/repositories/{n}/_layers/sha256/{:064}/link",
+                    0
+                ),
+                Bytes::from_static(b"l"),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    futures_util::future::join_all(puts).await;
+    let counting = std::sync::Arc::new(CountingLists {
+        inner: s3,
+        lists: Default::default(),
+    });
+    let store = berth_registry::store::RegistryStore::new(counting.clone());
+
+    let mut report = Vec::new();
+    let mut measure = |what: &str, lists: usize, t: std::time::Duration| {
+        report.push(format!("{what}: {lists} listings, {t:?}"));
+    };
+    let t = Instant::now();
+    assert_eq!(store.catalog().await.unwrap(), names);
+    let full = counting.lists.swap(0, Ordering::Relaxed);
+    measure("whole catalog of 200", full, t.elapsed());
+    for (what, last) in [
+        ("first page of 20", None),
+        ("page of 20 in the middle", Some(names[100].as_str())),
+        ("last page", Some(names[190].as_str())),
+    ] {
+        let t = Instant::now();
+        let (page, _) = store.catalog_page(Some(20), last).await.unwrap();
+        let lists = counting.lists.swap(0, Ordering::Relaxed);
+        measure(what, lists, t.elapsed());
+        let start = last.map_or(0, |l| names.iter().position(|n| n == l).unwrap() + 1);
+        assert_eq!(page, names[start..(start + 20).min(REPOS)]);
+        assert!(lists <= 20 + 8, "{what}: {lists} listings for a page of 20");
+    }
+    eprintln!("catalog on S3 (moto): {}", report.join("; "));
+}

@@ -67,7 +67,7 @@ impl App {
     pub(super) async fn catalog(&self, req: &Request<Incoming>) -> Result<Reply, RegistryError> {
         let q = query(req);
         let n = number(&q, "n")?;
-        let (repos, more) = page(self.store.catalog().await?, n, param(&q, "last"));
+        let (repos, more) = self.store.catalog_page(n, param(&q, "last")).await?;
         let mut reply = Reply::new(StatusCode::OK);
         if let (true, Some(n), Some(last)) = (more, n, repos.last()) {
             reply = reply.header(LINK, next_link("/v2/_catalog", n, last));

@@ -359,32 +359,103 @@ impl RegistryStore {
 
     /// Every repository name, sorted: folders under `repositories/` that hold `_manifests`.
     pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
-        let root = paths::repositories_root();
-        let mut out = Vec::new();
-        let mut pending = vec![String::new()];
-        while let Some(rel) = pending.pop() {
-            let dir = if rel.is_empty() {
-                root.clone()
-            } else {
-                format!("{root}/{rel}")
-            };
-            for child in self.storage.list(&dir).await? {
-                if child == "_manifests" {
-                    if !rel.is_empty() {
-                        out.push(rel.clone());
-                    }
-                } else if !child.starts_with('_') {
-                    pending.push(if rel.is_empty() {
-                        child
-                    } else {
-                        format!("{rel}/{child}")
-                    });
+        Ok(self.catalog_page(None, None).await?.0)
+    }
+
+    /// Repository names strictly after `last`, sorted, at most `n`, and whether more follow.
+    ///
+    /// The walk lists one folder level at a time (a delimiter listing on S3) in name order, skips every
+    /// subtree that sorts wholly before `last`, and stops once it has one name more than the page, so a
+    /// page costs about `n` listings plus the depth of the tree, wherever it is in the catalog.
+    pub async fn catalog_page(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<(Vec<String>, bool), RegistryError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+
+        /// A name found, or a folder still to list; every name inside a folder sorts at or after the
+        /// folder's own path, so popping in path order yields names in order.
+        #[derive(PartialEq, Eq)]
+        enum Entry {
+            Repo(String),
+            Folder(String),
+        }
+        impl Entry {
+            fn key(&self) -> &str {
+                match self {
+                    Entry::Repo(k) | Entry::Folder(k) => k,
                 }
             }
         }
-        out.retain(|n| n.parse::<RepoName>().is_ok());
-        out.sort();
-        Ok(out)
+        #[derive(PartialEq, Eq)]
+        struct ByKey(Entry);
+        impl Ord for ByKey {
+            fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+                // A repository before the folder of the same path (its sub-repositories sort after it).
+                self.0.key().cmp(o.0.key()).then_with(|| {
+                    matches!(o.0, Entry::Repo(_)).cmp(&matches!(self.0, Entry::Repo(_)))
+                })
+            }
+        }
+        impl PartialOrd for ByKey {
+            fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+
+        let want = n.map(|n| n.saturating_add(1));
+        if want == Some(1) {
+            return Ok((Vec::new(), false));
+        }
+        let root = paths::repositories_root();
+        let mut out = Vec::new();
+        let mut heap = BinaryHeap::new();
+        heap.push(Reverse(ByKey(Entry::Folder(String::new()))));
+        while let Some(Reverse(ByKey(entry))) = heap.pop() {
+            match entry {
+                Entry::Repo(name) => {
+                    if last.is_none_or(|l| name.as_str() > l) && name.parse::<RepoName>().is_ok() {
+                        out.push(name);
+                        if want.is_some_and(|w| out.len() >= w) {
+                            break;
+                        }
+                    }
+                }
+                Entry::Folder(rel) => {
+                    let dir = if rel.is_empty() {
+                        root.clone()
+                    } else {
+                        format!("{root}/{rel}")
+                    };
+                    for child in self.storage.list(&dir).await? {
+                        if child == "_manifests" {
+                            if !rel.is_empty() {
+                                heap.push(Reverse(ByKey(Entry::Repo(rel.clone()))));
+                            }
+                        } else if !child.starts_with('_') {
+                            let path = if rel.is_empty() {
+                                child
+                            } else {
+                                format!("{rel}/{child}")
+                            };
+                            // Everything under `path` sorts before `last` unless `last` starts with it.
+                            let before =
+                                last.is_some_and(|l| path.as_str() < l && !l.starts_with(&path));
+                            if !before {
+                                heap.push(Reverse(ByKey(Entry::Folder(path))));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let more = want.is_some_and(|w| out.len() >= w);
+        if more {
+            out.pop();
+        }
+        Ok((out, more))
     }
 
     /// Descriptors of the manifests in `name` whose `subject` is `subject`, optionally of one artifact type.
@@ -431,5 +502,59 @@ impl RegistryStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of the catalog, whatever `n` and `last`, are the slices of the sorted list of names, even
+    /// where the folder walk order differs from the name order (`a/x` sorts after `a-b`).
+    #[tokio::test]
+    async fn catalog_pages_are_slices_of_the_sorted_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::storage::fs::FsStorage::new(dir.path()).unwrap());
+        let store = RegistryStore::new(storage.clone());
+        let names = [
+            "a", "a-b", "a.c", "a/x", "a/x/y", "a/x-z", "a_d", "b", "b/c/d", "zz",
+        ];
+        let d = Digest::sha256_of(b"x");
+        for n in names {
+            let name: RepoName = n.parse().unwrap();
+            store.link_blob(&name, &d).await.unwrap();
+            storage
+                .put(
+                    &format!("{}/_manifests/tags/t/current/link", paths::repo_dir(&name)),
+                    Bytes::from(d.to_string()),
+                )
+                .await
+                .unwrap();
+        }
+        // A folder with uploads only is not a repository.
+        storage
+            .put(
+                "docker/registry/v2/repositories/b/c/_uploads/u/startedat",
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        let mut sorted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        sorted.sort();
+        assert_eq!(store.catalog().await.unwrap(), sorted);
+        for n in 0..=sorted.len() + 1 {
+            let lasts = std::iter::once(None).chain(sorted.iter().map(|s| Some(s.as_str())));
+            for last in lasts.chain([Some("a/"), Some("a/x/"), Some("0"), Some("zzz")]) {
+                let start = last.map_or(0, |l| sorted.partition_point(|x| x.as_str() <= l));
+                let rest = &sorted[start..];
+                let (want, more) = if n < rest.len() {
+                    (rest[..n].to_vec(), n > 0)
+                } else {
+                    (rest.to_vec(), false)
+                };
+                let got = store.catalog_page(Some(n), last).await.unwrap();
+                assert_eq!(got, (want, more), "n={n} last={last:?}");
+            }
+        }
     }
 }
