@@ -20,6 +20,10 @@ pub enum ProxyError {
     ClientRefused,
     /// The request body is larger than `max_body_size`.
     PayloadTooLarge,
+    /// The client broke off its request body (connection closed or reset mid-body).
+    ClientAborted,
+    /// The client stopped sending its request body for longer than the read timeout.
+    ClientTimeout,
     /// No upstream could be reached, or it broke the exchange.
     UpstreamUnavailable,
     /// The upstream did not answer within the read timeout.
@@ -48,6 +52,16 @@ impl ProxyError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "SIZE_INVALID",
                 "request body larger than the proxy accepts",
+            ),
+            ProxyError::ClientAborted => (
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                "the request body ended before it was complete",
+            ),
+            ProxyError::ClientTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "BLOB_UPLOAD_INVALID",
+                "the request body stopped arriving",
             ),
             ProxyError::UpstreamUnavailable => (
                 StatusCode::BAD_GATEWAY,

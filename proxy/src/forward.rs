@@ -236,8 +236,9 @@ impl<B> Drop for MeteredBody<B> {
     }
 }
 
+/// The error a [`MeteredBody`] fails with when no frame arrived within its idle timeout.
 #[derive(Debug)]
-struct BodyIdle;
+pub struct BodyIdle;
 impl std::fmt::Display for BodyIdle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("body idle timeout")

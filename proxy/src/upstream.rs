@@ -1,9 +1,15 @@
 //! The upstream registries: a keep-alive connection pool, connect and read timeouts, and round-robin over
 //! several replicas with failover when a connection cannot be made.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::time::Instant;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -14,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::ProxyError;
-use crate::forward::{DeferredBody, ProxyBody};
+use crate::forward::{BodyIdle, BodyTooLarge, BoxError, DeferredBody, ProxyBody};
 
 /// The upstream replicas and the pool used to reach them.
 pub struct Upstreams {
@@ -53,6 +59,11 @@ impl Upstreams {
 
     /// Send a request (its headers already rewritten) to the next replica, trying the others when a connection
     /// cannot be made. The body is only consumed by the replica that accepted the connection.
+    ///
+    /// The read timeout is an idle timeout: while the request body streams, the body's own idle timeout covers
+    /// a client that stops sending, and this one only fires when the upstream stops taking the body; once the
+    /// body has been sent completely, the upstream has `read_timeout` to answer. A failure of the client's body
+    /// (broken off, idle, too large) is the client's fault, not the upstream's.
     pub async fn send<B>(
         &self,
         parts: http::request::Parts,
@@ -62,6 +73,11 @@ impl Upstreams {
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<crate::forward::BoxError>,
     {
+        let progress = Arc::new(Progress::new(body.is_end_stream()));
+        let body = TrackedBody {
+            inner: Box::pin(body),
+            progress: Arc::clone(&progress),
+        };
         let slot = Arc::new(Mutex::new(Some(body)));
         let n = self.targets.len();
         if n == 0 {
@@ -86,9 +102,13 @@ impl Upstreams {
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = parts.headers.clone();
-            match tokio::time::timeout(self.read_timeout, self.client.request(req)).await {
+            match answer(self.client.request(req), &progress, self.read_timeout).await {
                 Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(e)) => {
+                    if let Some(fault) = progress.client_fault() {
+                        tracing::debug!(upstream = %target, "request body failed on the client side: {}", error_chain(&e));
+                        return Err(fault);
+                    }
                     let body_unread = slot.lock().map(|s| s.is_some()).unwrap_or(false);
                     if e.is_connect() && body_unread && i + 1 < n {
                         tracing::warn!(
@@ -101,13 +121,173 @@ impl Upstreams {
                     tracing::warn!(upstream = %target, "upstream request failed: {}", error_chain(&e));
                     return Err(ProxyError::UpstreamUnavailable);
                 }
-                Err(_) => {
-                    tracing::warn!(upstream = %target, "upstream did not answer within the read timeout");
+                Err(AnswerTimeout::BodyNotTaken) => {
+                    tracing::warn!(upstream = %target, "upstream stopped reading the request body for the read timeout");
+                    return Err(ProxyError::UpstreamTimeout);
+                }
+                Err(AnswerTimeout::NoAnswer) => {
+                    tracing::warn!(upstream = %target, "upstream did not answer within the read timeout after the request body");
                     return Err(ProxyError::UpstreamTimeout);
                 }
             }
         }
         Err(ProxyError::UpstreamUnavailable)
+    }
+}
+
+/// Why [`answer`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerTimeout {
+    /// The upstream did not take any of the request body for the read timeout (the client was not the one
+    /// holding it up).
+    BodyNotTaken,
+    /// The request body was sent completely, and no answer came within the read timeout.
+    NoAnswer,
+}
+
+/// Wait for the upstream's answer with an idle deadline: `timeout` after the request body last moved (or after
+/// it ended), but never while the body is waiting for the client (the body's own idle timeout covers that).
+async fn answer<F: std::future::Future>(
+    fut: F,
+    progress: &Progress,
+    timeout: Duration,
+) -> Result<F::Output, AnswerTimeout> {
+    tokio::pin!(fut);
+    loop {
+        let deadline = {
+            let st = progress.state();
+            if st.waiting_on_client && !st.ended {
+                Instant::now() + timeout
+            } else {
+                st.last + timeout
+            }
+        };
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = tokio::time::sleep_until(deadline) => {
+                let st = progress.state();
+                let now = Instant::now();
+                if st.waiting_on_client && !st.ended {
+                    continue;
+                }
+                if st.last + timeout <= now {
+                    return Err(if st.ended { AnswerTimeout::NoAnswer } else { AnswerTimeout::BodyNotTaken });
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ProgressState {
+    /// When the body last delivered a frame or ended (or was created).
+    last: Instant,
+    /// The body was polled and is waiting for the client to send more.
+    waiting_on_client: bool,
+    /// The whole body was handed to the upstream connection.
+    ended: bool,
+    /// The client's side of the body failed.
+    fault: Option<ProxyError>,
+}
+
+/// How far the request body got, shared between the body and the timer waiting for the upstream's answer.
+#[derive(Debug)]
+struct Progress(Mutex<ProgressState>);
+
+impl Progress {
+    /// `ended`: the body is empty (hyper will not poll it).
+    fn new(ended: bool) -> Self {
+        Progress(Mutex::new(ProgressState {
+            last: Instant::now(),
+            waiting_on_client: false,
+            ended,
+            fault: None,
+        }))
+    }
+
+    fn state(&self) -> ProgressState {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ProgressState)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn client_fault(&self) -> Option<ProxyError> {
+        self.state().fault
+    }
+}
+
+/// Which client-side body failure an error is: too large, idle, or broken off.
+fn classify_body_error(e: &BoxError) -> ProxyError {
+    if e.downcast_ref::<BodyTooLarge>().is_some() {
+        ProxyError::PayloadTooLarge
+    } else if e.downcast_ref::<BodyIdle>().is_some() {
+        ProxyError::ClientTimeout
+    } else {
+        ProxyError::ClientAborted
+    }
+}
+
+/// The request body on its way upstream, reporting its progress to the answer timer.
+struct TrackedBody<B> {
+    inner: Pin<Box<B>>,
+    progress: Arc<Progress>,
+}
+
+impl<B> http_body::Body for TrackedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let ended = this.inner.is_end_stream();
+                this.progress.update(|s| {
+                    s.last = Instant::now();
+                    s.waiting_on_client = false;
+                    s.ended = ended;
+                });
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
+                let fault = classify_body_error(&e);
+                this.progress.update(|s| {
+                    s.waiting_on_client = false;
+                    s.fault = Some(fault);
+                });
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.progress.update(|s| {
+                    s.last = Instant::now();
+                    s.waiting_on_client = false;
+                    s.ended = true;
+                });
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                this.progress.update(|s| s.waiting_on_client = true);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

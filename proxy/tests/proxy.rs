@@ -581,3 +581,94 @@ async fn graceful_shutdown_lets_a_transfer_finish() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn read_timeout_is_idle_not_total() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |c| c.read_timeout_secs = 1).await;
+    let mut c = proxy.client().await;
+    // 8 chunks, one every 300 ms: 2.4 s in all, over twice the read timeout, with steady progress.
+    let req = c
+        .request("PATCH", "/v2/x/blobs/uploads/slow")
+        .header("authorization", basic("alice", "alice-pw"))
+        .body(slow_pattern_body(8, Duration::from_millis(300)))
+        .unwrap();
+    let started = Instant::now();
+    let (parts, body) = c.send(req).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["bytes"], 8 * 65536);
+
+    // The body ended, then the upstream says nothing: 504 after about the read timeout.
+    let mut c = proxy.client().await;
+    let req = c
+        .request("PATCH", "/v2/stall/blobs/uploads/1")
+        .header("authorization", basic("alice", "alice-pw"))
+        .body(slow_pattern_body(3, Duration::from_millis(300)))
+        .unwrap();
+    let started = Instant::now();
+    let (parts, _) = c.send(req).await;
+    assert_eq!(parts.status, 504);
+    api_version_once(&parts.headers);
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // The upstream stops taking the body: 504 too, not a hang.
+    let mut c = proxy.client().await;
+    let req = c
+        .request("PATCH", "/v2/deaf/blobs/uploads/1")
+        .header("authorization", basic("alice", "alice-pw"))
+        .body(pattern_body(256 * 1024 * 1024))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.send.send_request(req))
+        .await
+        .expect("a deaf upstream must not hang the request")
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+}
+
+#[tokio::test]
+async fn client_side_body_failures_are_4xx_not_upstream_faults() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |c| c.read_timeout_secs = 1).await;
+    // A client that sends a little, then nothing: 408 (the client's fault), not 502.
+    let mut c = proxy.client().await;
+    let (body, _hold) = stalled_body(bytes::Bytes::from_static(b"some bytes"));
+    let req = c
+        .request("PATCH", "/v2/x/blobs/uploads/1")
+        .header("authorization", basic("alice", "alice-pw"))
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    api_version_once(resp.headers());
+
+    // A client that closes its side mid-body: 400.
+    let mut tls = tls_connect(
+        proxy.addr,
+        client_config(&proxy.ca, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let head = format!(
+        "PATCH /v2/x/blobs/uploads/2 HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+         Content-Length: 100000\r\n\r\n0123456789",
+        basic("alice", "alice-pw")
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tls.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+}

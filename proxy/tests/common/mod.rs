@@ -73,6 +73,41 @@ pub fn pattern_body(total: u64) -> TestBody {
     StreamBody::new(stream).boxed()
 }
 
+/// `chunks` pattern chunks of 64 KiB, one every `every`: a slow upload that keeps making progress.
+pub fn slow_pattern_body(chunks: u64, every: std::time::Duration) -> TestBody {
+    let chunk = pattern_chunk();
+    let stream = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= chunks {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk)),
+                sent + 1,
+            ))
+        }
+    });
+    StreamBody::new(stream).boxed()
+}
+
+/// A body that sends `first` and then nothing more until the returned sender is dropped (a stalled client).
+pub fn stalled_body(first: Bytes) -> (TestBody, tokio::sync::oneshot::Sender<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let stream = futures_util::stream::unfold((Some(first), Some(rx)), |(first, rx)| async move {
+        if let Some(b) = first {
+            return Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
+                (None, rx),
+            ));
+        }
+        let _ = rx?.await;
+        None
+    });
+    (StreamBody::new(stream).boxed(), tx)
+}
+
 /// The sha256 of `total` pattern bytes.
 pub fn pattern_sha256(total: u64) -> String {
     let chunk = pattern_chunk();
@@ -91,6 +126,10 @@ async fn upstream_handle(
     req: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     let (parts, mut body) = req.into_parts();
+    if parts.uri.path().starts_with("/v2/deaf/") {
+        // Never reads the body nor answers: an upstream that hangs while a client uploads.
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
     let mut h = Sha256::new();
     let mut len = 0u64;
     while let Some(frame) = body.frame().await {
@@ -113,6 +152,10 @@ async fn upstream_handle(
         body_sha256: sha.clone(),
     });
     let path = parts.uri.path().to_string();
+    if path.starts_with("/v2/stall/") {
+        // Reads the whole body, then takes a minute to answer.
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
     let mut resp = if let Some(n) = path.strip_prefix("/v2/big/") {
         let total: u64 = n.parse().unwrap_or(0);
         let mut r = Response::new(pattern_body(total));
