@@ -8,6 +8,8 @@ step "installing test dependencies (only what is missing)"
 scripts/install-test-deps.sh
 
 step "cargo test --workspace"
+# Binaries first: tests of one crate start the other's binary too (the registry's replica tests run the proxy).
+cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
 step "release binaries for the end-to-end suite"
