@@ -167,7 +167,7 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn server_params(hosts: &[String]) -> Result<CertificateParams, CaError> {
+fn server_params(hosts: &[String], lifetime: Duration) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "berth");
@@ -182,9 +182,9 @@ fn server_params(hosts: &[String]) -> Result<CertificateParams, CaError> {
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
-    // The whole validity period (not only what is left of it) stays within SERVER_DAYS.
+    // The whole validity period (not only what is left of it) stays within the lifetime (SERVER_DAYS).
     params.not_before = now - Duration::hours(1);
-    params.not_after = params.not_before + Duration::days(SERVER_DAYS);
+    params.not_after = params.not_before + lifetime;
     params.serial_number = Some(rand::random::<u64>().into());
     Ok(params)
 }
@@ -208,11 +208,29 @@ pub fn init(
     let ca_cert = ca_params().self_signed(&ca_key).map_err(crypto)?;
     write_file(&ca_key_path, &ca_key.serialize_pem(), 0o600)?;
     write_file(&ca_cert_path, &ca_cert.pem(), 0o644)?;
-    issue_with(dir, hosts, key_type, &ca_cert, &ca_key)
+    issue_with(
+        dir,
+        hosts,
+        key_type,
+        &ca_cert,
+        &ca_key,
+        Duration::days(SERVER_DAYS),
+    )
 }
 
 /// Issue a new server certificate and key for `hosts` from the CA already in `dir`.
 pub fn issue(dir: &Path, hosts: &[String], key_type: KeyType) -> Result<Issued, CaError> {
+    issue_for(dir, hosts, key_type, Duration::days(SERVER_DAYS))
+}
+
+/// [`issue`] with a given validity period (at most [`SERVER_DAYS`] days are accepted by clients; shorter ones
+/// are for tests of renewal).
+pub fn issue_for(
+    dir: &Path,
+    hosts: &[String],
+    key_type: KeyType,
+    lifetime: Duration,
+) -> Result<Issued, CaError> {
     sans(hosts)?;
     let ca_key_path = dir.join(CA_KEY);
     let ca_cert_path = dir.join(CA_CERT);
@@ -224,7 +242,7 @@ pub fn issue(dir: &Path, hosts: &[String], key_type: KeyType) -> Result<Issued, 
     let params = CertificateParams::from_ca_cert_pem(&read(&ca_cert_path)?).map_err(crypto)?;
     // Re-signing the parsed parameters yields the same subject and key, which is all a leaf's chain needs.
     let ca_cert = params.self_signed(&ca_key).map_err(crypto)?;
-    issue_with(dir, hosts, key_type, &ca_cert, &ca_key)
+    issue_with(dir, hosts, key_type, &ca_cert, &ca_key, lifetime)
 }
 
 fn issue_with(
@@ -233,9 +251,10 @@ fn issue_with(
     key_type: KeyType,
     ca_cert: &rcgen::Certificate,
     ca_key: &KeyPair,
+    lifetime: Duration,
 ) -> Result<Issued, CaError> {
     let key = generate_key(key_type)?;
-    let cert = server_params(hosts)?
+    let cert = server_params(hosts, lifetime)?
         .signed_by(&key, ca_cert, ca_key)
         .map_err(crypto)?;
     let server_key = dir.join(SERVER_KEY);

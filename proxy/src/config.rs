@@ -80,6 +80,11 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// On SIGTERM/SIGINT, how long running transfers may go on before the process exits, in seconds.
     pub shutdown_grace_secs: u64,
+    /// How often the served certificate is checked for renewal, in seconds (also once at start).
+    pub cert_renew_check_secs: u64,
+    /// A server certificate issued by the dev CA in `certs_dir` is re-issued when fewer than this many days
+    /// are left. Certificates signed by another CA are never touched.
+    pub cert_renew_before_days: u64,
     /// Answer `/_ping` and `/v1/_ping` locally with 200 instead of forwarding them.
     pub ping_local: bool,
     /// Log filter, tracing-subscriber syntax (`BERTH_LOG`).
@@ -115,6 +120,8 @@ impl Default for Config {
             header_read_timeout_secs: 30,
             max_header_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
+            cert_renew_check_secs: 12 * 3600,
+            cert_renew_before_days: 30,
             ping_local: false,
             log: "info".into(),
             public_addr: None,
@@ -368,7 +375,8 @@ impl Config {
                 p.push(problem("trusted_proxies (BERTH_TRUSTED_PROXIES)", e));
             }
         }
-        let positive: [(&str, u64); 6] = [
+        let positive: [(&str, u64); 7] = [
+            ("cert_renew_check_secs", self.cert_renew_check_secs),
             (
                 "credential_cache_ttl_secs (BERTH_CREDENTIAL_CACHE_TTL)",
                 self.credential_cache_ttl_secs,

@@ -162,6 +162,12 @@ impl Server {
             .state
             .auth
             .spawn_watcher(Duration::from_millis(cfg.htpasswd_poll_ms));
+        let renewal = crate::tls::spawn_renewal(
+            cfg.certs_dir.clone(),
+            Arc::clone(&self.cert),
+            Duration::from_secs(cfg.cert_renew_check_secs),
+            Duration::from_secs(cfg.cert_renew_before_days.saturating_mul(86_400)),
+        );
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -218,6 +224,7 @@ impl Server {
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
         watcher.abort();
+        renewal.abort();
         Ok(())
     }
 }

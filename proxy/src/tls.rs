@@ -121,6 +121,141 @@ impl ReloadableCert {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
         Ok(())
     }
+
+    /// The certificate and key served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// What [`renew_if_due`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// The served certificate was not issued by the dev CA in the certs directory (brought by the user, or no dev
+    /// CA): it is left alone.
+    NotOurs,
+    /// Ours, and more than the threshold is left; `not_after` is its end (Unix seconds).
+    NotDue {
+        /// End of validity, Unix seconds.
+        not_after: i64,
+    },
+    /// Re-issued from the dev CA and swapped in; `not_after` is the new certificate's end (Unix seconds).
+    Renewed {
+        /// End of validity of the new certificate, Unix seconds.
+        not_after: i64,
+    },
+}
+
+/// When the served certificate was issued by the dev CA in `certs_dir` and has less than `renew_before` left,
+/// issue a new one for the same names (and key type) with `lifetime`, and swap it in through
+/// [`ReloadableCert::reload`]. A certificate the user brought (not signed by `devdockerCA`) is never touched.
+/// Blocking (reads files, generates keys): call from a blocking thread.
+pub fn renew_if_due(
+    certs_dir: &Path,
+    cert: &ReloadableCert,
+    renew_before: std::time::Duration,
+    lifetime: time::Duration,
+) -> Result<Renewal, TlsError> {
+    use x509_parser::prelude::*;
+    let current = cert.current();
+    let Some(leaf_der) = current.cert.first() else {
+        return Ok(Renewal::NotOurs);
+    };
+    let ca_path = certs_dir.join(ca::CA_CERT);
+    if !ca_path.exists() || !certs_dir.join(ca::CA_KEY).exists() {
+        return Ok(Renewal::NotOurs);
+    }
+    let ca_der = CertificateDer::from_pem_file(&ca_path)
+        .map_err(|e| TlsError(format!("{}: {e}", ca_path.display())))?;
+    let (_, ca_cert) = parse_x509_certificate(ca_der.as_ref())
+        .map_err(|e| TlsError(format!("{}: {e}", ca_path.display())))?;
+    let (_, leaf) = parse_x509_certificate(leaf_der.as_ref())
+        .map_err(|e| TlsError(format!("served certificate: {e}")))?;
+    let ours = leaf.issuer().as_raw() == ca_cert.subject().as_raw()
+        && leaf.verify_signature(Some(ca_cert.public_key())).is_ok();
+    if !ours {
+        return Ok(Renewal::NotOurs);
+    }
+    let not_after = leaf.validity().not_after.timestamp();
+    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
+    let before = i64::try_from(renew_before.as_secs()).unwrap_or(i64::MAX);
+    if not_after.saturating_sub(now) > before {
+        return Ok(Renewal::NotDue { not_after });
+    }
+    let mut hosts = Vec::new();
+    if let Ok(Some(san)) = leaf.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => hosts.push(d.to_string()),
+                GeneralName::IPAddress(raw) => {
+                    let ip = match raw.len() {
+                        4 => <[u8; 4]>::try_from(*raw).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*raw).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        hosts.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if hosts.is_empty() {
+        return Err(TlsError(
+            "the served certificate names no host; renew it with `berth-proxy ca issue`".into(),
+        ));
+    }
+    let key_type = match current.key.algorithm() {
+        rustls::SignatureAlgorithm::RSA => ca::KeyType::Rsa2048,
+        _ => ca::KeyType::EcdsaP256,
+    };
+    ca::issue_for(certs_dir, &hosts, key_type, lifetime).map_err(|e| TlsError(e.to_string()))?;
+    cert.reload()?;
+    let renewed = cert.current();
+    let not_after = renewed
+        .cert
+        .first()
+        .and_then(|d| parse_x509_certificate(d.as_ref()).ok())
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .unwrap_or_default();
+    Ok(Renewal::Renewed { not_after })
+}
+
+/// Check the served certificate now and then every `every`, renewing it with [`renew_if_due`] (on a blocking
+/// thread) when it is ours and has less than `renew_before` left. Runs until the task is aborted.
+pub fn spawn_renewal(
+    certs_dir: PathBuf,
+    cert: Arc<ReloadableCert>,
+    every: std::time::Duration,
+    renew_before: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let dir = certs_dir.clone();
+            let c = Arc::clone(&cert);
+            let lifetime = time::Duration::days(ca::SERVER_DAYS);
+            match tokio::task::spawn_blocking(move || {
+                renew_if_due(&dir, &c, renew_before, lifetime)
+            })
+            .await
+            {
+                Ok(Ok(Renewal::Renewed { not_after })) => tracing::info!(
+                    not_after,
+                    "server certificate renewed from the dev CA {}",
+                    certs_dir.join(ca::CA_CERT).display()
+                ),
+                Ok(Ok(Renewal::NotDue { .. } | Renewal::NotOurs)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    "server certificate renewal failed, keeping the current one: {e}"
+                ),
+                Err(e) => tracing::error!("server certificate renewal task failed: {e}"),
+            }
+        }
+    })
 }
 
 impl ResolvesServerCert for ReloadableCert {

@@ -672,3 +672,120 @@ async fn client_side_body_failures_are_4xx_not_upstream_faults() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 }
+
+/// The served leaf of a new connection: (serial, not_after in Unix seconds).
+async fn served_leaf(proxy: &Proxy) -> (String, i64) {
+    let tls = tls_connect(proxy.addr, client_config(&proxy.ca, &[]), "localhost")
+        .await
+        .unwrap();
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    (c.raw_serial_as_string(), c.validity().not_after.timestamp())
+}
+
+fn file_leaf(path: &std::path::Path) -> (String, i64) {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path).unwrap();
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    (c.raw_serial_as_string(), c.validity().not_after.timestamp())
+}
+
+async fn wait_for_renewal(proxy: &Proxy, old_serial: &str) -> (String, i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leaf = served_leaf(proxy).await;
+        if leaf.0 != old_serial {
+            return leaf;
+        }
+        assert!(Instant::now() < deadline, "certificate not renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn dev_ca_certificate_near_expiry_is_renewed_without_restart() {
+    let up = Upstream::start().await;
+    let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
+    let short = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let s = std::sync::Arc::clone(&short);
+    let h = hosts.clone();
+    // Started with a dev-CA leaf that has 10 days left (threshold: 30 days): renewed by the check at start.
+    let proxy = Proxy::start(vec![up.url()], move |c| {
+        c.cert_renew_check_secs = 1;
+        berth_proxy::ca::issue_for(
+            &c.certs_dir,
+            &h,
+            berth_proxy::ca::KeyType::EcdsaP256,
+            time::Duration::days(10),
+        )
+        .unwrap();
+        *s.lock().unwrap() = Some(file_leaf(&c.certs_dir.join("domain.crt")));
+    })
+    .await;
+    let (old_serial, old_end) = short.lock().unwrap().clone().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(old_end - now < 11 * 86400);
+    let (serial, end) = wait_for_renewal(&proxy, &old_serial).await;
+    assert!(end - now > 390 * 86400, "new not_after {end}");
+    let certs = proxy.dir.path().join("certs");
+    assert_eq!(
+        file_leaf(&certs.join("domain.crt")).0,
+        serial,
+        "written to domain.crt"
+    );
+
+    // Later (here: the periodic check, every second): a leaf getting close to its end is renewed again.
+    berth_proxy::ca::issue_for(
+        &certs,
+        &hosts,
+        berth_proxy::ca::KeyType::EcdsaP256,
+        time::Duration::days(5),
+    )
+    .unwrap();
+    proxy.cert.reload().unwrap();
+    let (short_serial, _) = file_leaf(&certs.join("domain.crt"));
+    let (serial2, end2) = wait_for_renewal(&proxy, &short_serial).await;
+    assert_ne!(serial2, serial);
+    assert!(end2 - now > 390 * 86400);
+    let mut c = proxy.client().await;
+    assert_eq!(c.get("/_berth/health", None, UA).await.0.status, 200);
+}
+
+#[tokio::test]
+async fn a_certificate_the_user_brought_is_never_renewed() {
+    let up = Upstream::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let o = other.path().to_path_buf();
+    let proxy = Proxy::start(vec![up.url()], move |c| {
+        c.cert_renew_check_secs = 1;
+        // Another CA's leaf with 2 days left replaces the dev CA's one; the dev CA stays in certs_dir.
+        berth_proxy::ca::init(
+            &o,
+            &["localhost".into()],
+            berth_proxy::ca::KeyType::EcdsaP256,
+            false,
+        )
+        .unwrap();
+        berth_proxy::ca::issue_for(
+            &o,
+            &["localhost".into()],
+            berth_proxy::ca::KeyType::EcdsaP256,
+            time::Duration::days(2),
+        )
+        .unwrap();
+        for f in ["domain.crt", "domain.key"] {
+            std::fs::copy(o.join(f), c.certs_dir.join(f)).unwrap();
+        }
+    })
+    .await;
+    let certs = proxy.dir.path().join("certs");
+    let before = std::fs::read(certs.join("domain.crt")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(std::fs::read(certs.join("domain.crt")).unwrap(), before);
+    let served = proxy.cert.current();
+    let (_, c) = x509_parser::parse_x509_certificate(served.cert[0].as_ref()).unwrap();
+    assert_eq!(
+        c.raw_serial_as_string(),
+        file_leaf(&certs.join("domain.crt")).0
+    );
+}
