@@ -33,6 +33,9 @@ pub enum HashKind {
     DesCrypt,
     /// `{PLAIN}` or an unprefixed value that is not a DES hash (plaintext, insecure).
     Plain,
+    /// Starts with `$` or `{` but is none of the schemes above (`$argon2id$`, `{MD5}`, ...): never accepted,
+    /// and never taken for plaintext.
+    Unsupported,
 }
 
 const CRYPT_ALPHABET: &str = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -54,6 +57,10 @@ impl HashKind {
             HashKind::Sha1
         } else if hash.starts_with("{SSHA}") {
             HashKind::Ssha
+        } else if hash.starts_with("{PLAIN}") {
+            HashKind::Plain
+        } else if hash.starts_with('$') || hash.starts_with('{') {
+            HashKind::Unsupported
         } else if hash.len() == 13 && hash.chars().all(|c| CRYPT_ALPHABET.contains(c)) {
             HashKind::DesCrypt
         } else {
@@ -103,6 +110,7 @@ pub fn verify_hash(hash: &str, password: &str) -> bool {
             bool::from(h.finalize().as_slice().ct_eq(digest))
         }
         HashKind::DesCrypt => pwhash::unix_crypt::verify(password, hash),
+        HashKind::Unsupported => false,
         HashKind::Plain => {
             let stored = hash.strip_prefix("{PLAIN}").unwrap_or(hash);
             stored.len() == password.len()
@@ -232,6 +240,16 @@ impl Htpasswd {
             match parse_line(line) {
                 Ok((user, hash)) => {
                     let kind = HashKind::detect(hash);
+                    if kind == HashKind::Unsupported {
+                        warnings.push(HtpasswdWarning {
+                            line: line_no,
+                            message: format!(
+                                "user {user:?}: unsupported hash scheme {}; entry skipped",
+                                scheme_of(hash)
+                            ),
+                        });
+                        continue;
+                    }
                     if kind.insecure() {
                         warnings.push(HtpasswdWarning {
                             line: line_no,
@@ -286,6 +304,17 @@ impl Htpasswd {
             }
         })
     }
+}
+
+/// The scheme prefix of a stored hash, for messages (`$argon2id$`, `{MD5}`), never the hash itself.
+fn scheme_of(hash: &str) -> String {
+    let end = if hash.starts_with('{') {
+        hash.find('}').map(|i| i + 1)
+    } else {
+        hash[1..].find('$').map(|i| i + 2)
+    };
+    let prefix = &hash[..end.unwrap_or(1).min(hash.len())];
+    prefix.chars().take(24).collect()
 }
 
 /// Split one htpasswd line into user and hash.
@@ -595,6 +624,43 @@ mod tests {
         assert_eq!(h.hash_of("alice"), Some("$2y$05$abc"));
         let lines: Vec<usize> = w.iter().map(|w| w.line).collect();
         assert_eq!(lines, vec![4, 5, 6, 8, 9]);
+    }
+
+    #[test]
+    fn unknown_schemes_are_skipped_not_taken_for_plaintext() {
+        let text = "argon:$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA\n\
+                    md5:{MD5}X03MO1qnZdYdgyfeuILPmQ==\n\
+                    twox:$2x$10$abcdefghijklmnopqrstuu\n\
+                    dollar:$\n\
+                    plain:{PLAIN}pw\n\
+                    bare:hunter2\n";
+        let (h, w) = Htpasswd::parse(text);
+        for skipped in ["argon", "md5", "twox", "dollar"] {
+            assert_eq!(h.hash_of(skipped), None, "{skipped}");
+        }
+        assert_eq!(h.hash_of("plain"), Some("{PLAIN}pw"));
+        assert_eq!(h.hash_of("bare"), Some("hunter2"));
+        let unsupported: Vec<(usize, &str)> = w
+            .iter()
+            .filter(|w| w.message.contains("unsupported hash scheme"))
+            .map(|w| (w.line, w.message.as_str()))
+            .collect();
+        assert_eq!(
+            unsupported.iter().map(|u| u.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4],
+            "{w:?}"
+        );
+        assert!(unsupported[0].1.contains("$argon2id$"), "{unsupported:?}");
+        assert!(unsupported[1].1.contains("{MD5}"), "{unsupported:?}");
+        assert!(
+            !unsupported[0].1.contains("aGFzaA"),
+            "the hash is never shown"
+        );
+        // The stored value typed as the password must not work.
+        let argon = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA";
+        assert_eq!(HashKind::detect(argon), HashKind::Unsupported);
+        assert!(!verify_hash(argon, argon));
+        assert!(!verify_hash("{MD5}abc", "{MD5}abc"));
     }
 
     #[test]
