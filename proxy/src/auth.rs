@@ -484,6 +484,17 @@ pub struct Authenticator {
     stamp: Mutex<Option<FileStamp>>,
     generation: std::sync::atomic::AtomicU64,
     cache: CredentialCache,
+    /// At most this many password hashes are checked at once (each holds a blocking thread and a core), so a
+    /// burst of wrong passwords cannot take every blocking thread; reloads of the file do not go through it.
+    verify_gate: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many password verifications may run at once by default: twice the cores, at least 2.
+pub fn default_verify_limit() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_mul(2))
+        .unwrap_or(2)
+        .max(2)
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -525,6 +536,16 @@ fn load_users(path: &Path) -> Users {
 impl Authenticator {
     /// Load `path` now (a missing file means no users, with a warning).
     pub fn new(path: PathBuf, cache_ttl: Duration, cache_size: usize) -> Self {
+        Self::with_verify_limit(path, cache_ttl, cache_size, default_verify_limit())
+    }
+
+    /// [`Authenticator::new`] with at most `verify_limit` (at least 1) password checks running at once.
+    pub fn with_verify_limit(
+        path: PathBuf,
+        cache_ttl: Duration,
+        cache_size: usize,
+        verify_limit: usize,
+    ) -> Self {
         let st = stamp(&path);
         let users = load_users(&path);
         Authenticator {
@@ -533,6 +554,7 @@ impl Authenticator {
             stamp: Mutex::new(st),
             generation: std::sync::atomic::AtomicU64::new(0),
             cache: CredentialCache::new(cache_ttl, cache_size),
+            verify_gate: Arc::new(tokio::sync::Semaphore::new(verify_limit.max(1))),
         }
     }
 
@@ -588,7 +610,13 @@ impl Authenticator {
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let users = Arc::clone(&self.users.read().unwrap_or_else(|e| e.into_inner()));
         let user = creds.user.clone();
+        // Wait for a slot before taking a blocking thread; the permit is released when the check is done.
+        let permit = Arc::clone(&self.verify_gate)
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthFailure::Rejected)?;
         let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             match users.htpasswd.hash_of(&creds.user) {
                 Some(hash) => verify_hash(hash, &creds.password),
                 None => {
@@ -711,6 +739,47 @@ mod tests {
         assert!(parse_basic(b"Basic bm9jb2xvbg==").is_none()); // "nocolon"
         assert!(parse_basic(b"Basic OnB3").is_none()); // ":pw"
         assert!(parse_basic(&[0xff, 0xfe]).is_none());
+    }
+
+    #[tokio::test]
+    async fn verification_is_gated_and_reload_is_not() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        let hash = bcrypt_hash("pw", 4).unwrap();
+        std::fs::write(&path, format!("alice:{hash}\n")).unwrap();
+        let auth = Arc::new(Authenticator::with_verify_limit(
+            path.clone(),
+            Duration::from_secs(60),
+            100,
+            1,
+        ));
+        // Every slot taken (as by a burst of slow checks): a new check waits for one.
+        let held = Arc::clone(&auth.verify_gate).acquire_owned().await.unwrap();
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:pw")
+        );
+        let a = Arc::clone(&auth);
+        let h = header.clone();
+        let queued = tokio::spawn(async move { a.authenticate(Some(h.as_bytes())).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!queued.is_finished(), "the check waits for the gate");
+        // The file watcher's reload does not wait behind it.
+        std::fs::write(&path, format!("alice:{hash}\nbob:{hash}\n")).unwrap();
+        let a = Arc::clone(&auth);
+        let reloaded = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || a.reload_if_changed()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(reloaded);
+        drop(held);
+        assert_eq!(queued.await.unwrap(), Ok("alice".to_string()));
+        assert_eq!(auth.verify_gate.available_permits(), 1);
+        assert!(default_verify_limit() >= 2);
     }
 
     #[test]
