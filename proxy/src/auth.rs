@@ -294,16 +294,91 @@ impl Htpasswd {
         self.users.is_empty()
     }
 
-    /// The cost of the first bcrypt entry, used so unknown users take as long as known ones.
-    fn typical_bcrypt_cost(&self) -> Option<u32> {
-        self.users.values().find_map(|h| {
-            if HashKind::detect(h) == HashKind::Bcrypt {
-                h.get(4..6)?.parse().ok()
-            } else {
-                None
-            }
-        })
+    /// A hash of a random secret in the slowest scheme and cost found in the file (bcrypt at the highest cost if
+    /// there is any bcrypt entry, else SHA-crypt with the most rounds, else MD5-crypt, ...), checked for unknown
+    /// users so they take as long as the slowest known ones and timing does not tell which names exist.
+    #[allow(deprecated)] // the dummy copies whatever scheme the file uses, weak ones included
+    pub fn dummy_hash(&self) -> String {
+        let secret = hex::encode(rand::random::<[u8; 16]>());
+        let slowest = self
+            .users
+            .values()
+            .filter_map(|h| work_of(h).map(|w| (w, h.as_str())))
+            .max_by_key(|(w, _)| *w);
+        let salt = |n: usize| -> String {
+            let alphabet = CRYPT_ALPHABET.as_bytes();
+            (0..n)
+                .map(|_| alphabet[rand::random::<usize>() % alphabet.len()] as char)
+                .collect()
+        };
+        let made = match slowest {
+            None => bcrypt_hash(&secret, 5).ok(),
+            Some(((_, cost, _), hash)) => match HashKind::detect(hash) {
+                HashKind::Bcrypt => bcrypt_hash(&secret, cost.clamp(4, 20) as u32).ok(),
+                kind @ (HashKind::Sha512Crypt | HashKind::Sha256Crypt) => {
+                    let magic = if kind == HashKind::Sha512Crypt {
+                        "$6$"
+                    } else {
+                        "$5$"
+                    };
+                    let setup = if hash[3..].starts_with("rounds=") {
+                        format!("{magic}rounds={cost}${}", salt(16))
+                    } else {
+                        format!("{magic}{}", salt(16))
+                    };
+                    if kind == HashKind::Sha512Crypt {
+                        pwhash::sha512_crypt::hash_with(setup.as_str(), &secret).ok()
+                    } else {
+                        pwhash::sha256_crypt::hash_with(setup.as_str(), &secret).ok()
+                    }
+                }
+                HashKind::Apr1 => Some(md5_crypt(secret.as_bytes(), salt(8).as_bytes(), "$apr1$")),
+                HashKind::Md5Crypt => Some(md5_crypt(secret.as_bytes(), salt(8).as_bytes(), "$1$")),
+                HashKind::Ssha => {
+                    let salt = rand::random::<[u8; 8]>();
+                    let mut h = sha1::Sha1::new();
+                    h.update(secret.as_bytes());
+                    h.update(salt);
+                    let mut raw = h.finalize().to_vec();
+                    raw.extend_from_slice(&salt);
+                    Some(format!(
+                        "{{SSHA}}{}",
+                        base64::engine::general_purpose::STANDARD.encode(raw)
+                    ))
+                }
+                HashKind::Sha1 => Some(format!(
+                    "{{SHA}}{}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(sha1::Sha1::digest(secret.as_bytes()))
+                )),
+                HashKind::DesCrypt => pwhash::unix_crypt::hash(&secret).ok(),
+                HashKind::Plain | HashKind::Unsupported => Some(format!("{{PLAIN}}{secret}")),
+            },
+        };
+        made.unwrap_or_else(|| format!("{{PLAIN}}{secret}"))
     }
+}
+
+/// How slow checking `hash` is, for ordering: (scheme rank, cost within the scheme, variant). Bcrypt ranks
+/// above SHA-crypt (rounds), above MD5-crypt, above salted and plain SHA-1, above DES, above plaintext.
+fn work_of(hash: &str) -> Option<(u8, u64, u8)> {
+    Some(match HashKind::detect(hash) {
+        HashKind::Bcrypt => (6, hash.get(4..6)?.parse().ok()?, 0),
+        kind @ (HashKind::Sha512Crypt | HashKind::Sha256Crypt) => {
+            let rounds = match hash.get(3..)?.strip_prefix("rounds=") {
+                Some(rest) => rest.split('$').next()?.parse().ok()?,
+                None => u64::from(pwhash::sha512_crypt::DEFAULT_ROUNDS),
+            };
+            (5, rounds, u8::from(kind == HashKind::Sha512Crypt))
+        }
+        HashKind::Apr1 => (4, 1000, 1),
+        HashKind::Md5Crypt => (4, 1000, 0),
+        HashKind::Ssha => (3, 0, 1),
+        HashKind::Sha1 => (3, 0, 0),
+        HashKind::DesCrypt => (2, 0, 0),
+        HashKind::Plain => (1, 0, 0),
+        HashKind::Unsupported => return None,
+    })
 }
 
 /// The scheme prefix of a stored hash, for messages (`$argon2id$`, `{MD5}`), never the hash itself.
@@ -524,9 +599,7 @@ fn load_users(path: &Path) -> Users {
             Htpasswd::default()
         }
     };
-    let cost = htpasswd.typical_bcrypt_cost().unwrap_or(5).clamp(4, 12);
-    let secret: [u8; 16] = rand::random();
-    let dummy_hash = bcrypt_hash(&hex::encode(secret), cost).unwrap_or_default();
+    let dummy_hash = htpasswd.dummy_hash();
     Users {
         htpasswd,
         dummy_hash,
@@ -689,6 +762,44 @@ mod tests {
         assert_eq!(HashKind::detect(argon), HashKind::Unsupported);
         assert!(!verify_hash(argon, argon));
         assert!(!verify_hash("{MD5}abc", "{MD5}abc"));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn dummy_hash_is_in_the_slowest_scheme_present() {
+        let secret = "x";
+        let b4 = bcrypt_hash(secret, 4).unwrap();
+        let b6 = bcrypt_hash(secret, 6).unwrap();
+        let sha = pwhash::sha512_crypt::hash_with("$6$rounds=20000$saltsaltsalt", secret).unwrap();
+        let sha256 = pwhash::sha256_crypt::hash_with("$5$saltsalt", secret).unwrap();
+        let apr = md5_crypt(b"x", b"saltsalt", "$apr1$");
+        let dummy = |lines: &[(&str, &str)]| {
+            let text: String = lines.iter().map(|(u, h)| format!("{u}:{h}\n")).collect();
+            Htpasswd::parse(&text).0.dummy_hash()
+        };
+        // bcrypt at the highest cost wins over everything else.
+        let d = dummy(&[("a", &b4), ("b", &b6), ("c", &sha), ("d", &apr)]);
+        assert!(d.starts_with("$2y$06$"), "{d}");
+        // No bcrypt: SHA-crypt with the most rounds.
+        let d = dummy(&[("c", &sha), ("e", &sha256), ("d", &apr)]);
+        assert!(d.starts_with("$6$rounds=20000$"), "{d}");
+        assert!(!verify_hash(&d, ""));
+        let d = dummy(&[("e", &sha256), ("d", &apr)]);
+        assert!(d.starts_with("$5$") && !d.contains("rounds="), "{d}");
+        let d = dummy(&[("d", &apr), ("f", "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=")]);
+        assert!(d.starts_with("$apr1$"), "{d}");
+        let d = dummy(&[("f", "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="), ("g", "plain")]);
+        assert!(d.starts_with("{SHA}"), "{d}");
+        assert!(dummy(&[]).starts_with("$2y$05$"));
+        // Every dummy is a valid hash of its kind that no password matches.
+        for d in [
+            dummy(&[("d", &apr)]),
+            dummy(&[("c", &sha)]),
+            dummy(&[("g", "plain")]),
+        ] {
+            assert_ne!(HashKind::detect(&d), HashKind::Unsupported);
+            assert!(!verify_hash(&d, "plain") && !verify_hash(&d, "x"));
+        }
     }
 
     #[test]
