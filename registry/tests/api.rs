@@ -96,14 +96,7 @@ async fn monolithic_upload_and_blob_reads() {
 async fn single_post_upload_and_zero_byte_blob() {
     let r = Registry::start(&[]);
     let d = sha256(b"");
-    let resp = r
-        .send(
-            Method::POST,
-            &format!("/v2/z/blobs/uploads/?digest={d}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let resp = r.post(&format!("/v2/z/blobs/uploads/?digest={d}")).await;
     assert_eq!(resp.status, StatusCode::CREATED);
     assert_eq!(
         resp.header("location"),
@@ -252,19 +245,10 @@ async fn chunked_upload_with_ranges_status_and_final_chunk() {
 #[tokio::test]
 async fn streamed_patch_without_length_as_docker_sends_it() {
     let r = Registry::start(&[]);
-    let start = r
-        .send(
-            Method::POST,
-            "/v2/s/blobs/uploads/",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let start = r.post("/v2/s/blobs/uploads/").await;
     let loc = start.header("location").unwrap().to_string();
     // A body of unknown length: hyper sends it with Transfer-Encoding: chunked.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
-    let body =
-        http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+    let (tx, body) = common::channel_body();
     let mut all = Vec::new();
     let sender = tokio::spawn(async move {
         for i in 0..50u8 {
@@ -300,12 +284,6 @@ async fn streamed_patch_without_length_as_docker_sends_it() {
     );
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + Sync {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 #[tokio::test]
 async fn sha512_blobs() {
     let r = Registry::start(&[]);
@@ -327,21 +305,9 @@ async fn sha512_blobs() {
 #[tokio::test]
 async fn cancel_upload() {
     let r = Registry::start(&[]);
-    let start = r
-        .send(
-            Method::POST,
-            "/v2/x/blobs/uploads/",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let start = r.post("/v2/x/blobs/uploads/").await;
     let loc = start.header("location").unwrap().to_string();
-    assert_eq!(
-        r.send(Method::DELETE, &loc, &[], full(Bytes::new()))
-            .await
-            .status,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(r.delete(&loc).await.status, StatusCode::NO_CONTENT);
     assert_eq!(r.get(&loc).await.code(), "BLOB_UPLOAD_UNKNOWN");
     let unknown = r.get("/v2/x/blobs/uploads/not-a-session").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
@@ -353,12 +319,7 @@ async fn cross_repository_mount() {
     let r = Registry::start(&[]);
     let d = r.push_blob("src/repo", b"shared layer").await;
     let m = r
-        .send(
-            Method::POST,
-            &format!("/v2/dst/blobs/uploads/?mount={d}&from=src/repo"),
-            &[],
-            full(Bytes::new()),
-        )
+        .post(&format!("/v2/dst/blobs/uploads/?mount={d}&from=src/repo"))
         .await;
     assert_eq!(m.status, StatusCode::CREATED);
     assert_eq!(m.header("docker-content-digest"), Some(d.as_str()));
@@ -367,35 +328,20 @@ async fn cross_repository_mount() {
         b"shared layer"
     );
     // Automatic mount without `from`.
-    let auto = r
-        .send(
-            Method::POST,
-            &format!("/v2/auto/blobs/uploads/?mount={d}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let auto = r.post(&format!("/v2/auto/blobs/uploads/?mount={d}")).await;
     assert_eq!(auto.status, StatusCode::CREATED);
     // Unknown blob: a new session instead.
     let unknown = sha256(b"never pushed");
     let fallback = r
-        .send(
-            Method::POST,
-            &format!("/v2/dst/blobs/uploads/?mount={unknown}&from=src/repo"),
-            &[],
-            full(Bytes::new()),
-        )
+        .post(&format!(
+            "/v2/dst/blobs/uploads/?mount={unknown}&from=src/repo"
+        ))
         .await;
     assert_eq!(fallback.status, StatusCode::ACCEPTED);
     assert!(fallback.header("location").is_some());
     // Mounting from a repository that does not hold the blob does not leak it.
     let wrong_from = r
-        .send(
-            Method::POST,
-            &format!("/v2/dst2/blobs/uploads/?mount={d}&from=nothere"),
-            &[],
-            full(Bytes::new()),
-        )
+        .post(&format!("/v2/dst2/blobs/uploads/?mount={d}&from=nothere"))
         .await;
     assert_eq!(wrong_from.status, StatusCode::ACCEPTED);
 }
@@ -725,7 +671,7 @@ async fn deletes_are_off_by_default() {
         format!("/v2/del/blobs/{d}"),
         "/v2/del/manifests/v1".into(),
     ] {
-        let resp = r.send(Method::DELETE, &path, &[], full(Bytes::new())).await;
+        let resp = r.delete(&path).await;
         assert_eq!(
             (resp.status, resp.code().as_str()),
             (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
@@ -748,14 +694,7 @@ async fn deletes_when_enabled() {
     )
     .await;
 
-    let tag = r
-        .send(
-            Method::DELETE,
-            "/v2/del/manifests/v2",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let tag = r.delete("/v2/del/manifests/v2").await;
     assert_eq!(tag.status, StatusCode::ACCEPTED);
     assert_eq!(
         r.get("/v2/del/manifests/v2").await.status,
@@ -767,14 +706,7 @@ async fn deletes_when_enabled() {
         "other tags stay"
     );
 
-    let m = r
-        .send(
-            Method::DELETE,
-            &format!("/v2/del/manifests/{md}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let m = r.delete(&format!("/v2/del/manifests/{md}")).await;
     assert_eq!(m.status, StatusCode::ACCEPTED);
     assert_eq!(
         r.get(&format!("/v2/del/manifests/{md}")).await.code(),
@@ -785,47 +717,19 @@ async fn deletes_when_enabled() {
         StatusCode::NOT_FOUND,
         "tags of a deleted manifest go"
     );
-    let again = r
-        .send(
-            Method::DELETE,
-            &format!("/v2/del/manifests/{md}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let again = r.delete(&format!("/v2/del/manifests/{md}")).await;
     assert_eq!(again.code(), "MANIFEST_UNKNOWN");
 
     let d = sha256(b"x");
-    let b = r
-        .send(
-            Method::DELETE,
-            &format!("/v2/del/blobs/{d}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let b = r.delete(&format!("/v2/del/blobs/{d}")).await;
     assert_eq!(b.status, StatusCode::ACCEPTED);
     assert_eq!(
         r.get(&format!("/v2/del/blobs/{d}")).await.code(),
         "BLOB_UNKNOWN"
     );
-    let b2 = r
-        .send(
-            Method::DELETE,
-            &format!("/v2/del/blobs/{d}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let b2 = r.delete(&format!("/v2/del/blobs/{d}")).await;
     assert_eq!(b2.status, StatusCode::NOT_FOUND);
-    let no_repo = r
-        .send(
-            Method::DELETE,
-            &format!("/v2/ghost/manifests/{md}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let no_repo = r.delete(&format!("/v2/ghost/manifests/{md}")).await;
     assert_eq!(no_repo.status, StatusCode::NOT_FOUND);
 }
 

@@ -6,21 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{full, sha256, Registry, ReqBody};
+use common::{channel_body, full, sha256, Registry, ReqBody};
 use http::{Method, StatusCode};
 use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
-
-type FrameTx = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
-
-/// A request body fed through a channel: the test decides when each chunk goes out.
-fn channel_body() -> (FrameTx, ReqBody) {
-    let (tx, mut rx) = mpsc::channel(2);
-    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed();
-    (tx, body)
-}
 
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);
@@ -42,14 +32,7 @@ async fn kill_during_upload_leaves_no_blob_and_the_upload_resumes() {
     let d = sha256(&data);
 
     let mut r = Registry::start_at(&root, &[]);
-    let start = r
-        .send(
-            Method::POST,
-            "/v2/crash/blobs/uploads/",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let start = r.post("/v2/crash/blobs/uploads/").await;
     let loc_path = {
         let loc = start.header("location").unwrap();
         loc[loc.find("/v2/").unwrap()..].to_string()
@@ -153,14 +136,7 @@ async fn big_streamed_upload_keeps_memory_flat() {
     let r = Registry::start(&[]);
     let mib = big_mib();
     let block = Bytes::from(pattern(1 << 20, 42));
-    let start = r
-        .send(
-            Method::POST,
-            "/v2/big/blobs/uploads/",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let start = r.post("/v2/big/blobs/uploads/").await;
     let loc = start.header("location").unwrap().to_string();
 
     let (tx, body) = channel_body();

@@ -52,14 +52,7 @@ async fn upload_session_moves_between_replicas() {
     let cuts = [0, 3 * MIB, 9 * MIB, data.len()];
 
     // POST on A, PATCH on B, PATCH on A, PUT (with no body) on A: A's running hash is stale, so it re-hashes.
-    let start = a
-        .send(
-            Method::POST,
-            "/v2/moving/blobs/uploads/",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let start = a.post("/v2/moving/blobs/uploads/").await;
     assert_eq!(start.status, StatusCode::ACCEPTED);
     let mut loc = path_of(start.header("location").unwrap());
     for (i, r) in [&b, &a, &b].iter().enumerate() {
@@ -101,14 +94,7 @@ async fn upload_session_moves_between_replicas() {
     assert_eq!(got.body.as_ref(), data.as_slice());
 
     // A wrong digest committed on the replica that never saw the data is refused, and the session is gone.
-    let start = b
-        .send(
-            Method::POST,
-            "/v2/moving/blobs/uploads/",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let start = b.post("/v2/moving/blobs/uploads/").await;
     let loc = path_of(start.header("location").unwrap());
     let p = a
         .send(

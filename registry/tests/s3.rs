@@ -180,14 +180,7 @@ async fn skopeo_large_layer_resumed_upload_and_deletes_on_s3() {
     // A resumed chunked upload: PATCH, status, PATCH, PUT with the last chunk.
     let data = random(11 * MIB + 5);
     let d = sha256(&data);
-    let start = r
-        .send(
-            Method::POST,
-            "/v2/s3/chunked/blobs/uploads/",
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let start = r.post("/v2/s3/chunked/blobs/uploads/").await;
     assert_eq!(start.status, StatusCode::ACCEPTED);
     let loc = start.header("location").unwrap().to_string();
     let first = 6 * MIB;
@@ -257,14 +250,7 @@ async fn skopeo_large_layer_resumed_upload_and_deletes_on_s3() {
         .output()
         .unwrap();
     assert!(!gone.status.success(), "deleted image still inspectable");
-    let del = r
-        .send(
-            Method::DELETE,
-            &format!("/v2/s3/chunked/blobs/{d}"),
-            &[],
-            full(Bytes::new()),
-        )
-        .await;
+    let del = r.delete(&format!("/v2/s3/chunked/blobs/{d}")).await;
     assert_eq!(del.status, StatusCode::ACCEPTED);
     assert_eq!(
         r.head(&format!("/v2/s3/chunked/blobs/{d}")).await.status,

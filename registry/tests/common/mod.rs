@@ -53,6 +53,19 @@ impl Resp {
     }
 }
 
+/// Sends frames of a request body, one `send` at a time.
+pub type FrameTx = tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, std::io::Error>>;
+
+/// A request body fed through a channel: the test decides when each chunk goes out. Its length is unknown,
+/// so hyper sends it with `Transfer-Encoding: chunked`, as the Docker daemon does.
+pub fn channel_body() -> (FrameTx, ReqBody) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let body =
+        http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+            .boxed();
+    (tx, body)
+}
+
 pub fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
@@ -158,6 +171,17 @@ impl Registry {
 
     pub async fn head(&self, path: &str) -> Resp {
         self.send(Method::HEAD, path, &[], full(Bytes::new())).await
+    }
+
+    /// `POST` with no body and no extra headers.
+    pub async fn post(&self, path: &str) -> Resp {
+        self.send(Method::POST, path, &[], full(Bytes::new())).await
+    }
+
+    /// `DELETE` with no body and no extra headers.
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send(Method::DELETE, path, &[], full(Bytes::new()))
+            .await
     }
 
     /// Pushes a blob monolithically (POST then PUT) and returns its digest.
