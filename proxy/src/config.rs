@@ -80,6 +80,13 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// On SIGTERM/SIGINT, how long running transfers may go on before the process exits, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Most client connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A client connection with no request in flight for this long is closed (HTTP/2: GOAWAY), in seconds.
+    pub idle_timeout_secs: u64,
+    /// A write to a client that stays blocked this long (the client stopped reading) closes the connection,
+    /// in seconds.
+    pub write_timeout_secs: u64,
     /// How often the served certificate is checked for renewal, in seconds (also once at start).
     pub cert_renew_check_secs: u64,
     /// A server certificate issued by the dev CA in `certs_dir` is re-issued when fewer than this many days
@@ -120,6 +127,9 @@ impl Default for Config {
             header_read_timeout_secs: 30,
             max_header_bytes: 64 * 1024,
             shutdown_grace_secs: 30,
+            max_connections: 4096,
+            idle_timeout_secs: 120,
+            write_timeout_secs: 300,
             cert_renew_check_secs: 12 * 3600,
             cert_renew_before_days: 30,
             ping_local: false,
@@ -375,7 +385,9 @@ impl Config {
                 p.push(problem("trusted_proxies (BERTH_TRUSTED_PROXIES)", e));
             }
         }
-        let positive: [(&str, u64); 7] = [
+        let positive: [(&str, u64); 9] = [
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("write_timeout_secs", self.write_timeout_secs),
             ("cert_renew_check_secs", self.cert_renew_check_secs),
             (
                 "credential_cache_ttl_secs (BERTH_CREDENTIAL_CACHE_TTL)",
@@ -394,6 +406,9 @@ impl Config {
             if v == 0 {
                 p.push(problem(key, "must be greater than 0"));
             }
+        }
+        if self.max_connections == 0 {
+            p.push(problem("max_connections", "must be greater than 0"));
         }
         if self.credential_cache_size == 0 {
             p.push(problem("credential_cache_size", "must be greater than 0"));

@@ -4,8 +4,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -13,8 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -180,11 +181,35 @@ impl Server {
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(60)));
         let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
         let handshake_timeout = Duration::from_secs(cfg.handshake_timeout_secs);
+        let idle_timeout = Duration::from_secs(cfg.idle_timeout_secs);
+        let write_timeout = Duration::from_secs(cfg.write_timeout_secs);
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        let max_connections = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX >> 3);
+        // One permit per open connection (handshakes included): at the cap, new connections wait in the
+        // listen backlog. Getting every permit back means every connection is closed.
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
+        let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+        let mut at_cap = false;
         tokio::pin!(shutdown);
         loop {
+            if slots.available_permits() == 0 && !at_cap {
+                at_cap = true;
+                tracing::warn!(
+                    max_connections,
+                    "connection limit reached; new connections wait until one closes"
+                );
+            }
+            let permit = tokio::select! {
+                p = Arc::clone(&slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut shutdown => break,
+            };
+            if slots.available_permits() > 0 {
+                at_cap = false;
+            }
             let (tcp, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -201,16 +226,39 @@ impl Server {
             let acceptor = self.acceptor.clone();
             let state = Arc::clone(&self.state);
             let builder = Arc::clone(&builder);
-            let watcher = graceful.watcher();
+            let mut closing = closing_rx.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let Some(tls) = handshake(acceptor, tcp, peer, handshake_timeout).await else {
                     return;
                 };
-                let service =
-                    hyper::service::service_fn(move |req| handle(Arc::clone(&state), peer, req));
-                let conn = builder.serve_connection(TokioIo::new(tls), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(%peer, "connection ended: {e}");
+                let activity = Arc::new(Activity::default());
+                let a = Arc::clone(&activity);
+                let service = hyper::service::service_fn(move |req| {
+                    handle(Arc::clone(&state), peer, req, InFlight::start(&a))
+                });
+                let io = TokioIo::new(WriteTimeout::new(tls, write_timeout));
+                let conn = builder.serve_connection(io, service);
+                tokio::pin!(conn);
+                let mut closed = false;
+                loop {
+                    tokio::select! {
+                        res = conn.as_mut() => {
+                            if let Err(e) = res {
+                                tracing::debug!(%peer, "connection ended: {e}");
+                            }
+                            break;
+                        }
+                        _ = closing.wait_for(|c| *c), if !closed => {
+                            closed = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        _ = activity.idle_for(idle_timeout), if !closed => {
+                            closed = true;
+                            tracing::debug!(%peer, "connection idle; closing it");
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
                 }
             });
         }
@@ -219,13 +267,154 @@ impl Server {
             "shutting down: waiting up to {}s for open transfers",
             grace.as_secs()
         );
+        let _ = closing_tx.send(true);
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections closed"),
+            _ = slots.acquire_many(max_connections) => tracing::info!("all connections closed"),
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
         watcher.abort();
         renewal.abort();
         Ok(())
+    }
+}
+
+/// Requests in flight on one connection, to close it after it has been idle for a while (HTTP/2 has no idle
+/// timeout of its own: the proxy sends GOAWAY).
+#[derive(Debug, Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// Resolves once no request has been in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => {
+                        if self.in_flight.load(Ordering::SeqCst) == 0 {
+                            return;
+                        }
+                    }
+                    _ = changed => {}
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
+/// One request in flight, from its arrival until its response body is finished or dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        activity.changed.notify_waiters();
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// The client connection's transport with a write-progress timeout: when a write or flush stays blocked (the
+/// client stopped reading, its window is closed) for longer than the timeout, it fails, and the connection is
+/// closed. Time between writes (nothing to send) does not count.
+struct WriteTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    blocked: bool,
+}
+
+impl<T> WriteTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            blocked: false,
+        }
+    }
+
+    fn check<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if poll.is_ready() {
+            self.blocked = false;
+            return poll;
+        }
+        if !self.blocked {
+            self.blocked = true;
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client stopped reading: write timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(cx, poll)
     }
 }
 
@@ -270,6 +459,7 @@ async fn handle(
     state: Arc<ProxyState>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -301,7 +491,10 @@ async fn handle(
     };
     let resp = resp.map(|body| {
         MeteredBody::new(body, bytes_out)
-            .on_drop(Box::new(move || record.emit()))
+            .on_drop(Box::new(move || {
+                record.emit();
+                drop(in_flight);
+            }))
             .boxed()
     });
     Ok(resp)

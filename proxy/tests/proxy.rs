@@ -789,3 +789,101 @@ async fn a_certificate_the_user_brought_is_never_renewed() {
         file_leaf(&certs.join("domain.crt")).0
     );
 }
+
+#[tokio::test]
+async fn connections_are_capped() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |c| c.max_connections = 2).await;
+    let cfg = client_config(&proxy.ca, &[b"http/1.1"]);
+    let first = tls_connect(proxy.addr, cfg.clone(), "localhost")
+        .await
+        .unwrap();
+    let _second = tls_connect(proxy.addr, cfg.clone(), "localhost")
+        .await
+        .unwrap();
+    // The third waits in the backlog: no handshake while two are open.
+    let third = tokio::spawn(tls_connect(proxy.addr, cfg.clone(), "localhost"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    drop(first);
+    let third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(third.is_ok());
+}
+
+#[tokio::test]
+async fn idle_http2_connections_get_goaway() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |c| c.idle_timeout_secs = 1).await;
+    let tls = tls_connect(proxy.addr, client_config(&proxy.ca, &[b"h2"]), "localhost")
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request in flight for longer than the idle timeout (a slow upload) is not cut.
+    let uri = format!(
+        "https://localhost:{}/v2/x/blobs/uploads/1",
+        proxy.addr.port()
+    );
+    let req = http::Request::builder()
+        .method("PATCH")
+        .uri(uri)
+        .header("authorization", basic("alice", "alice-pw"))
+        .body(slow_pattern_body(6, Duration::from_millis(400)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    // Then nothing: the proxy closes the connection after about a second.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("idle HTTP/2 connection still open")
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |c| c.write_timeout_secs = 1).await;
+    let mut tls = tls_connect(
+        proxy.addr,
+        client_config(&proxy.ca, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let total: u64 = 512 * 1024 * 1024;
+    let head = format!(
+        "GET /v2/big/{total} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n",
+        basic("alice", "alice-pw")
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    // Read nothing for a while: every buffer fills, the proxy's writes block.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "connection still open after the write timeout"
+    );
+    assert!(n < total, "the whole body was sent ({n} bytes)");
+}
