@@ -78,8 +78,22 @@ pub enum CertSource {
 /// it is missing too) and issue a server certificate for the configured TLS hosts.
 pub fn ensure_server_cert(config: &Config) -> Result<CertSource, TlsError> {
     let (cert, key) = server_paths(&config.certs_dir);
-    if cert.exists() && key.exists() {
-        return Ok(CertSource::Existing);
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok(CertSource::Existing),
+        (false, false) => {}
+        (true, false) | (false, true) => {
+            let (there, missing) = if cert.exists() {
+                (&cert, &key)
+            } else {
+                (&key, &cert)
+            };
+            return Err(TlsError(format!(
+                "{} exists but {} does not; put the matching file back (or remove both to have a new \
+                 certificate generated); not overwriting",
+                there.display(),
+                missing.display()
+            )));
+        }
     }
     let hosts = config.effective_tls_hosts();
     let ca_cert = config.certs_dir.join(ca::CA_CERT);
@@ -276,4 +290,38 @@ pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<rustls::ServerConf
             .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_a_certificate_pair_is_an_error_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            certs_dir: dir.path().to_path_buf(),
+            tls_hosts: vec!["localhost".into()],
+            ..Config::default()
+        };
+        let (cert, key) = server_paths(dir.path());
+        std::fs::write(&cert, "my certificate").unwrap();
+        let err = ensure_server_cert(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("domain.key") && err.contains("not overwriting"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "my certificate");
+        assert!(!key.exists());
+        std::fs::remove_file(&cert).unwrap();
+        std::fs::write(&key, "my key").unwrap();
+        assert!(ensure_server_cert(&config).is_err());
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "my key");
+        std::fs::remove_file(&key).unwrap();
+        assert!(matches!(
+            ensure_server_cert(&config),
+            Ok(CertSource::Generated { new_ca: true, .. })
+        ));
+        assert_eq!(ensure_server_cert(&config).unwrap(), CertSource::Existing);
+    }
 }
