@@ -196,9 +196,32 @@ pub struct UpstreamAddr {
     pub authority: http::uri::Authority,
 }
 
-/// Parse `http://host:port` (a path, query or another scheme is refused).
+/// An upstream URL for messages, with anything that looks like `user:password@` replaced by `***@`.
+fn redacted(s: &str) -> String {
+    let (scheme, rest) = match s.find("://") {
+        Some(i) => (&s[..i + 3], &s[i + 3..]),
+        None => ("", s),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => s.to_string(),
+    }
+}
+
+/// Parse `http://host:port` (a path, query, `user:password@` or another scheme is refused). Messages never
+/// repeat credentials.
 pub fn parse_upstream(s: &str) -> Result<UpstreamAddr, String> {
-    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    let shown = redacted(s);
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) || shown != s {
+        return Err(format!(
+            "{shown:?}: credentials (user:password@) are not supported in upstream URLs; the proxy sends \
+             X-Forwarded-User instead"
+        ));
+    }
     match uri.scheme_str() {
         Some("http") => {}
         Some(other) => {
@@ -560,6 +583,26 @@ mod tests {
         assert!(parse_upstream("http://registry:5000/").is_ok());
         assert!(parse_upstream("http://registry:5000/v2").is_err());
         assert!(parse_upstream("registry:5000").is_err());
+    }
+
+    #[test]
+    fn upstream_credentials_are_refused_and_never_repeated() {
+        for url in [
+            "http://admin:hunter2@registry:5000",
+            "http://admin@registry:5000",
+            "http://admin:hunter2@registry:5000/v2",
+            "ftp://admin:hunter2@registry",
+        ] {
+            let err = parse_upstream(url).unwrap_err();
+            assert!(!err.contains("hunter2") && !err.contains("admin"), "{err}");
+            assert!(err.contains("***@registry"), "{err}");
+        }
+        let err = Config::load(
+            None,
+            &env(&[("BERTH_UPSTREAM", "http://u:hunter2@127.0.0.1:5000")]),
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]
