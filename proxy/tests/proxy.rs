@@ -108,10 +108,25 @@ async fn pings_and_health_need_no_credentials() {
     assert_eq!(parts.status, 404);
     api_version_once(&parts.headers);
     assert_eq!(up.count(), 2);
+    // Only reads bypass authentication.
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let req = c.request(method, "/_ping").body(full("x")).unwrap();
+        assert_eq!(c.send(req).await.0.status, 401, "{method} /_ping");
+    }
+    let req = c.request("HEAD", "/v1/_ping").body(empty()).unwrap();
+    assert_eq!(c.send(req).await.0.status, 200);
+    assert_eq!(up.count(), 3);
+    let req = c
+        .request("POST", "/_ping")
+        .header("authorization", basic("alice", "alice-pw"))
+        .body(full("x"))
+        .unwrap();
+    assert_eq!(c.send(req).await.0.status, 200);
+    assert_eq!(up.count(), 4);
     let local = Proxy::start(vec![up.url()], |c| c.ping_local = true).await;
     let mut c = local.client().await;
     assert_eq!(c.get("/_ping", None, UA).await.0.status, 200);
-    assert_eq!(up.count(), 2);
+    assert_eq!(up.count(), 4);
 }
 
 #[tokio::test]
