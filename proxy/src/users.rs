@@ -55,18 +55,58 @@ fn line_user(line: &str) -> Option<&str> {
     line.split_once(':').map(|(u, _)| u)
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<(), UserError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |e: std::io::Error| UserError::Io(format!("{}: {e}", path.display()));
-    let dir = match path.parent() {
+/// An exclusive lock on `<file>.lock` next to the htpasswd file, held for a whole read-modify-write so two
+/// concurrent `user add`/`remove` cannot lose each other's change. Released when dropped (or when the process
+/// dies). The lock file stays; removing it would let two editors lock different files.
+struct EditLock(#[allow(dead_code)] std::fs::File);
+
+fn lock(path: &Path) -> Result<EditLock, UserError> {
+    let io = |p: &Path, e: std::io::Error| UserError::Io(format!("{}: {e}", p.display()));
+    let dir = parent_dir(path);
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io(&lock_path, e))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(&lock_path, e.into()))?;
+    Ok(EditLock(file))
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), UserError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |e: std::io::Error| UserError::Io(format!("{}: {e}", path.display()));
+    let dir = parent_dir(path);
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mode = std::fs::metadata(path)
+    let original = std::fs::metadata(path).ok();
+    let mode = original
+        .as_ref()
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o640);
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    if let Some(m) = &original {
+        // Keep the owner: root editing a file owned by the proxy's user must not leave it unreadable to it.
+        std::os::unix::fs::fchown(tmp.as_file(), Some(m.uid()), Some(m.gid())).map_err(|e| {
+            UserError::Io(format!(
+                "{}: cannot keep its owner {}:{} ({e}); run as that user or root",
+                path.display(),
+                m.uid(),
+                m.gid()
+            ))
+        })?;
+    }
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io)?;
@@ -82,6 +122,7 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), UserError> {
 /// Add `user` with `hash`, or replace its hash if it exists. Returns whether it was new.
 pub fn set_user(path: &Path, user: &str, hash: &str) -> Result<bool, UserError> {
     check_name(user)?;
+    let _lock = lock(path)?;
     let text = read(path)?;
     let mut out = String::with_capacity(text.len() + 80);
     let mut replaced = false;
@@ -105,6 +146,7 @@ pub fn set_user(path: &Path, user: &str, hash: &str) -> Result<bool, UserError> 
 
 /// Remove `user` (every line for it).
 pub fn remove_user(path: &Path, user: &str) -> Result<(), UserError> {
+    let _lock = lock(path)?;
     let text = read(path)?;
     let mut found = false;
     let mut out = String::with_capacity(text.len());
@@ -158,5 +200,51 @@ mod tests {
         assert_eq!(list_users(&f).unwrap(), vec!["alice", "carol"]);
         assert!(set_user(&f, "a:b", "h").is_err());
         assert!(set_user(&f, "a b", "h").is_err());
+    }
+
+    #[test]
+    fn concurrent_edits_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("htpasswd");
+        std::fs::write(&f, "# team\n").unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    for j in 0..5 {
+                        set_user(&f, &format!("u{i}-{j}"), "h").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let users = list_users(&f).unwrap();
+        assert_eq!(users.len(), 80, "{users:?}");
+        assert!(std::fs::read_to_string(&f).unwrap().starts_with("# team\n"));
+    }
+
+    #[test]
+    fn the_owner_and_mode_are_kept() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("htpasswd");
+        std::fs::write(&f, "alice:h1\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let me = std::fs::metadata(&f).unwrap();
+        // As root, hand the file to another user first (as when the proxy runs as its own user).
+        let (uid, gid) = if me.uid() == 0 {
+            std::os::unix::fs::chown(&f, Some(4321), Some(4322)).unwrap();
+            (4321, 4322)
+        } else {
+            (me.uid(), me.gid())
+        };
+        set_user(&f, "bob", "h2").unwrap();
+        remove_user(&f, "alice").unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!((m.uid(), m.gid()), (uid, gid));
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
+        assert_eq!(list_users(&f).unwrap(), vec!["bob"]);
     }
 }
