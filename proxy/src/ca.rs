@@ -168,12 +168,14 @@ fn ca_params() -> CertificateParams {
 }
 
 fn server_params(hosts: &[String], lifetime: Duration) -> Result<CertificateParams, CaError> {
+    // sans() refuses an empty list, so hosts[0] below exists.
+    let subject_alt_names = sans(hosts)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "berth");
     dn.push(DnType::CommonName, hosts[0].clone());
     params.distinguished_name = dn;
-    params.subject_alt_names = sans(hosts)?;
+    params.subject_alt_names = subject_alt_names;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -207,13 +209,15 @@ pub fn init(
     let ca_key = generate_key(key_type)?;
     let ca_cert = ca_params().self_signed(&ca_key).map_err(crypto)?;
     write_file(&ca_key_path, &ca_key.serialize_pem(), 0o600)?;
-    write_file(&ca_cert_path, &ca_cert.pem(), 0o644)?;
+    let ca_pem = ca_cert.pem();
+    write_file(&ca_cert_path, &ca_pem, 0o644)?;
     issue_with(
         dir,
         hosts,
         key_type,
         &ca_cert,
         &ca_key,
+        &ca_pem,
         Duration::days(SERVER_DAYS),
     )
 }
@@ -239,10 +243,12 @@ pub fn issue_for(
     }
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| CaError::Io(p.to_path_buf(), e));
     let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(crypto)?;
-    let params = CertificateParams::from_ca_cert_pem(&read(&ca_cert_path)?).map_err(crypto)?;
-    // Re-signing the parsed parameters yields the same subject and key, which is all a leaf's chain needs.
+    let ca_pem = read(&ca_cert_path)?;
+    let params = CertificateParams::from_ca_cert_pem(&ca_pem).map_err(crypto)?;
+    // Re-signing the parsed parameters yields the same subject and key, which is all signing a leaf needs; the
+    // chain sent to clients carries the CA certificate exactly as in devdockerCA.crt.
     let ca_cert = params.self_signed(&ca_key).map_err(crypto)?;
-    issue_with(dir, hosts, key_type, &ca_cert, &ca_key, lifetime)
+    issue_with(dir, hosts, key_type, &ca_cert, &ca_key, &ca_pem, lifetime)
 }
 
 fn issue_with(
@@ -251,6 +257,7 @@ fn issue_with(
     key_type: KeyType,
     ca_cert: &rcgen::Certificate,
     ca_key: &KeyPair,
+    ca_pem: &str,
     lifetime: Duration,
 ) -> Result<Issued, CaError> {
     let key = generate_key(key_type)?;
@@ -261,11 +268,7 @@ fn issue_with(
     let server_cert = dir.join(SERVER_CERT);
     write_file(&server_key, &key.serialize_pem(), 0o600)?;
     // The chain clients receive: server certificate, then the CA.
-    write_file(
-        &server_cert,
-        &format!("{}{}", cert.pem(), ca_cert.pem()),
-        0o644,
-    )?;
+    write_file(&server_cert, &format!("{}{}", cert.pem(), ca_pem), 0o644)?;
     Ok(Issued {
         ca_cert: dir.join(CA_CERT),
         server_cert,
@@ -308,7 +311,25 @@ mod tests {
     }
 
     #[test]
+    fn the_chain_carries_the_ca_certificate_as_it_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["reg.example".to_string()];
+        init(dir.path(), &hosts, KeyType::EcdsaP256, false).unwrap();
+        for _ in 0..2 {
+            let ca = std::fs::read_to_string(dir.path().join(CA_CERT)).unwrap();
+            let chain = std::fs::read_to_string(dir.path().join(SERVER_CERT)).unwrap();
+            assert!(chain.ends_with(&ca), "{chain}\n---\n{ca}");
+            assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+            issue(dir.path(), &hosts, KeyType::EcdsaP256).unwrap();
+        }
+    }
+
+    #[test]
     fn bad_hosts_are_refused() {
+        assert!(matches!(
+            server_params(&[], Duration::days(1)),
+            Err(CaError::BadHost(_))
+        ));
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
             init(dir.path(), &[], KeyType::EcdsaP256, false),
