@@ -3,6 +3,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -337,7 +338,12 @@ async fn serve_async(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let server = crate::server::Server::new(config, listener).map_err(|e| e.to_string())?;
+    // Loading the certificate and the htpasswd file (and hashing the dummy password) blocks: not on a runtime
+    // thread.
+    let server = tokio::task::spawn_blocking(move || crate::server::Server::new(config, listener))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let local = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("listening on {local}");
     let cert = server.cert();
@@ -345,11 +351,13 @@ async fn serve_async(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match cert.reload() {
-                Ok(()) => tracing::info!("SIGHUP: certificate reloaded"),
-                Err(e) => {
+            let c = Arc::clone(&cert);
+            match tokio::task::spawn_blocking(move || c.reload()).await {
+                Ok(Ok(())) => tracing::info!("SIGHUP: certificate reloaded"),
+                Ok(Err(e)) => {
                     tracing::error!("SIGHUP: certificate reload failed, keeping the old one: {e}")
                 }
+                Err(e) => tracing::error!("SIGHUP: certificate reload task failed: {e}"),
             }
         }
     });

@@ -126,7 +126,8 @@ pub struct Server {
 
 impl Server {
     /// Build the proxy on `listener`, loading `domain.crt`/`domain.key` from the configured certs directory
-    /// (call [`crate::tls::ensure_server_cert`] first to generate them when missing).
+    /// (call [`crate::tls::ensure_server_cert`] first to generate them when missing). Blocking (reads files,
+    /// hashes the dummy password): from async code, call it on a blocking thread.
     pub fn new(config: Config, listener: TcpListener) -> Result<Server, ServerError> {
         let (cert_path, key_path) = server_paths(&config.certs_dir);
         let cert = Arc::new(ReloadableCert::load(cert_path, key_path).map_err(ServerError::Tls)?);

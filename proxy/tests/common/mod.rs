@@ -376,7 +376,11 @@ impl Proxy {
         };
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = berth_proxy::server::Server::new(config, listener).unwrap();
+        let server =
+            tokio::task::spawn_blocking(move || berth_proxy::server::Server::new(config, listener))
+                .await
+                .unwrap()
+                .unwrap();
         let addr = server.local_addr().unwrap();
         let cert = server.cert();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
