@@ -24,8 +24,8 @@ use crate::config::{parse_trusted, parse_upstream, Config};
 use crate::error::{json_response, ProxyError};
 use crate::filter::UserAgentFilter;
 use crate::forward::{
-    classify, client_host, rewrite_request_headers, strip_hop_by_hop, ClientContext, MeteredBody,
-    ProxyBody, Route, API_VERSION, API_VERSION_HEADER,
+    classify, client_host, rewrite_request_headers, strip_hop_by_hop, BoxError, ClientContext,
+    MeteredBody, ProxyBody, Route, API_VERSION, API_VERSION_HEADER,
 };
 use crate::log::AccessRecord;
 use crate::tls::{server_config, server_paths, ReloadableCert, TlsError};
@@ -465,15 +465,16 @@ async fn handle(
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // Decoded once, for the user-agent rules and the access log.
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let (mut resp, user) = match stages(&state, peer, req, Arc::clone(&bytes_in)).await {
+    let (mut resp, user) = match stages(&state, peer, req, &user_agent, Arc::clone(&bytes_in)).await
+    {
         Ok(ok) => ok,
         Err((e, user)) => (e.response(&state.config.realm), user),
     };
@@ -490,8 +491,12 @@ async fn handle(
         start,
         user_agent,
     };
+    // The one wrapper of every response body: counts bytes out, times out an upstream body that stops
+    // arriving, writes the access log when done.
+    let read_timeout = Duration::from_secs(state.config.read_timeout_secs);
     let resp = resp.map(|body| {
         MeteredBody::new(body, bytes_out)
+            .idle_timeout(read_timeout)
             .on_drop(Box::new(move || {
                 record.emit();
                 drop(in_flight);
@@ -508,6 +513,7 @@ async fn stages(
     state: &ProxyState,
     peer: SocketAddr,
     req: Request<Incoming>,
+    user_agent: &str,
     bytes_in: Arc<AtomicU64>,
 ) -> StageResult {
     let cfg = &state.config;
@@ -525,12 +531,7 @@ async fn stages(
         Route::Ping => return forward(state, peer, req, None, bytes_in).await,
         Route::Registry => {}
     }
-    let user_agent = req
-        .headers()
-        .get(header::USER_AGENT)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
-    if state.filter.refuses(&user_agent) {
+    if state.filter.refuses(user_agent) {
         return Err((ProxyError::ClientRefused, None));
     }
     let user = state
@@ -598,8 +599,7 @@ async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = MeteredBody::new(body, Arc::new(AtomicU64::new(0)))
-        .idle_timeout(read_timeout)
-        .boxed();
+    // Counted and timed by the single wrapper in `handle`.
+    let body = body.map_err(BoxError::from).boxed();
     Ok((Response::from_parts(parts, body), user))
 }

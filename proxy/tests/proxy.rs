@@ -902,3 +902,26 @@ async fn a_client_that_stops_reading_is_disconnected() {
     );
     assert!(n < total, "the whole body was sent ({n} bytes)");
 }
+
+#[tokio::test]
+async fn an_upstream_body_that_stops_is_cut_after_the_read_timeout() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |c| c.read_timeout_secs = 1).await;
+    let mut c = proxy.client().await;
+    let req = c
+        .request("GET", "/v2/hang-body/x")
+        .header("authorization", basic("alice", "alice-pw"))
+        .body(empty())
+        .unwrap();
+    let resp = c.send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("a stalled upstream body must be cut");
+    assert!(
+        got.is_err(),
+        "the client sees the transfer fail, not a short success"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -156,7 +156,19 @@ async fn upstream_handle(
         // Reads the whole body, then takes a minute to answer.
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     }
-    let mut resp = if let Some(n) = path.strip_prefix("/v2/big/") {
+    let mut resp = if path.starts_with("/v2/hang-body/") {
+        // Answers at once, sends one chunk, then nothing (the sender is kept alive by the stream).
+        let (body, hold) = stalled_body(Bytes::from_static(b"first chunk"));
+        let body = StreamBody::new(futures_util::stream::unfold(
+            (body, Some(hold)),
+            |(mut body, hold)| async move {
+                let frame = body.frame().await?;
+                Some((frame, (body, hold)))
+            },
+        ))
+        .boxed();
+        Response::new(body)
+    } else if let Some(n) = path.strip_prefix("/v2/big/") {
         let total: u64 = n.parse().unwrap_or(0);
         let mut r = Response::new(pattern_body(total));
         r.headers_mut().insert("content-length", total.into());
