@@ -309,6 +309,9 @@ impl Client {
     }
 
     pub async fn send(&mut self, req: Request<TestBody>) -> (http::response::Parts, Bytes) {
+        // The connection becomes ready again only after the previous exchange is fully processed; sending
+        // earlier fails with "connection was not ready" on a loaded machine.
+        self.send.ready().await.unwrap();
         let resp = self.send.send_request(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
