@@ -425,8 +425,10 @@ async fn handshake(
     peer: SocketAddr,
     timeout: Duration,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    // One deadline for the whole handshake (first byte, plain-HTTP answer, TLS), not one per step.
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(timeout, tcp.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return None,
     }
@@ -438,12 +440,15 @@ async fn handshake(
              Docker-Distribution-Api-Version: registry/2.0\r\nConnection: close\r\n\r\n{msg}",
             msg.len()
         );
-        let _ = tokio::time::timeout(timeout, tcp.write_all(resp.as_bytes())).await;
-        let _ = tcp.shutdown().await;
+        let _ = tokio::time::timeout_at(deadline, async {
+            tcp.write_all(resp.as_bytes()).await?;
+            tcp.shutdown().await
+        })
+        .await;
         tracing::debug!(%peer, "plain HTTP on the TLS port refused");
         return None;
     }
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
