@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -37,13 +38,29 @@ type Slot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 /// Per-session locks and hash states.
 #[derive(Default)]
 pub(super) struct UploadStates {
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<String, (Instant, Slot)>>,
 }
+
+/// Past this many sessions, states unused for [`STATE_TTL`] are dropped (abandoned uploads, or sessions that
+/// another replica committed). Dropping a state only costs a re-hash at commit.
+const STATE_PRUNE_AT: usize = 1024;
+const STATE_TTL: Duration = Duration::from_secs(3600);
 
 impl UploadStates {
     fn slot(&self, key: &str) -> Slot {
         let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.to_string()).or_default().clone()
+        let now = Instant::now();
+        if map.len() >= STATE_PRUNE_AT {
+            // A state in use (its lock held elsewhere) is never dropped.
+            map.retain(|_, (used, slot)| {
+                now.duration_since(*used) < STATE_TTL || Arc::strong_count(slot) > 1
+            });
+        }
+        let entry = map
+            .entry(key.to_string())
+            .or_insert_with(|| (now, Slot::default()));
+        entry.0 = now;
+        entry.1.clone()
     }
 
     fn forget(&self, key: &str) {
@@ -320,6 +337,26 @@ fn httpdate_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_hash_states_are_pruned_but_not_ones_in_use() {
+        let states = UploadStates::default();
+        let long_ago = Instant::now().checked_sub(2 * STATE_TTL).expect("clock");
+        let held = states.slot("held");
+        {
+            let mut map = states.slots.lock().unwrap();
+            for i in 0..STATE_PRUNE_AT {
+                map.insert(format!("old{i}"), (long_ago, Slot::default()));
+            }
+            map.get_mut("held").unwrap().0 = long_ago;
+        }
+        let _fresh = states.slot("fresh");
+        let map = states.slots.lock().unwrap();
+        let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["fresh", "held"]);
+        drop(held);
+    }
 
     #[test]
     fn started_at_is_rfc3339() {
