@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Markdown tables from the JSON of scripts/bench.sh --out (for bench/README.md).
+
+    python3 bench/report.py run.json [more.json ...]
+
+Several files are merged section by section (a later file's sections win), for a run split in parts with
+--skip; the targets are recomputed from the merged figures.
+"""
+
+import json
+import os
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import targets  # noqa: E402
+
+
+def f(x, nd=1):
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def ratio(b, n, higher=True):
+    if not b or not n:
+        return "-"
+    return f"{(b / n if higher else n / b):.2f}x"
+
+
+def main(paths):
+    r = {}
+    for p in paths:
+        with open(p) as fh:
+            d = json.load(fh)
+        for k, v in d.items():
+            if k == "meta":
+                r.setdefault("metas", []).append(v)
+            elif k == "rss_push" and not v:
+                continue
+            else:
+                r[k] = v
+    out = []
+    for m in r.get("metas", []):
+        out.append(f"- run started {m['started']}, load average {' '.join(m['loadavg_start'])} at start, "
+                   f"{' '.join(m.get('loadavg_end', []))} at end; {m['nproc']} cores; "
+                   f"nginx bcrypt support: {m.get('nginx_bcrypt_supported')}")
+    if "machine" in r:
+        m = r["machine"]
+        out.append(f"- machine, same run: openssl sha256 {m['sha256_MBps']} MB/s, aes-256-gcm "
+                   f"{m['aes256gcm_MBps']} MB/s (one core, 16 KiB blocks), fsync'd sequential write "
+                   f"{m['disk_fsync_write_MBps']} MB/s, loopback TCP {m['loopback_tcp_MBps']} MB/s")
+    out.append("")
+    out.append("| what | berth | nginx + registry:2 | berth's advantage |")
+    out.append("|---|---|---|---|")
+    raw = r.get("raw")
+    if raw:
+        for k, name in (("monolithic", "raw monolithic upload (POST + PUT), MB/s"),
+                        ("chunked", "raw streamed chunked PATCH upload, MB/s"),
+                        ("download", "raw blob download, MB/s")):
+            out.append(f"| {name} | {f(raw['berth'][k]['MBps'])} | {f(raw['nginx'][k]['MBps'])} | "
+                       f"{ratio(raw['berth'][k]['MBps'], raw['nginx'][k]['MBps'])} |")
+        out.append(f"| nginx serving the blob as a static file over TLS, MB/s | | "
+                   f"{f(raw['nginx']['static_download']['MBps'])} | |")
+    sk = r.get("skopeo")
+    if sk:
+        for k in ("push", "pull"):
+            out.append(f"| skopeo {k}, one layer, MB/s | {f(sk['berth'][k]['MBps'])} | {f(sk['nginx'][k]['MBps'])} | "
+                       f"{ratio(sk['berth'][k]['MBps'], sk['nginx'][k]['MBps'])} |")
+    for key, v in (r.get("requests") or {}).items():
+        b, n = v["berth"], v["nginx"]
+        mode = " (fixed count)" if n.get("mode") == "count" else ""
+        out.append(f"| {key}: req/s | {f(b['rps'])} | {f(n['rps'])}{mode} | {ratio(b['rps'], n['rps'])} |")
+        out.append(f"| {key}: p50 / p99 ms | {f(b['p50_ms'], 2)} / {f(b['p99_ms'], 2)} | "
+                   f"{f(n['p50_ms'], 2)} / {f(n['p99_ms'], 2)} | p99 {ratio(b['p99_ms'], n['p99_ms'], False)} |")
+    cp = r.get("concurrent_pulls")
+    if cp:
+        out.append(f"| 64 concurrent pulls, aggregate MB/s | {f(cp['berth']['MBps'])} | {f(cp['nginx']['MBps'])} | "
+                   f"{ratio(cp['berth']['MBps'], cp['nginx']['MBps'])} |")
+        out.append("| 64 concurrent pulls, peak RSS MiB | " + ", ".join(
+            f"{k} {x}" for k, x in cp["berth"]["rss_MiB"].items()) + " | " + ", ".join(
+            f"{k} {x}" for k, x in cp["nginx"]["rss_MiB"].items()) + " | " +
+            ratio(cp["berth"]["rss_MiB"].get("total"), cp["nginx"]["rss_MiB"].get("total"), False) + " |")
+    for sz, v in (r.get("rss_push") or {}).items():
+        if "berth" in v and "nginx" in v:
+            out.append(f"| peak RSS during a {sz} push (skopeo), MiB | " +
+                       ", ".join(f"{k} {x}" for k, x in v["berth"].items()) + " | " +
+                       ", ".join(f"{k} {x}" for k, x in v["nginx"].items()) + " | " +
+                       ratio(v["berth"].get("total"), v["nginx"].get("total"), False) + " |")
+    for sz, v in (r.get("scaling") or {}).items():
+        out.append(f"| skopeo push / pull {sz}, s | {f(v['berth']['push_s'], 2)} / {f(v['berth']['pull_s'], 2)} | "
+                   f"{f(v['nginx']['push_s'], 2)} / {f(v['nginx']['pull_s'], 2)} | "
+                   f"{ratio(v['berth']['push_s'], v['nginx']['push_s'], False)} / "
+                   f"{ratio(v['berth']['pull_s'], v['nginx']['pull_s'], False)} |")
+    for n, v in (r.get("listing") or {}).items():
+        for k, name in (("catalog", "_catalog?n=100"), ("tags", "tags/list?n=100")):
+            out.append(f"| {name} with {int(n):,} {'repositories' if k == 'catalog' else 'tags'}: p50 / p99 ms | "
+                       f"{f(v['berth'][k]['p50_ms'], 2)} / {f(v['berth'][k]['p99_ms'], 2)} | "
+                       f"{f(v['nginx'][k]['p50_ms'], 2)} / {f(v['nginx'][k]['p99_ms'], 2)} | "
+                       f"{ratio(v['berth'][k]['p50_ms'], v['nginx'][k]['p50_ms'], False)} |")
+    r["meta"] = (r.get("metas") or [{}])[0]
+    out.append("")
+    out.append("| target | measured | goal | |")
+    out.append("|---|---|---|---|")
+    for t in targets(r):
+        note = f" ({t['note']})" if t["note"] else ""
+        out.append(f"| {t['target']} | {t['value']}{note} | {t['goal']} | {'met' if t['met'] else '**missed**'} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])

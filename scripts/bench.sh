@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# berth side by side with the stack it replaces (nginx + registry:2, from Debian), on this machine, in one run.
+#
+#   scripts/bench.sh [--smoke] [--out FILE.json] [more options: bench/bench.py --help]
+#
+# Installs what it uses (nginx, docker-registry, apache2-utils, skopeo, nghttp2-client, curl, openssl), builds the
+# release binaries, then runs bench/bench.py: both stacks as child processes on loopback ports in a temporary
+# directory, the same clients, credentials and data, alternating runs; prints a table and the targets, writes
+# JSON with --out. --smoke (what CI runs) uses small sizes and short durations, finishes in about two minutes and
+# exits non-zero if either stack fails to serve. The method and the last measured figures are in bench/README.md.
+#   BERTH_BIN_DIR=DIR  use these binaries instead of building
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$BERTH_ROOT"
+
+step "bench: tools"
+need curl:curl openssl:openssl python3:python3 nginx:nginx docker-registry:docker-registry \
+  htpasswd:apache2-utils skopeo:skopeo h2load:nghttp2-client
+
+if [ -z "${BERTH_BIN_DIR:-}" ]; then
+  step "bench: release binaries"
+  cargo build --release --locked --bins
+  BIN=target/release
+else
+  BIN=$BERTH_BIN_DIR
+fi
+
+exec python3 bench/bench.py --bin-dir "$BIN" "$@"
