@@ -18,3 +18,8 @@ cargo build --release --locked --bins
 step "end-to-end"
 BERTH_BIN_DIR=target/release scripts/e2e-registry.sh
 BERTH_BIN_DIR=target/release scripts/e2e.sh
+
+step "benchmark smoke run (both stacks serve; figures are not checked)"
+BENCH_OUT=$(mktemp /tmp/berth-bench-smoke.XXXXXX.json)
+BERTH_BIN_DIR=target/release scripts/bench.sh --smoke --out "$BENCH_OUT"
+rm -f "$BENCH_OUT"
