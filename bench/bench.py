@@ -204,7 +204,8 @@ class Stack:
     def check_alive(self):
         for role, p in self.procs:
             if p.poll() is not None:
-                raise BenchError(f"{self.label}: {role} exited with {p.returncode}; see {self.dir}/{role}.log")
+                raise BenchError(f"{self.label}: {role} exited with {p.returncode}; its log: {self.dir}/{role}.log "
+                                 "(run with --keep to keep it)")
 
     def stop(self):
         for role, p in reversed(self.procs):
@@ -401,7 +402,7 @@ class Blob:
         self.digest = "sha256:" + h.hexdigest()
 
 
-def random_file(path, size, nonce=None, base=None):
+def random_file(path, size, base=None):
     """size random bytes; with base, a copy of base whose first 32 bytes are a fresh nonce (a new digest for the
     price of a copy, so that clients cannot skip an upload they already did)."""
     if base is not None:

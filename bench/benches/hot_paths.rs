@@ -191,6 +191,7 @@ fn registry_requests(c: &mut Criterion) {
             .header("host", addr.to_string())
             .body(http_body_util::Full::new(blob.clone()).boxed())
             .expect("request");
+        sender.ready().await.expect("connection ready");
         let resp = sender.send_request(req).await.expect("upload");
         assert_eq!(resp.status(), 201, "monolithic upload");
         resp.into_body().collect().await.expect("body");
@@ -220,6 +221,7 @@ fn registry_requests(c: &mut Criterion) {
                         .header("host", addr.to_string())
                         .body(Empty::<Bytes>::new().boxed())
                         .expect("request");
+                    sender.ready().await.expect("connection ready");
                     let resp = sender.send_request(req).await.expect("response");
                     let status = resp.status();
                     resp.into_body().collect().await.expect("body");
