@@ -7,7 +7,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256, Sha512};
 
 /// A digest algorithm the registry can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,10 +63,7 @@ impl Digest {
 
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Digest {
-        Digest {
-            algorithm: Algorithm::Sha256,
-            hex: hex::encode(Sha256::digest(bytes)),
-        }
+        Digest::of(Algorithm::Sha256, bytes)
     }
 
     /// The digest of `bytes` with `algorithm`.
@@ -126,48 +122,43 @@ impl fmt::Display for Digest {
     }
 }
 
-/// An incremental hasher for one algorithm.
+/// An incremental hasher for one algorithm. It runs on ring's digest code, which uses the processor's
+/// vector instructions (about twice as fast as a portable implementation where there is no SHA extension).
 #[derive(Clone)]
-pub enum Hasher {
-    /// sha256 state.
-    Sha256(Sha256),
-    /// sha512 state.
-    Sha512(Sha512),
+pub struct Hasher {
+    algorithm: Algorithm,
+    context: ring::digest::Context,
 }
 
 impl Hasher {
     /// A fresh hasher for `algorithm`.
     pub fn new(algorithm: Algorithm) -> Hasher {
-        match algorithm {
-            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
-            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
+        let ring_alg = match algorithm {
+            Algorithm::Sha256 => &ring::digest::SHA256,
+            Algorithm::Sha512 => &ring::digest::SHA512,
+        };
+        Hasher {
+            algorithm,
+            context: ring::digest::Context::new(ring_alg),
         }
     }
 
     /// The algorithm this hasher computes.
     pub fn algorithm(&self) -> Algorithm {
-        match self {
-            Hasher::Sha256(_) => Algorithm::Sha256,
-            Hasher::Sha512(_) => Algorithm::Sha512,
-        }
+        self.algorithm
     }
 
     /// Feeds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.update(bytes),
-            Hasher::Sha512(h) => h.update(bytes),
-        }
+        self.context.update(bytes);
     }
 
     /// The digest of everything fed so far.
     pub fn finish(self) -> Digest {
-        let algorithm = self.algorithm();
-        let hex = match self {
-            Hasher::Sha256(h) => hex::encode(h.finalize()),
-            Hasher::Sha512(h) => hex::encode(h.finalize()),
-        };
-        Digest { algorithm, hex }
+        Digest {
+            algorithm: self.algorithm,
+            hex: hex::encode(self.context.finish().as_ref()),
+        }
     }
 }
 
@@ -511,6 +502,18 @@ mod tests {
         assert_eq!(Digest::parse("nocolon"), Err(DigestError::Invalid));
         let upper = format!("sha256:{}", "A".repeat(64));
         assert_eq!(Digest::parse(&upper), Err(DigestError::Invalid));
+        // The incremental hasher agrees with an independent implementation, across update boundaries.
+        use sha2::Digest as _;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut h = Hasher::new(Algorithm::Sha256);
+        for part in data.chunks(7_777) {
+            h.update(part);
+        }
+        assert_eq!(h.finish().hex(), hex::encode(sha2::Sha256::digest(&data)));
+        assert_eq!(
+            Digest::of(Algorithm::Sha512, &data).hex(),
+            hex::encode(sha2::Sha512::digest(&data))
+        );
         let s512 = Digest::of(Algorithm::Sha512, b"x");
         assert_eq!(Digest::parse(&s512.to_string()).unwrap(), s512);
     }

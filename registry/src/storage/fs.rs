@@ -116,7 +116,13 @@ struct FsAppend {
     key: String,
     file: Option<std::fs::File>,
     size: u64,
+    /// Bytes written since the last `sync_data`.
+    unsynced: u64,
 }
+
+/// Appended data is synced to disk every this many bytes, so `finish` only has the tail left to sync (a
+/// gigabyte synced at once stalls the commit for seconds).
+const SYNC_EVERY: u64 = 64 * 1024 * 1024;
 
 #[async_trait]
 impl AppendWriter for FsAppend {
@@ -125,9 +131,18 @@ impl AppendWriter for FsAppend {
             StorageError::Io(self.key.clone(), io::Error::other("writer failed earlier"))
         })?;
         let len = bytes.len() as u64;
-        let file = blocking(&self.key, move || file.write_all(&bytes).map(|()| file)).await?;
+        let sync = self.unsynced + len >= SYNC_EVERY;
+        let file = blocking(&self.key, move || {
+            file.write_all(&bytes)?;
+            if sync {
+                file.sync_data()?;
+            }
+            Ok(file)
+        })
+        .await?;
         self.file = Some(file);
         self.size += len;
+        self.unsynced = if sync { 0 } else { self.unsynced + len };
         Ok(())
     }
 
@@ -248,6 +263,7 @@ impl Storage for FsStorage {
             key: key.to_string(),
             file: Some(file),
             size,
+            unsynced: 0,
         }))
     }
 
