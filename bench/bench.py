@@ -709,6 +709,8 @@ def main():
     hashes = (a.hashes or ("bcrypt5" if smoke else "bcrypt5,bcrypt10,apr1")).split(",")
     skip = set(filter(None, a.skip.split(",")))
 
+    # The stacks run in their own work directory: a relative binary path must not depend on it.
+    a.bin_dir = os.path.abspath(a.bin_dir)
     for b in ("berth-proxy", "berth-registry"):
         if not os.access(os.path.join(a.bin_dir, b), os.X_OK):
             sys.exit(f"FAILED: {a.bin_dir}/{b} missing: cargo build --release --bins")
