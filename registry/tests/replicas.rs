@@ -395,8 +395,15 @@ async fn two_replicas_behind_the_proxy_share_pushes_and_survive_a_kill() {
         // skopeo's own retries skip HTTP 5xx answers; the request cut by the kill comes back as the proxy's
         // 502. The client's retry (what `docker push` does for a failed layer, and what a user or CI does
         // with skopeo) starts the layer again, and the proxy sends it to the surviving replica.
+        // Depending on timing the client sees the 502, or the proxy closing the connection after answering it
+        // while the client was still writing the chunk.
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("502"), "the cut push failed otherwise: {err}");
+        assert!(
+            ["502", "broken pipe", "connection reset"]
+                .iter()
+                .any(|cut| err.contains(cut)),
+            "the cut push failed otherwise: {err}"
+        );
         let retry = spawn(
             skopeo()
                 .args(["copy", "--dest-tls-verify=false", "--dest-creds", creds])
