@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::tools::{blob_bytes, digest_of, oci_layout, run, skopeo, Distribution};
+use common::tools::{blob_bytes, digest_of, oci_layout, pull_to_oci, run, skopeo, Distribution};
 use common::Registry;
 
 #[test]
@@ -112,10 +112,7 @@ fn registry2_data_is_served_by_berth_and_back() {
         assert_eq!(digest_of(&berth.addr, "from/dist:v1"), d_oci);
         assert_eq!(digest_of(&berth.addr, "from/dist-docker:v1"), d_docker);
         let out = tmp.path().join("pulled-from-berth");
-        run(skopeo()
-            .args(["copy", "--src-tls-verify=false"])
-            .arg(format!("docker://{}/from/dist:v1", berth.addr))
-            .arg(format!("oci:{}:v1", out.display())));
+        pull_to_oci(&berth.addr, "from/dist:v1", &out);
         for d in &layers {
             assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d));
         }
@@ -132,10 +129,7 @@ fn registry2_data_is_served_by_berth_and_back() {
     // registry:2 serves what berth wrote.
     let dist = Distribution::start(&root, tmp.path());
     let out = tmp.path().join("pulled-from-dist");
-    run(skopeo()
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/from/berth:v1", dist.addr))
-        .arg(format!("oci:{}:v1", out.display())));
+    pull_to_oci(&dist.addr, "from/berth:v1", &out);
     for d in &layers {
         assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d));
     }

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use berth_registry::storage::Storage;
 use bytes::Bytes;
-use common::s3::{check_bucket, Moto};
-use common::tools::{blob_bytes, digest_of, oci_layout, run, skopeo, Distribution};
+use common::s3::{check_bucket, read_all, Moto};
+use common::tools::{blob_bytes, digest_of, oci_layout, pull_to_oci, run, skopeo, Distribution};
 use common::{full, sha256, Registry};
 use futures_util::TryStreamExt;
 use http::{Method, StatusCode};
@@ -22,17 +22,6 @@ fn random(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut v);
     v
-}
-
-async fn read_all(s: &dyn Storage, key: &str) -> Vec<u8> {
-    let chunks: Vec<Bytes> = s
-        .read(key, None)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    chunks.concat()
 }
 
 fn start_s3(moto: &Moto, bucket: &str, root: &str, extra: &[(&str, &str)]) -> Registry {
@@ -289,10 +278,7 @@ async fn registry2_bucket_is_served_by_berth_and_back() {
         let berth = start_s3(&moto, "shared", "", &[]);
         assert_eq!(digest_of(&berth.addr, "from/dist:v1"), d_dist);
         let out = tmp.path().join("from-berth");
-        run(skopeo()
-            .args(["copy", "--src-tls-verify=false"])
-            .arg(format!("docker://{}/from/dist:v1", berth.addr))
-            .arg(format!("oci:{}:v1", out.display())));
+        pull_to_oci(&berth.addr, "from/dist:v1", &out);
         for d in &layers {
             assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d));
         }
@@ -308,10 +294,7 @@ async fn registry2_bucket_is_served_by_berth_and_back() {
     }
     let dist = Distribution::start_with(&unused, tmp.path(), &env);
     let out = tmp.path().join("from-dist");
-    run(skopeo()
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/from/berth:v1", dist.addr))
-        .arg(format!("oci:{}:v1", out.display())));
+    pull_to_oci(&dist.addr, "from/berth:v1", &out);
     for d in &layers {
         assert_eq!(blob_bytes(&out, d), blob_bytes(&src, d));
     }

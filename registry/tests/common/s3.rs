@@ -15,7 +15,8 @@ use super::sha256;
 
 const MIB: usize = 1024 * 1024;
 
-async fn read_all(s: &dyn Storage, key: &str) -> Vec<u8> {
+/// An object read whole.
+pub async fn read_all(s: &dyn Storage, key: &str) -> Vec<u8> {
     let chunks: Vec<Bytes> = s
         .read(key, None)
         .await

@@ -79,6 +79,14 @@ pub fn oci_layout(dir: &Path, tag: &str, layer_sizes: &[usize]) -> Vec<String> {
     layers
 }
 
+/// Pulls `image` (`repo:tag`) from a plain-HTTP registry at `host` into the OCI layout `out` under tag `v1`.
+pub fn pull_to_oci(host: &str, image: &str, out: &Path) {
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{host}/{image}"))
+        .arg(format!("oci:{}:v1", out.display())));
+}
+
 pub fn blob_bytes(layout: &Path, d: &str) -> Vec<u8> {
     std::fs::read(layout.join("blobs/sha256").join(&d["sha256:".len()..])).unwrap()
 }
