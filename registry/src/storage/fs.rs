@@ -116,13 +116,29 @@ struct FsAppend {
     key: String,
     file: Option<std::fs::File>,
     size: u64,
-    /// Bytes written since the last `sync_data`.
+    /// Bytes written since the last `sync_data` started.
     unsynced: u64,
+    /// The `sync_data` running on a duplicate of the descriptor while writes go on.
+    syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 /// Appended data is synced to disk every this many bytes, so `finish` only has the tail left to sync (a
-/// gigabyte synced at once stalls the commit for seconds).
+/// gigabyte synced at once stalls the commit for seconds). The sync runs beside the writes that follow it, on
+/// a duplicate of the file descriptor; one sync is in flight at a time and its result is checked before the
+/// next one starts and at `finish`.
 const SYNC_EVERY: u64 = 64 * 1024 * 1024;
+
+impl FsAppend {
+    async fn wait_sync(&mut self) -> Result<(), StorageError> {
+        match self.syncing.take() {
+            Some(task) => match task.await {
+                Ok(r) => r.map_err(|e| io_err(&self.key, e)),
+                Err(e) => Err(StorageError::Io(self.key.clone(), io::Error::other(e))),
+            },
+            None => Ok(()),
+        }
+    }
+}
 
 #[async_trait]
 impl AppendWriter for FsAppend {
@@ -131,18 +147,20 @@ impl AppendWriter for FsAppend {
             StorageError::Io(self.key.clone(), io::Error::other("writer failed earlier"))
         })?;
         let len = bytes.len() as u64;
-        let sync = self.unsynced + len >= SYNC_EVERY;
         let file = blocking(&self.key, move || {
             file.write_all(&bytes)?;
-            if sync {
-                file.sync_data()?;
-            }
             Ok(file)
         })
         .await?;
-        self.file = Some(file);
         self.size += len;
-        self.unsynced = if sync { 0 } else { self.unsynced + len };
+        self.unsynced += len;
+        if self.unsynced >= SYNC_EVERY {
+            self.wait_sync().await?;
+            let dup = file.try_clone().map_err(|e| io_err(&self.key, e))?;
+            self.syncing = Some(tokio::task::spawn_blocking(move || dup.sync_data()));
+            self.unsynced = 0;
+        }
+        self.file = Some(file);
         Ok(())
     }
 
@@ -151,6 +169,7 @@ impl AppendWriter for FsAppend {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.wait_sync().await?;
         let key = self.key.clone();
         match self.file.take() {
             Some(f) => blocking(&key, move || f.sync_all()).await,
@@ -264,6 +283,7 @@ impl Storage for FsStorage {
             file: Some(file),
             size,
             unsynced: 0,
+            syncing: None,
         }))
     }
 

@@ -174,29 +174,52 @@ impl RegistryStore {
             .storage
             .append(&paths::upload_data(&s.name, &s.id))
             .await?;
-        // A writer task takes batches while the next one is read from the network, so disk, hashing and
-        // network overlap; the channel bounds what is held in memory.
+        // The network, the disk and the hash are three stages with a bounded channel between each: a writer task
+        // takes batches while the next one is read, and the hash has its own task and channel, so a slow write
+        // (or a periodic sync) never holds the hash up and the hash never holds the disk up. The channels bound
+        // what is held in memory; a batch is shared by both consumers, not copied.
         let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
         let worker = tokio::spawn(async move {
-            let mut hasher = hasher;
             while let Some(batch) = rx.recv().await {
-                let hashing = hasher.take().map(|mut h| {
-                    let b = batch.clone();
-                    tokio::task::spawn_blocking(move || {
-                        h.update(&b);
-                        h
-                    })
-                });
-                let written = writer.write(batch).await;
-                if let Some(task) = hashing {
-                    hasher = task.await.ok();
-                }
-                written?;
+                writer.write(batch).await?;
             }
             let size = writer.size();
             writer.finish().await?;
-            Ok::<_, crate::storage::StorageError>((size, hasher))
+            Ok::<_, crate::storage::StorageError>(size)
         });
+        let (mut hash_tx, hashing) = match hasher {
+            Some(hasher) => {
+                let (htx, mut hrx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+                let task = tokio::spawn(async move {
+                    let mut hasher = hasher;
+                    while let Some(batch) = hrx.recv().await {
+                        hasher = tokio::task::spawn_blocking(move || {
+                            hasher.update(&batch);
+                            hasher
+                        })
+                        .await
+                        .ok()?;
+                    }
+                    Some(hasher)
+                });
+                (Some(htx), Some(task))
+            }
+            None => (None, None),
+        };
+        // A batch goes to the hash first, then to the disk. When the hash task has gone (it cannot, short of a
+        // panic), the data is still written and hashed again at commit.
+        async fn send(
+            batch: Bytes,
+            hash_tx: &mut Option<mpsc::Sender<Bytes>>,
+            tx: &mpsc::Sender<Bytes>,
+        ) -> bool {
+            if let Some(h) = hash_tx {
+                if h.send(batch.clone()).await.is_err() {
+                    *hash_tx = None;
+                }
+            }
+            tx.send(batch).await.is_ok()
+        }
         let mut received: u64 = 0;
         let mut batch = BytesMut::new();
         let mut body_error = None;
@@ -211,7 +234,9 @@ impl RegistryStore {
                         break;
                     }
                     batch.extend_from_slice(&c);
-                    if batch.len() >= BATCH && tx.send(batch.split().freeze()).await.is_err() {
+                    if batch.len() >= BATCH
+                        && !send(batch.split().freeze(), &mut hash_tx, &tx).await
+                    {
                         break;
                     }
                 }
@@ -224,13 +249,19 @@ impl RegistryStore {
             }
         }
         if !batch.is_empty() {
-            let _ = tx.send(batch.freeze()).await;
+            send(batch.freeze(), &mut hash_tx, &tx).await;
         }
         drop(tx);
-        let (new_size, hasher) = match worker.await {
+        let hash_live = hash_tx.take().is_some();
+        let new_size = match worker.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(RegistryError::Internal(e.to_string())),
+        };
+        // The hash is kept only if it saw every batch the disk did.
+        let hasher = match hashing {
+            Some(task) if hash_live => task.await.ok().flatten(),
+            _ => None,
         };
         *state = hasher.map(|hasher| HashState {
             offset: new_size,
