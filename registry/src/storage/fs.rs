@@ -3,8 +3,11 @@
 //! Atomic writes go through a temporary file in the destination directory (named `.tmp-*`, never listed),
 //! fsync, rename, and fsync of the directory.
 
+use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -21,6 +24,93 @@ const READ_CHUNK: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     root: PathBuf,
+    listings: Arc<ListingCache>,
+}
+
+/// Directories with at least this many entries have their sorted listing kept in memory.
+const CACHE_MIN_ENTRIES: usize = 256;
+/// Past this many names in all, the cache is emptied and starts again.
+const CACHE_MAX_NAMES: usize = 1 << 20;
+/// A listing is kept only when the directory's mtime is at least this much older than the moment the
+/// listing began: a change made within the same timestamp tick as the listing (timestamps are coarse, two
+/// seconds on some filesystems) would otherwise leave the mtime unchanged and the cached listing stale.
+const RACY_MARGIN: Duration = Duration::from_secs(2);
+
+/// What identifies one state of a directory: a change of any entry changes its mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirStamp {
+    dev: u64,
+    ino: u64,
+    mtime: Option<SystemTime>,
+}
+
+impl DirStamp {
+    fn of(m: &std::fs::Metadata) -> DirStamp {
+        use std::os::unix::fs::MetadataExt;
+        DirStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: m.modified().ok(),
+        }
+    }
+}
+
+/// Sorted listings of large directories, each valid while its directory's [`DirStamp`] is unchanged, so a
+/// page of `_catalog` or of a tags list costs one `stat` and a binary search instead of a `readdir` and a
+/// sort of the whole directory. berth's own writes also drop the listings of every directory above the
+/// object they touch.
+#[derive(Debug, Default)]
+struct ListingCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    map: HashMap<PathBuf, (DirStamp, Arc<[String]>)>,
+    names: usize,
+}
+
+impl ListingCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, dir: &Path, stamp: &DirStamp) -> Option<Arc<[String]>> {
+        let inner = self.lock();
+        match inner.map.get(dir) {
+            Some((s, names)) if s == stamp => Some(names.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, dir: PathBuf, stamp: DirStamp, began: SystemTime, names: &Arc<[String]>) {
+        let settled = stamp.mtime.is_some_and(|m| m + RACY_MARGIN <= began);
+        if names.len() < CACHE_MIN_ENTRIES || !settled {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.names + names.len() > CACHE_MAX_NAMES {
+            inner.map.clear();
+            inner.names = 0;
+        }
+        inner.names += names.len();
+        if let Some((_, old)) = inner.map.insert(dir, (stamp, names.clone())) {
+            inner.names -= old.len();
+        }
+    }
+
+    /// Drops the listings of every directory above `path` (berth is about to change it).
+    fn forget_above(&self, path: &Path) {
+        let mut inner = self.lock();
+        if inner.map.is_empty() {
+            return;
+        }
+        for dir in path.ancestors().skip(1) {
+            if let Some((_, old)) = inner.map.remove(dir) {
+                inner.names -= old.len();
+            }
+        }
+    }
 }
 
 impl FsStorage {
@@ -28,7 +118,10 @@ impl FsStorage {
     pub fn new(root: impl Into<PathBuf>) -> io::Result<FsStorage> {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
-        Ok(FsStorage { root })
+        Ok(FsStorage {
+            root,
+            listings: Arc::default(),
+        })
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -83,6 +176,28 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The sorted names in `dir` (none when it does not exist), without temporary files.
+fn read_sorted(dir: &Path) -> io::Result<Vec<String>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let name = entry?.file_name();
+        if let Some(n) = name.to_str() {
+            if !n.starts_with(TMP_PREFIX) {
+                names.push(n.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 fn tmp_name() -> String {
@@ -262,11 +377,13 @@ impl Storage for FsStorage {
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         let path = self.path(key);
+        self.listings.forget_above(&path);
         blocking(key, move || write_atomic(&path, &bytes)).await
     }
 
     async fn append(&self, key: &str) -> Result<Box<dyn AppendWriter>, StorageError> {
         let path = self.path(key);
+        self.listings.forget_above(&path);
         let file = blocking(key, move || {
             if let Some(dir) = path.parent() {
                 ensure_dir(dir)?;
@@ -289,6 +406,8 @@ impl Storage for FsStorage {
 
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
         let (src, dst) = (self.path(from), self.path(to));
+        self.listings.forget_above(&src);
+        self.listings.forget_above(&dst);
         blocking(from, move || {
             std::fs::File::open(&src)?.sync_all()?;
             let dir = dst
@@ -307,26 +426,29 @@ impl Storage for FsStorage {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let path = self.path(prefix);
+        blocking(prefix, move || read_sorted(&path)).await
+    }
+
+    async fn list_shared(&self, prefix: &str) -> Result<Arc<[String]>, StorageError> {
+        let path = self.path(prefix);
+        let cache = self.listings.clone();
         blocking(prefix, move || {
-            let rd = match std::fs::read_dir(&path) {
-                Ok(rd) => rd,
+            let began = SystemTime::now();
+            let stamp = match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => DirStamp::of(&m),
+                Ok(_) => return Ok(Arc::from(Vec::new())),
                 Err(e)
                     if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory =>
                 {
-                    return Ok(Vec::new())
+                    return Ok(Arc::from(Vec::new()))
                 }
                 Err(e) => return Err(e),
             };
-            let mut names = Vec::new();
-            for entry in rd {
-                let name = entry?.file_name();
-                if let Some(n) = name.to_str() {
-                    if !n.starts_with(TMP_PREFIX) {
-                        names.push(n.to_string());
-                    }
-                }
+            if let Some(names) = cache.get(&path, &stamp) {
+                return Ok(names);
             }
-            names.sort();
+            let names: Arc<[String]> = read_sorted(&path)?.into();
+            cache.put(path, stamp, began, &names);
             Ok(names)
         })
         .await
@@ -334,6 +456,7 @@ impl Storage for FsStorage {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key);
+        self.listings.forget_above(&path);
         blocking(key, move || {
             let r = match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
@@ -369,5 +492,66 @@ mod tests {
             s.list("").await.unwrap().is_empty(),
             "conformance suite left objects behind"
         );
+    }
+
+    fn set_mtime(dir: &Path, t: SystemTime) {
+        std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+    }
+
+    fn mtime(dir: &Path) -> SystemTime {
+        std::fs::metadata(dir).unwrap().modified().unwrap()
+    }
+
+    /// A large listing is answered from memory while its directory is unchanged; a change by another process
+    /// (which moves the mtime) or by berth itself shows at the next call.
+    #[tokio::test]
+    async fn large_listings_are_cached_until_the_directory_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(dir.path()).unwrap();
+        let t = dir.path().join("t");
+        for i in 0..300 {
+            std::fs::create_dir_all(t.join(format!("v{i:03}"))).unwrap();
+        }
+        let past = SystemTime::now() - Duration::from_secs(60);
+        set_mtime(&t, past);
+        assert_eq!(s.list_shared("t").await.unwrap().len(), 300);
+        // Another process adds an entry: the mtime moves, the listing follows.
+        std::fs::create_dir(t.join("v300")).unwrap();
+        let now = s.list_shared("t").await.unwrap();
+        assert_eq!(now.len(), 301);
+        assert_eq!(now.last().map(String::as_str), Some("v300"));
+        // The cache is really used: an entry removed behind its back, with the mtime put back, is still
+        // listed (what `DirStamp` cannot see, it cannot see).
+        let past = past + Duration::from_secs(1);
+        set_mtime(&t, past);
+        assert_eq!(s.list_shared("t").await.unwrap().len(), 301);
+        std::fs::remove_dir(t.join("v300")).unwrap();
+        set_mtime(&t, past);
+        assert_eq!(s.list_shared("t").await.unwrap().len(), 301);
+        // berth's own writes drop the listings above them, whatever the mtime says.
+        s.put("t/v400/x", Bytes::from_static(b"x")).await.unwrap();
+        set_mtime(&t, past);
+        let after = s.list_shared("t").await.unwrap();
+        assert_eq!(after.len(), 301);
+        assert!(after.iter().any(|n| n == "v400") && !after.iter().any(|n| n == "v300"));
+        // Plain `list` never uses the cache.
+        assert_eq!(s.list("t").await.unwrap().len(), 301);
+    }
+
+    /// A directory changed within [`RACY_MARGIN`] of its listing is not cached: a second change in the same
+    /// timestamp tick would leave its mtime as it was.
+    #[tokio::test]
+    async fn recently_changed_directories_are_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(dir.path()).unwrap();
+        let t = dir.path().join("t");
+        for i in 0..300 {
+            std::fs::create_dir_all(t.join(format!("v{i:03}"))).unwrap();
+        }
+        let stamp = mtime(&t);
+        assert_eq!(s.list_shared("t").await.unwrap().len(), 300);
+        std::fs::remove_dir(t.join("v000")).unwrap();
+        set_mtime(&t, stamp);
+        assert_eq!(s.list_shared("t").await.unwrap().len(), 299);
     }
 }

@@ -19,6 +19,7 @@ pub mod s3;
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -92,6 +93,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError>;
     /// Names of the direct children of `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// [`Storage::list`] as a shared slice, for listings read often and paged through (catalog, tags). A
+    /// backend may answer from a cache, provided the answer reflects every change made before the call.
+    async fn list_shared(&self, prefix: &str) -> Result<Arc<[String]>, StorageError> {
+        Ok(self.list(prefix).await?.into())
+    }
     /// Removes an object or a whole prefix.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 }

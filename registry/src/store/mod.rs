@@ -357,6 +357,29 @@ impl RegistryStore {
             .collect())
     }
 
+    /// Tags of a repository strictly after `last`, sorted, at most `n`, and whether more follow. Only the
+    /// page is parsed; where it starts is found by binary search in the (cached) listing.
+    pub async fn tags_page(
+        &self,
+        name: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<(Vec<String>, bool), RegistryError> {
+        let names = self.storage.list_shared(&paths::tags_dir(name)).await?;
+        let start = last.map_or(0, |l| names.partition_point(|x| x.as_str() <= l));
+        let mut tags = names[start..]
+            .iter()
+            .filter(|t| t.parse::<Tag>().is_ok())
+            .take(n.map_or(usize::MAX, |n| n.saturating_add(1)))
+            .cloned()
+            .collect::<Vec<_>>();
+        let more = n.is_some_and(|n| n > 0 && tags.len() > n);
+        if let Some(n) = n {
+            tags.truncate(n);
+        }
+        Ok((tags, more))
+    }
+
     /// Every repository name, sorted: folders under `repositories/` that hold `_manifests`.
     pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
         Ok(self.catalog_page(None, None).await?.0)
@@ -365,34 +388,40 @@ impl RegistryStore {
     /// Repository names strictly after `last`, sorted, at most `n`, and whether more follow.
     ///
     /// The walk lists one folder level at a time (a delimiter listing on S3) in name order, skips every
-    /// subtree that sorts wholly before `last`, and stops once it has one name more than the page, so a
-    /// page costs about `n` listings plus the depth of the tree, wherever it is in the catalog.
+    /// subtree that sorts wholly before `last`, and stops once it has one name more than the page. A listed
+    /// folder is read through a cursor that yields its children one at a time as the merge needs them, and a
+    /// cursor starts at `last` by binary search, so a page costs about `n` listings plus the depth of the
+    /// tree, and no work in proportion to the size of the folders it passes through (the filesystem backend
+    /// keeps large listings cached).
     pub async fn catalog_page(
         &self,
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<(Vec<String>, bool), RegistryError> {
-        use std::cmp::Reverse;
+        use std::cmp::{Ordering, Reverse};
         use std::collections::BinaryHeap;
 
-        /// A name found, or a folder still to list; every name inside a folder sorts at or after the
-        /// folder's own path, so popping in path order yields names in order.
-        #[derive(PartialEq, Eq)]
+        /// A name found, or the next child of a listed folder; every name inside a folder sorts at or after
+        /// the folder's own path, so popping in path order yields names in order.
         enum Entry {
             Repo(String),
-            Folder(String),
+            Child {
+                path: String,
+                parent: Arc<str>,
+                children: Arc<[String]>,
+                at: usize,
+            },
         }
         impl Entry {
             fn key(&self) -> &str {
                 match self {
-                    Entry::Repo(k) | Entry::Folder(k) => k,
+                    Entry::Repo(k) | Entry::Child { path: k, .. } => k,
                 }
             }
         }
-        #[derive(PartialEq, Eq)]
         struct ByKey(Entry);
         impl Ord for ByKey {
-            fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            fn cmp(&self, o: &Self) -> Ordering {
                 // A repository before the folder of the same path (its sub-repositories sort after it).
                 self.0.key().cmp(o.0.key()).then_with(|| {
                     matches!(o.0, Entry::Repo(_)).cmp(&matches!(self.0, Entry::Repo(_)))
@@ -400,9 +429,46 @@ impl RegistryStore {
             }
         }
         impl PartialOrd for ByKey {
-            fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
                 Some(self.cmp(o))
             }
+        }
+        impl PartialEq for ByKey {
+            fn eq(&self, o: &Self) -> bool {
+                self.cmp(o) == Ordering::Equal
+            }
+        }
+        impl Eq for ByKey {}
+
+        /// The first child of `parent` at or after `from` that is a folder to walk: not `_`-prefixed and not
+        /// wholly before `last`.
+        fn next_child(
+            parent: Arc<str>,
+            children: Arc<[String]>,
+            mut at: usize,
+            last: Option<&str>,
+        ) -> Option<Entry> {
+            while let Some(child) = children.get(at) {
+                if !child.starts_with('_') {
+                    let path = if parent.is_empty() {
+                        child.clone()
+                    } else {
+                        format!("{parent}/{child}")
+                    };
+                    // Everything under `path` sorts before `last` unless `last` starts with it.
+                    let before = last.is_some_and(|l| path.as_str() < l && !l.starts_with(&path));
+                    if !before {
+                        return Some(Entry::Child {
+                            path,
+                            parent,
+                            children,
+                            at,
+                        });
+                    }
+                }
+                at += 1;
+            }
+            None
         }
 
         let want = n.map(|n| n.saturating_add(1));
@@ -412,7 +478,49 @@ impl RegistryStore {
         let root = paths::repositories_root();
         let mut out = Vec::new();
         let mut heap = BinaryHeap::new();
-        heap.push(Reverse(ByKey(Entry::Folder(String::new()))));
+        // Lists `rel` and pushes its repository (when it is one) and its first child to walk.
+        let expand = async |rel: String, heap: &mut BinaryHeap<Reverse<ByKey>>| {
+            let dir = if rel.is_empty() {
+                root.clone()
+            } else {
+                format!("{root}/{rel}")
+            };
+            let children = self.storage.list_shared(&dir).await?;
+            if !rel.is_empty()
+                && children
+                    .binary_search_by(|c| c.as_str().cmp("_manifests"))
+                    .is_ok()
+            {
+                heap.push(Reverse(ByKey(Entry::Repo(rel.clone()))));
+            }
+            // Children whose name sorts before the part of `last` below `rel` hold nothing after `last`,
+            // except names that `last` starts with, which come no earlier than that part's first segment.
+            let below = match last {
+                Some(l) if rel.is_empty() => Some(l),
+                Some(l) => l
+                    .strip_prefix(rel.as_str())
+                    .and_then(|r| r.strip_prefix('/')),
+                None => None,
+            };
+            let from = below.map_or(0, |b| {
+                let first = b.split('/').next().unwrap_or(b);
+                let mut from = children.partition_point(|c| c.as_str() < first);
+                // A child named by a proper prefix of that segment can still hold later names ("lib/x"
+                // sorts after "lib-x"); the shortest one present sorts first.
+                for (i, _) in first.char_indices().skip(1) {
+                    if let Ok(at) = children.binary_search_by(|c| c.as_str().cmp(&first[..i])) {
+                        from = from.min(at);
+                        break;
+                    }
+                }
+                from
+            });
+            if let Some(e) = next_child(Arc::from(rel), children, from, last) {
+                heap.push(Reverse(ByKey(e)));
+            }
+            Ok::<_, RegistryError>(())
+        };
+        expand(String::new(), &mut heap).await?;
         while let Some(Reverse(ByKey(entry))) = heap.pop() {
             match entry {
                 Entry::Repo(name) => {
@@ -423,31 +531,16 @@ impl RegistryStore {
                         }
                     }
                 }
-                Entry::Folder(rel) => {
-                    let dir = if rel.is_empty() {
-                        root.clone()
-                    } else {
-                        format!("{root}/{rel}")
-                    };
-                    for child in self.storage.list(&dir).await? {
-                        if child == "_manifests" {
-                            if !rel.is_empty() {
-                                heap.push(Reverse(ByKey(Entry::Repo(rel.clone()))));
-                            }
-                        } else if !child.starts_with('_') {
-                            let path = if rel.is_empty() {
-                                child
-                            } else {
-                                format!("{rel}/{child}")
-                            };
-                            // Everything under `path` sorts before `last` unless `last` starts with it.
-                            let before =
-                                last.is_some_and(|l| path.as_str() < l && !l.starts_with(&path));
-                            if !before {
-                                heap.push(Reverse(ByKey(Entry::Folder(path))));
-                            }
-                        }
+                Entry::Child {
+                    path,
+                    parent,
+                    children,
+                    at,
+                } => {
+                    if let Some(e) = next_child(parent, children, at + 1, last) {
+                        heap.push(Reverse(ByKey(e)));
                     }
+                    expand(path, &mut heap).await?;
                 }
             }
         }
@@ -508,6 +601,131 @@ impl RegistryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slice(sorted: &[String], n: Option<usize>, last: Option<&str>) -> (Vec<String>, bool) {
+        let start = last.map_or(0, |l| sorted.partition_point(|x| x.as_str() <= l));
+        let rest = &sorted[start..];
+        match n {
+            Some(n) if n < rest.len() => (rest[..n].to_vec(), n > 0),
+            _ => (rest.to_vec(), false),
+        }
+    }
+
+    /// Tag pages are slices of the sorted tags; names that are not tags are skipped; large tag folders
+    /// (served from the listing cache) page the same way.
+    #[tokio::test]
+    async fn tag_pages_are_slices_of_the_sorted_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::storage::fs::FsStorage::new(dir.path()).unwrap());
+        let store = RegistryStore::new(storage.clone());
+        for (repo, count) in [("small", 4), ("large", 300)] {
+            let name: RepoName = repo.parse().unwrap();
+            let tags_dir = dir.path().join(paths::tags_dir(&name));
+            let mut sorted = Vec::new();
+            for i in 0..count {
+                let tag = if count == 4 {
+                    ["a", "b", "c", "d"][i].to_string()
+                } else {
+                    format!("v{i:03}")
+                };
+                std::fs::create_dir_all(tags_dir.join(&tag).join("current")).unwrap();
+                sorted.push(tag);
+            }
+            // Not a tag name: never listed.
+            std::fs::create_dir_all(tags_dir.join("-x")).unwrap();
+            let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+            std::fs::File::open(&tags_dir)
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+            let lasts = [
+                None,
+                Some("b"),
+                Some("bb"),
+                Some("d"),
+                Some("v149"),
+                Some("v299"),
+            ];
+            for n in [
+                None,
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(10),
+                Some(100),
+                Some(1000),
+            ] {
+                for last in lasts {
+                    let got = store.tags_page(&name, n, last).await.unwrap();
+                    assert_eq!(got, slice(&sorted, n, last), "{repo} n={n:?} last={last:?}");
+                }
+            }
+        }
+    }
+
+    /// With a large root folder (listing cached, cursors started by binary search), catalog pages are still
+    /// the slices of the sorted names, including names under folders named by a prefix of `last`'s first
+    /// segment (`lib/y` sorts after `lib-x`); a repository berth creates shows at once.
+    #[tokio::test]
+    async fn catalog_pages_from_a_large_cached_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::storage::fs::FsStorage::new(dir.path()).unwrap());
+        let store = RegistryStore::new(storage.clone());
+        let root = dir.path().join(paths::repositories_root());
+        let mut sorted: Vec<String> = (0..300).map(|i| format!("r{i:03}")).collect();
+        sorted.extend(["lib", "lib-x", "lib.a", "lib/y", "lib/y/z", "lib_b"].map(String::from));
+        for n in &sorted {
+            std::fs::create_dir_all(root.join(n).join("_manifests")).unwrap();
+        }
+        sorted.sort();
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::open(&root)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let lasts = [
+            None,
+            Some("lib"),
+            Some("lib-x"),
+            Some("lib-"),
+            Some("lib.a"),
+            Some("lib/y"),
+            Some("lib/y/z"),
+            Some("lib_b"),
+            Some("r150"),
+            Some("r299"),
+            Some("a"),
+            Some("zzz"),
+        ];
+        for n in [
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(3),
+            Some(100),
+            Some(1000),
+        ] {
+            for last in lasts {
+                let got = store.catalog_page(n, last).await.unwrap();
+                assert_eq!(got, slice(&sorted, n, last), "n={n:?} last={last:?}");
+            }
+        }
+        let name: RepoName = "r1000".parse().unwrap();
+        storage
+            .put(
+                &format!("{}/_manifests/tags/t/current/link", paths::repo_dir(&name)),
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        std::fs::File::open(&root)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let (page, _) = store.catalog_page(Some(2), Some("r099")).await.unwrap();
+        assert_eq!(page, ["r100", "r1000"]);
+    }
 
     /// Pages of the catalog, whatever `n` and `last`, are the slices of the sorted list of names, even
     /// where the folder walk order differs from the name order (`a/x` sorts after `a-b`).
