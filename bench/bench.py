@@ -17,6 +17,8 @@ Measurements (see bench/README.md for the method):
                figure) and during 64 concurrent pulls
   scaling      skopeo push/pull time by layer size; _catalog and tags/list latency (first page, n=100) with
                100 / 1,000 / 10,000 repositories and tags
+  docker       docker push and pull (a private Docker daemon, vfs storage) of a single-layer image of random
+               bytes, both stacks reached with verified TLS on a veth address (needs root; skipped otherwise)
 """
 
 import argparse
@@ -25,12 +27,14 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -45,6 +49,9 @@ PASSWORD = "bench-Pa55word-0f-some-length"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+# The docker section reaches both stacks on this address, the host side of a veth pair: Docker skips certificate
+# checks for registries on 127.0.0.0/8, so a loopback address would not measure the TLS a real client does.
+DOCKER_ADDR = "10.232.0.1"
 
 
 class BenchError(Exception):
@@ -66,9 +73,9 @@ def run(cmd, check=True, timeout=3600, **kw):
     return p
 
 
-def free_port():
+def free_port(addr="127.0.0.1"):
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind((addr, 0))
     port = s.getsockname()[1]
     s.close()
     return port
@@ -140,15 +147,26 @@ def rss_kib(pid, field="VmRSS"):
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of pid so far."""
+def cpu_seconds(pid, reaped=False):
+    """User + system CPU time of pid so far; with reaped, plus that of its children that have exited and been
+    waited for."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
         fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK_TCK
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def start_time(pid):
+    """When pid started (clock ticks since boot), or None: with the pid, it names one process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def reset_peak(pid):
@@ -200,6 +218,18 @@ class Stack:
                 for c in children_of(p.pid):
                     out[c] = f"{role} worker"
         return out
+
+    def stop_role(self, role):
+        """Stops the processes started as role and forgets them."""
+        for r, p in self.procs:
+            if r == role and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=5)
+        self.procs = [(r, p) for r, p in self.procs if r != role]
 
     def check_alive(self):
         for role, p in self.procs:
@@ -281,7 +311,8 @@ class RssSampler:
 
 
 def make_certs(d):
-    """The tutorial's openssl-made CA and server certificate (RSA 2048), with SANs for loopback."""
+    """The tutorial's openssl-made CA and server certificate (RSA 2048), with SANs for loopback and for the
+    docker section's address."""
     os.makedirs(d, exist_ok=True)
     o = lambda *a: run(["openssl", *a], cwd=d)  # noqa: E731
     o("genrsa", "-out", "devdockerCA.key", "2048")
@@ -290,7 +321,7 @@ def make_certs(d):
     o("genrsa", "-out", "domain.key", "2048")
     o("req", "-new", "-key", "domain.key", "-out", "domain.csr", "-subj", "/CN=localhost")
     with open(os.path.join(d, "san.ext"), "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        f.write(f"subjectAltName=DNS:localhost,IP:127.0.0.1,IP:{DOCKER_ADDR}\nextendedKeyUsage=serverAuth\n")
     o("x509", "-req", "-in", "domain.csr", "-CA", "devdockerCA.crt", "-CAkey", "devdockerCA.key",
       "-CAcreateserial", "-out", "domain.crt", "-days", "3650", "-extfile", "san.ext")
     os.makedirs(os.path.join(d, "skopeo"), exist_ok=True)
@@ -322,20 +353,21 @@ def curl_base(stack, http2=False):
             "--http2" if http2 else "--http1.1"]
 
 
-def http_status(stack, path, extra=()):
-    p = run(curl_base(stack) + ["-o", "/dev/null", "-w", "%{http_code}", *extra, stack.base + path],
+def http_status(stack, path, extra=(), base=None):
+    p = run(curl_base(stack) + ["-o", "/dev/null", "-w", "%{http_code}", *extra, (base or stack.base) + path],
             check=False, timeout=60)
     return p.stdout.strip()
 
 
-def wait_ready(stack, timeout=30):
+def wait_ready(stack, timeout=30, base=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stack.check_alive()
-        if http_status(stack, "/v2/") == "200":
+        if http_status(stack, "/v2/", base=base) == "200":
             return
         time.sleep(0.2)
-    raise BenchError(f"{stack.label} does not answer GET /v2/ with 200 within {timeout}s (see {stack.dir})")
+    raise BenchError(f"{stack.label} does not answer GET {base or stack.base}/v2/ with 200 within {timeout}s "
+                     f"(see {stack.dir})")
 
 
 def start_berth(stack, bin_dir, certs, htpasswd_path):
@@ -356,7 +388,7 @@ def start_berth(stack, bin_dir, certs, htpasswd_path):
     wait_ready(stack)
 
 
-def start_nginx(stack, certs, htpasswd_src):
+def start_nginx(stack, certs, htpasswd_src, docker_addr=None):
     d = stack.dir
     os.chmod(d, 0o755)
     os.chmod(os.path.dirname(d), 0o755)
@@ -372,8 +404,18 @@ def start_nginx(stack, certs, htpasswd_src):
     stack.h2_port = free_port()
     fill_template(os.path.join(BENCH_DIR, "registry-config.yml.in"), os.path.join(d, "config.yml"),
                   DATA=stack.data, PORT=stack.registry_port)
-    fill_template(os.path.join(BENCH_DIR, "nginx.conf.in"), os.path.join(d, "nginx.conf"),
+    conf = os.path.join(d, "nginx.conf")
+    fill_template(os.path.join(BENCH_DIR, "nginx.conf.in"), conf,
                   DIR=d, PORT=stack.port, H2_PORT=stack.h2_port, REGISTRY_PORT=stack.registry_port)
+    if docker_addr:
+        # the docker section: the tutorial's site also listens on the veth address (one more listen line)
+        with open(conf) as f:
+            text = f.read()
+        line = f"listen 127.0.0.1:{stack.port} ssl;"
+        if text.count(line) != 1:
+            raise BenchError(f"nginx.conf.in: expected one '{line}'")
+        with open(conf, "w") as f:
+            f.write(text.replace(line, f"{line}\n        listen {docker_addr}:{stack.port} ssl;"))
     shutil.copy(htpasswd_src, os.path.join(d, "htpasswd"))
     os.chmod(os.path.join(d, "htpasswd"), 0o644)
     stack.htpasswd = os.path.join(d, "htpasswd")
@@ -382,6 +424,167 @@ def start_nginx(stack, certs, htpasswd_src):
     stack.cacert = os.path.join(d, "certs", "devdockerCA.crt")
     stack.cert_dir = os.path.join(d, "certs", "skopeo")
     wait_ready(stack)
+
+
+class DockerSide:
+    """What the docker section sets up on the host, and undoes in close() (safe to call twice, also after a
+    failure): a veth pair whose host side carries DOCKER_ADDR (created before the stacks start, so that they can
+    listen on it; traffic to a local address still goes through the loopback device), the CA in
+    /etc/docker/certs.d/ADDR:PORT/ for each stack, and a private Docker daemon (vfs storage, no bridge, no
+    iptables or sysctl changes) with its state and socket in the work directory."""
+
+    def __init__(self, work):
+        self.dir = os.path.join(work, "docker")
+        os.makedirs(self.dir, exist_ok=True)
+        self.veth = f"bbd{os.getpid()}"
+        self.veth_up = False
+        self.certs_d = []
+        self.proc = None
+        self.env = dict(os.environ, DOCKER_HOST=f"unix://{self.dir}/docker.sock",
+                        DOCKER_CONFIG=os.path.join(self.dir, "client"))
+
+    def add_address(self):
+        run(["ip", "link", "add", self.veth + "h", "type", "veth", "peer", "name", self.veth + "n"])
+        self.veth_up = True
+        run(["ip", "addr", "add", f"{DOCKER_ADDR}/30", "dev", self.veth + "h"])
+        run(["ip", "link", "set", self.veth + "h", "up"])
+
+    def start_daemon(self):
+        d = self.dir
+        with open(os.path.join(d, "daemon.json"), "w") as f:
+            f.write("{}\n")  # not the host's /etc/docker/daemon.json
+        self.log = open(os.path.join(d, "dockerd.log"), "w")
+        self.proc = subprocess.Popen(
+            ["dockerd", "--config-file", os.path.join(d, "daemon.json"), "--data-root", os.path.join(d, "root"),
+             "--exec-root", os.path.join(d, "exec"), "--pidfile", os.path.join(d, "dockerd.pid"),
+             "--host", self.env["DOCKER_HOST"], "--storage-driver", "vfs", "--bridge", "none",
+             "--iptables=false", "--ip-forward=false", "--ip-masq=false"],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"dockerd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if run(["docker", "version"], check=False, timeout=30, env=self.env).returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"dockerd does not answer within 60 s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def log_tail(self):
+        try:
+            with open(os.path.join(self.dir, "dockerd.log")) as f:
+                return "".join(f.readlines()[-20:])
+        except OSError:
+            return ""
+
+    def docker(self, *args, timeout=3600):
+        p = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=self.env)
+        if p.returncode != 0:
+            raise BenchError(f"docker {' '.join(args)[:200]} failed ({p.returncode}):\n{p.stdout[-1000:]}"
+                             f"{p.stderr[-1000:]}\ndockerd log:\n{self.log_tail()}")
+        return p.stdout
+
+    def trust(self, host, cacert):
+        d = os.path.join("/etc/docker/certs.d", host)
+        os.makedirs(d, exist_ok=True)
+        self.certs_d.append(d)
+        shutil.copy(cacert, os.path.join(d, "ca.crt"))
+
+    def login(self, host):
+        p = subprocess.run(["docker", "login", host, "-u", USER, "--password-stdin"], input=PASSWORD,
+                           capture_output=True, text=True, timeout=120, env=self.env)
+        if p.returncode != 0:
+            raise BenchError(f"docker login {host} failed:\n{p.stdout[-500:]}{p.stderr[-1000:]}")
+
+    def cpu(self):
+        """{(pid, name): CPU seconds} of the daemon (with its exited children) and its live children
+        (containerd)."""
+        out = {(self.proc.pid, "dockerd"): cpu_seconds(self.proc.pid, reaped=True)}
+        for c in children_of(self.proc.pid):
+            try:
+                with open(f"/proc/{c}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            out[(c, name)] = cpu_seconds(c)
+        return out
+
+    def stop_daemon(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # its containerd: stopped by dockerd, unless dockerd has to be killed
+        kids = [(c, start_time(c)) for c in children_of(self.proc.pid)]
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.log.close()
+        for c, t in kids:
+            if t is not None and start_time(c) == t:  # still the same process
+                try:
+                    os.kill(c, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop_daemon()
+        # dockerd mounts its data root on itself and unmounts it when it stops; not when it was killed
+        with open("/proc/mounts") as f:
+            mounts = [ln.split()[1] for ln in f]
+        for m in sorted((m for m in mounts if m == self.dir or m.startswith(self.dir + "/")), reverse=True):
+            run(["umount", m], check=False)
+        for d in self.certs_d:
+            shutil.rmtree(d, ignore_errors=True)
+        self.certs_d = []
+        if self.veth_up:
+            run(["ip", "link", "del", self.veth + "h"], check=False)
+            self.veth_up = False
+
+
+def layer_tar_into(out, base, size):
+    """Writes to out a tar holding one file, layer.bin: size bytes of base, the first 32 replaced by a fresh
+    nonce (a new layer digest per run, so that Docker cannot skip or mount a layer the registry already has)."""
+    ti = tarfile.TarInfo("layer.bin")
+    ti.size = size
+    ti.mode = 0o644
+    ti.mtime = 0
+    out.write(ti.tobuf(format=tarfile.USTAR_FORMAT))
+    out.write(os.urandom(32))
+    with open(base, "rb") as f:
+        f.seek(32)
+        left = size - 32
+        while left > 0:
+            b = f.read(min(left, 4 * MiB))
+            if not b:
+                raise BenchError(f"{base} is shorter than {size} bytes")
+            out.write(b)
+            left -= len(b)
+    out.write(b"\0" * ((-size) % 512 + 1024))
+
+
+def cpu_delta(before, after):
+    """CPU seconds spent between two {(pid, name): seconds} snapshots, summed by name."""
+    out = {}
+    for key, c0 in before.items():
+        name = key[1]
+        out[name] = out.get(name, 0.0) + max(0.0, after.get(key, c0) - c0)
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def stack_cpu(st):
+    """{(pid, name): CPU seconds} of a stack's processes; nginx's workers count as nginx, berth's docker front
+    door as berth-proxy."""
+    out = {}
+    for pid, role in st.pids().items():
+        out[(pid, role.replace(" worker", "").replace("-docker", ""))] = cpu_seconds(pid)
+    return out
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -695,8 +898,8 @@ def main():
     ap.add_argument("--listing", default=None, help="comma-separated counts (default 100,1000,10000)")
     ap.add_argument("--pull-size", type=parse_size, default=None, help="blob size for 64 concurrent pulls (64M)")
     ap.add_argument("--hashes", default=None, help="htpasswd kinds (default bcrypt5,bcrypt10,apr1)")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: machine,raw,skopeo,requests,"
-                                               "pulls,scaling,listing")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: machine,raw,skopeo,docker,"
+                                               "requests,pulls,scaling,listing")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     smoke = a.smoke
@@ -715,6 +918,20 @@ def main():
         if not os.access(os.path.join(a.bin_dir, b), os.X_OK):
             sys.exit(f"FAILED: {a.bin_dir}/{b} missing: cargo build --release --bins")
 
+    docker_skipped = None
+    if "docker" not in skip:
+        if os.geteuid() != 0:
+            # a private dockerd, a veth address and /etc/docker/certs.d all need root
+            docker_skipped = "needs root"
+            skip.add("docker")
+            print("note: the docker section needs root (a private Docker daemon, a veth address, "
+                  "/etc/docker/certs.d): skipped", flush=True)
+        else:
+            missing = [t for t in ("dockerd", "docker", "ip") if not shutil.which(t)]
+            if missing:
+                sys.exit(f"FAILED: {', '.join(missing)} missing for the docker section: apt-get install docker.io "
+                         "iproute2, or --skip docker")
+
     work = tempfile.mkdtemp(prefix="berth-bench.", dir=os.environ.get("BERTH_BENCH_TMP", "/tmp"))
     os.chmod(work, 0o755)
     results = {"meta": {
@@ -724,18 +941,24 @@ def main():
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "versions": {},
     }}
-    for name, cmd in (("nginx", ["nginx", "-v"]), ("docker-registry", ["docker-registry", "--version"]),
-                      ("skopeo", ["skopeo", "--version"]), ("curl", ["curl", "--version"]),
-                      ("h2load", ["h2load", "--version"]), ("openssl", ["openssl", "version"])):
+    if docker_skipped:
+        results["meta"]["docker_skipped"] = docker_skipped
+    tools = [("nginx", ["nginx", "-v"]), ("docker-registry", ["docker-registry", "--version"]),
+             ("skopeo", ["skopeo", "--version"]), ("curl", ["curl", "--version"]),
+             ("h2load", ["h2load", "--version"]), ("openssl", ["openssl", "version"])]
+    if "docker" not in skip:
+        tools += [("dockerd", ["dockerd", "--version"]), ("docker", ["docker", "--version"])]
+    for name, cmd in tools:
         p = run(cmd, check=False)
         results["meta"]["versions"][name] = (p.stdout + p.stderr).strip().splitlines()[0]
     berth = Stack("berth", "berth", work)
     nginx = Stack("nginx", "nginx + registry:2", work)
     stacks = [berth, nginx]
+    cleanups = []  # run after the stacks have stopped, also on failure
     rc = 0
     try:
         rc = bench(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling, duration, listing,
-                   pull_size, hashes, skip)
+                   pull_size, hashes, skip, cleanups)
     except BenchError as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         results["error"] = str(e)
@@ -747,6 +970,8 @@ def main():
     finally:
         for st in stacks:
             st.stop()
+        for c in reversed(cleanups):
+            c()
         results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         if a.out:
             with open(a.out, "w") as f:
@@ -764,7 +989,7 @@ def alternate(stacks, i):
 
 
 def bench(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling, duration, listing, pull_size,
-          hashes, skip):
+          hashes, skip, cleanups):
     if "machine" not in skip:
         results["machine"] = machine_limits(work, smoke)
 
@@ -776,9 +1001,15 @@ def bench(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling, du
         make_htpasswd(p, k)
     berth_htpasswd = os.path.join(work, "htpasswd.berth")
     shutil.copy(hp["bcrypt5"], berth_htpasswd)
+    dk = None
+    if "docker" not in skip:
+        # before the stacks start: nginx listens on this address from the start
+        dk = DockerSide(work)
+        cleanups.append(dk.close)
+        dk.add_address()
     start_berth(berth, a.bin_dir, certs, berth_htpasswd)
     log(f"berth: proxy {berth.base}, registry 127.0.0.1:{berth.registry_port}")
-    start_nginx(nginx, certs, hp["bcrypt5"])
+    start_nginx(nginx, certs, hp["bcrypt5"], docker_addr=DOCKER_ADDR if dk else None)
     log(f"nginx + registry:2: nginx {nginx.base} (HTTP/2 site on {nginx.h2_port}), "
         f"registry:2 127.0.0.1:{nginx.registry_port}")
     # Does nginx's crypt() take bcrypt? (Debian 12's libcrypt does; older glibc did not.)
@@ -905,6 +1136,100 @@ def bench(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling, du
                                   for k, v in d.items()} for st, d in sk.items()}
         for st, runs_ in sk_cpu.items():
             results["skopeo"][st]["push"]["cpu_s_per_run"] = runs_
+
+    # ---------------------------------------------------------------------------------------------- docker
+    if "docker" not in skip:
+        step(f"docker push and pull (private Docker daemon, vfs storage), one {human_size(size)} layer, "
+             f"{runs} alternating runs, both stacks on {DOCKER_ADDR} with verified TLS")
+        dk.start_daemon()
+        # berth-proxy listens on one address: berth's front door for this section is a second berth-proxy before
+        # the same registry, with the same certificate and htpasswd, stopped at the end of the section
+        bport = free_port(DOCKER_ADDR)
+        env = dict(os.environ, BERTH_LISTEN=f"{DOCKER_ADDR}:{bport}",
+                   BERTH_UPSTREAM=f"http://127.0.0.1:{berth.registry_port}", BERTH_CERTS_DIR=certs,
+                   BERTH_HTPASSWD=berth.htpasswd)
+        berth.start("berth-proxy-docker", [os.path.join(a.bin_dir, "berth-proxy"), "serve"], env=env)
+        hosts = {"berth": f"{DOCKER_ADDR}:{bport}", "nginx": f"{DOCKER_ADDR}:{nginx.port}"}
+        for st in stacks:
+            wait_ready(st, base=f"https://{hosts[st.name]}")
+            dk.trust(hosts[st.name], st.cacert)
+            dk.login(hosts[st.name])
+        log(f"dockerd pid {dk.proc.pid}; berth on {hosts['berth']}, nginx + registry:2 on {hosts['nginx']}; "
+            "logged in to both")
+        base = os.path.join(data, "big.bin")
+        if not os.path.exists(base):
+            random_file(base, size)
+        dock = {s.name: {"push": [], "pull": []} for s in stacks}
+        dock_cpu = {s.name: {"push": [], "pull": []} for s in stacks}
+
+        def timed(st, *args):
+            """docker ARGS, timed, with the CPU seconds of the stack's processes, the daemon and the client."""
+            c0, u0 = {**stack_cpu(st), **dk.cpu()}, children_cpu()
+            t = time.monotonic()
+            out = dk.docker(*args)
+            dt = time.monotonic() - t
+            cpu = cpu_delta(c0, {**stack_cpu(st), **dk.cpu()})
+            cpu["docker (client)"] = round(children_cpu() - u0, 3)
+            return out, dt, cpu
+
+        for i in range(runs):
+            # a fresh layer per run (new nonce): Docker skips or mounts layers a registry already has
+            src = f"berth-bench/docker:run{i}"
+            imp_log = os.path.join(dk.dir, "import.log")
+            with open(imp_log, "w") as lf:
+                imp = subprocess.Popen(["docker", "import", "-", src], stdin=subprocess.PIPE, stdout=lf,
+                                       stderr=subprocess.STDOUT, env=dk.env)
+            try:
+                layer_tar_into(imp.stdin, base, size)
+                imp.stdin.close()
+            except BrokenPipeError:
+                pass
+            if imp.wait(timeout=3600) != 0:
+                with open(imp_log) as lf:
+                    raise BenchError(f"docker import failed:\n{lf.read()[-1000:]}")
+            image_id = dk.docker("image", "inspect", "-f", "{{.Id}}", src).strip()
+            refs = {st.name: f"{hosts[st.name]}/docker/run{i}:v1" for st in stacks}
+            for st in alternate(stacks, i):
+                dk.docker("tag", src, refs[st.name])
+                out, dt, cpu = timed(st, "push", refs[st.name])
+                if "Pushed" not in out or "Mounted from" in out or "already exists" in out:
+                    raise BenchError(f"{st.label}: docker push did not upload the layer:\n{out[-1000:]}")
+                dock[st.name]["push"].append(dt)
+                dock_cpu[st.name]["push"].append(cpu)
+                st.check_alive()
+            # no local copy of the layer may remain for the pulls
+            dk.docker("rmi", src, *refs.values())
+            if run(["docker", "image", "inspect", image_id], check=False, env=dk.env).returncode == 0:
+                raise BenchError(f"image {image_id} still present after docker rmi")
+            for st in alternate(stacks, i):
+                out, dt, cpu = timed(st, "pull", refs[st.name])
+                if "Pull complete" not in out or "Already exists" in out:
+                    raise BenchError(f"{st.label}: docker pull did not download the layer:\n{out[-1000:]}")
+                got = dk.docker("image", "inspect", "-f", "{{.Id}}", refs[st.name]).strip()
+                if got != image_id:
+                    raise BenchError(f"{st.label}: pulled image {got}, pushed {image_id}")
+                dk.docker("rmi", refs[st.name])
+                dock[st.name]["pull"].append(dt)
+                dock_cpu[st.name]["pull"].append(cpu)
+                st.check_alive()
+            for st in stacks:
+                log(f"run {i + 1} {st.label}: push {size / dock[st.name]['push'][-1] / 1e6:.0f} MB/s "
+                    f"(CPU s: {dock_cpu[st.name]['push'][-1]}), pull {size / dock[st.name]['pull'][-1] / 1e6:.0f} "
+                    f"MB/s (CPU s: {dock_cpu[st.name]['pull'][-1]})")
+        berth.stop_role("berth-proxy-docker")
+        dk.stop_daemon()
+        results["docker"] = {st: {k: {"seconds": [round(x, 3) for x in v], "MBps": round(size / median(v) / 1e6, 1)}
+                                  for k, v in d.items()} for st, d in dock.items()}
+        # CPU seconds per GiB of layer (median run) of every process involved: where the time goes
+        for st, d in dock_cpu.items():
+            for k, runs_ in d.items():
+                names = {n for r_ in runs_ for n in r_}
+                results["docker"][st][k]["cpu_s_per_GiB"] = {
+                    n: round(median([r_.get(n, 0.0) for r_ in runs_]) * GiB / size, 2) for n in sorted(names)}
+        results["meta"]["docker"] = {"address": DOCKER_ADDR, "storage_driver": "vfs",
+                                     "layer": "one file of random bytes in a tar, docker import; gzip by dockerd",
+                                     # dockerd decompresses pulls with unpigz when it is installed
+                                     "unpigz": bool(shutil.which("unpigz"))}
     if os.path.exists(os.path.join(data, "big.bin")):
         os.unlink(os.path.join(data, "big.bin"))
 
@@ -1026,6 +1351,12 @@ def targets(r):
         for k in ("push", "pull"):
             ratio = sk["berth"][k]["MBps"] / sk["nginx"][k]["MBps"]
             add(f"skopeo {k} vs nginx+registry:2", f"{ratio:.2f}x", ">= 1.5x", ratio >= 1.5)
+    dkr = r.get("docker")
+    if dkr:
+        # the daemon's gzip (push) and unpack (pull) bound both stacks: no slower than the comparison stack
+        for k in ("push", "pull"):
+            ratio = dkr["berth"][k]["MBps"] / dkr["nginx"][k]["MBps"]
+            add(f"docker {k} vs nginx+registry:2", f"{ratio:.2f}x", ">= 1.0x", ratio >= 1.0)
     req = r.get("requests")
     if req:
         for key, v in req.items():
@@ -1083,6 +1414,12 @@ def print_table(r):
     if sk:
         for k in ("push", "pull"):
             row(f"skopeo {k} MB/s", sk["berth"][k]["MBps"], sk["nginx"][k]["MBps"], "")
+    dkr = r.get("docker")
+    if dkr:
+        for k in ("push", "pull"):
+            row(f"docker {k} MB/s", dkr["berth"][k]["MBps"], dkr["nginx"][k]["MBps"], "")
+            rows.append((f"  CPU s/GiB", " ".join(f"{n}={x}" for n, x in dkr["berth"][k]["cpu_s_per_GiB"].items()),
+                         " ".join(f"{n}={x}" for n, x in dkr["nginx"][k]["cpu_s_per_GiB"].items()), ""))
     for key, v in (r.get("requests") or {}).items():
         row(f"{key} req/s", v["berth"]["rps"], v["nginx"]["rps"], "")
         row(f"{key} p99 ms", v["berth"]["p99_ms"], v["nginx"]["p99_ms"], "", better="lower")
@@ -1110,6 +1447,8 @@ def print_table(r):
     if m:
         log("machine: " + ", ".join(f"{k} {v}" for k, v in m.items()))
     log(f"load average at start {' '.join(r['meta']['loadavg_start'])}")
+    if r["meta"].get("docker_skipped"):
+        log(f"docker section skipped: {r['meta']['docker_skipped']}")
     hdr = ("what", "berth", "nginx+registry:2", "berth advantage")
     print("    " + " | ".join(h.ljust(w[i]) for i, h in enumerate(hdr)))
     print("    " + "-+-".join("-" * x for x in w))

@@ -65,6 +65,15 @@ def main(paths):
         for k in ("push", "pull"):
             out.append(f"| skopeo {k}, one layer, MB/s | {f(sk['berth'][k]['MBps'])} | {f(sk['nginx'][k]['MBps'])} | "
                        f"{ratio(sk['berth'][k]['MBps'], sk['nginx'][k]['MBps'])} |")
+    dk = r.get("docker")
+    if dk:
+        for k in ("push", "pull"):
+            out.append(f"| docker {k}, one layer, MB/s | {f(dk['berth'][k]['MBps'])} | {f(dk['nginx'][k]['MBps'])} | "
+                       f"{ratio(dk['berth'][k]['MBps'], dk['nginx'][k]['MBps'])} |")
+        for k in ("push", "pull"):
+            out.append(f"| docker {k}, CPU s per GiB | " +
+                       ", ".join(f"{n} {x}" for n, x in dk["berth"][k]["cpu_s_per_GiB"].items()) + " | " +
+                       ", ".join(f"{n} {x}" for n, x in dk["nginx"][k]["cpu_s_per_GiB"].items()) + " | |")
     for key, v in (r.get("requests") or {}).items():
         b, n = v["berth"], v["nginx"]
         mode = " (fixed count)" if n.get("mode") == "count" else ""

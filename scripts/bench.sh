@@ -3,11 +3,12 @@
 #
 #   scripts/bench.sh [--smoke] [--out FILE.json] [more options: bench/bench.py --help]
 #
-# Installs what it uses (nginx, docker-registry, apache2-utils, skopeo, nghttp2-client, curl, openssl), builds the
-# release binaries, then runs bench/bench.py: both stacks as child processes on loopback ports in a temporary
-# directory, the same clients, credentials and data, alternating runs; prints a table and the targets, writes
-# JSON with --out. --smoke (what CI runs) uses small sizes and short durations, finishes in about two minutes and
-# exits non-zero if either stack fails to serve. The method and the last measured figures are in bench/README.md.
+# Installs what it uses (nginx, docker-registry, apache2-utils, skopeo, nghttp2-client, curl, openssl; docker.io
+# and iproute2 for the docker section), builds the release binaries, then runs bench/bench.py: both stacks as child
+# processes on loopback ports in a temporary directory, the same clients, credentials and data, alternating runs;
+# prints a table and the targets, writes JSON with --out. --smoke (what CI runs) uses small sizes and short
+# durations, finishes in a few minutes and exits non-zero if either stack fails to serve. The method and the last
+# measured figures are in bench/README.md.
 #   BERTH_BIN_DIR=DIR  use these binaries instead of building
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -15,7 +16,7 @@ cd "$BERTH_ROOT"
 
 step "bench: tools"
 need curl:curl openssl:openssl python3:python3 nginx:nginx docker-registry:docker-registry \
-  htpasswd:apache2-utils skopeo:skopeo h2load:nghttp2-client
+  htpasswd:apache2-utils skopeo:skopeo h2load:nghttp2-client dockerd:docker.io docker:docker.io ip:iproute2
 
 if [ -z "${BERTH_BIN_DIR:-}" ]; then
   step "bench: release binaries"
