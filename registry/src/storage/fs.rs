@@ -10,15 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream;
 
 use super::{AppendWriter, ByteStream, ObjectMeta, Storage, StorageError};
 
 /// Prefix of temporary files; `list` hides them.
 const TMP_PREFIX: &str = ".tmp-";
-/// Size of one read from disk when streaming an object out.
-const READ_CHUNK: usize = 256 * 1024;
+/// Size of one read from disk when streaming an object out (what each download holds in memory, times the
+/// few chunks hyper queues).
+const READ_CHUNK: usize = 128 * 1024;
 
 /// Filesystem storage rooted at a directory.
 #[derive(Debug, Clone)]
@@ -339,19 +340,16 @@ impl Storage for FsStorage {
             }
             let want = remaining.min(READ_CHUNK as u64) as usize;
             let (file, buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-                let mut buf = BytesMut::zeroed(want);
-                let mut got = 0;
-                while got < want {
-                    let n = file.read(&mut buf[got..])?;
-                    if n == 0 {
-                        return Err(io::Error::new(
-                            ErrorKind::UnexpectedEof,
-                            "object shrank while read",
-                        ));
-                    }
-                    got += n;
+                // `read_to_end` reads into the spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(want);
+                (&mut file).take(want as u64).read_to_end(&mut buf)?;
+                if buf.len() < want {
+                    return Err(io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "object shrank while read",
+                    ));
                 }
-                Ok((file, buf.freeze()))
+                Ok((file, Bytes::from(buf)))
             })
             .await
             .map_err(io::Error::other)??;

@@ -24,8 +24,9 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 
 /// Bytes gathered from the network before one write to storage.
 const BATCH: usize = 1024 * 1024;
-/// Batches in flight between the network and the writer (bounds memory per upload).
-const IN_FLIGHT: usize = 4;
+/// Batches queued for each of the hash and the disk (bounds memory per upload). The hash is the slow stage;
+/// two batches are milliseconds of its work, enough to keep it busy while the network refills the queue.
+const IN_FLIGHT: usize = 2;
 
 /// Running hash of an upload's data, valid for its first `offset` bytes.
 struct HashState {
@@ -233,12 +234,17 @@ impl RegistryStore {
                         ));
                         break;
                     }
-                    batch.extend_from_slice(&c);
-                    if batch.len() >= BATCH
-                        && !send(batch.split().freeze(), &mut hash_tx, &tx).await
+                    // A batch is sent before it would outgrow its one allocation.
+                    if !batch.is_empty()
+                        && batch.len() + c.len() > BATCH
+                        && !send(std::mem::take(&mut batch).freeze(), &mut hash_tx, &tx).await
                     {
                         break;
                     }
+                    if batch.capacity() - batch.len() < c.len() {
+                        batch.reserve(BATCH.max(c.len()));
+                    }
+                    batch.extend_from_slice(&c);
                 }
                 Err(e) => {
                     body_error = Some(RegistryError::BlobUploadInvalid(format!(
