@@ -2,6 +2,9 @@
 //! a rule is answered 404 before authentication, the way registry deployments turned away Docker clients that
 //! cannot speak the v2 protocol.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use fancy_regex::Regex;
 
 /// One rule: a regular expression (look-around supported) matched against the whole `User-Agent` value.
@@ -37,7 +40,15 @@ impl UserAgentRule {
 #[derive(Debug, Clone, Default)]
 pub struct UserAgentFilter {
     rules: Vec<UserAgentRule>,
+    /// Verdicts by user agent: a client sends the same one on every request, and a rule with look-around
+    /// runs a backtracking matcher (microseconds per request).
+    verdicts: Arc<Mutex<HashMap<String, bool>>>,
 }
+
+/// At most this many verdicts are remembered (then the map starts again), each for a user agent of at most
+/// [`VERDICT_MAX_LEN`] bytes; longer ones are matched every time.
+const VERDICT_CAPACITY: usize = 1024;
+const VERDICT_MAX_LEN: usize = 256;
 
 impl UserAgentFilter {
     /// Build from rule strings (see [`UserAgentRule::parse`]).
@@ -46,12 +57,31 @@ impl UserAgentFilter {
             .iter()
             .map(|r| UserAgentRule::parse(r.as_ref()))
             .collect::<Result<_, _>>()?;
-        Ok(UserAgentFilter { rules })
+        Ok(UserAgentFilter {
+            rules,
+            verdicts: Arc::default(),
+        })
     }
 
     /// Whether a request with this `User-Agent` (empty when absent) is refused.
     pub fn refuses(&self, user_agent: &str) -> bool {
-        self.rules.iter().any(|r| r.matches(user_agent))
+        if self.rules.is_empty() {
+            return false;
+        }
+        if user_agent.len() > VERDICT_MAX_LEN {
+            return self.rules.iter().any(|r| r.matches(user_agent));
+        }
+        let lock = || self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&refused) = lock().get(user_agent) {
+            return refused;
+        }
+        let refused = self.rules.iter().any(|r| r.matches(user_agent));
+        let mut verdicts = lock();
+        if verdicts.len() >= VERDICT_CAPACITY {
+            verdicts.clear();
+        }
+        verdicts.insert(user_agent.to_string(), refused);
+        refused
     }
 }
 
@@ -72,6 +102,25 @@ mod tests {
         assert!(!f.refuses("Go-http-client/1.1"));
         assert!(!f.refuses("docker/27.3.1 go/go1.22.7 git-commit/41ca978 kernel/6.8"));
         assert!(!f.refuses(""));
+    }
+
+    /// Remembered verdicts are the rules' verdicts, the map stays bounded, and long user agents (never
+    /// remembered) are still matched.
+    #[test]
+    fn remembered_verdicts_match_the_rules() {
+        let f = UserAgentFilter::new(&[DEFAULT_USER_AGENT_RULE]).unwrap();
+        for round in 0..2 {
+            for i in 0..1500 {
+                let refused = format!("docker/1.4.{i}");
+                let allowed = format!("docker/20.10.{i} go/go1.19");
+                assert!(f.refuses(&refused), "round {round}: {refused}");
+                assert!(!f.refuses(&allowed), "round {round}: {allowed}");
+            }
+        }
+        assert!(f.verdicts.lock().unwrap().len() <= VERDICT_CAPACITY);
+        let long = format!("docker/1.3.0 {}", "x".repeat(400));
+        assert!(f.refuses(&long) && f.refuses(&long));
+        assert!(!f.verdicts.lock().unwrap().contains_key(&long));
     }
 
     #[test]
