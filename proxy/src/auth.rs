@@ -445,7 +445,8 @@ type HmacSha256 = Hmac<Sha256>;
 /// the whole header, so the plaintext is never stored and a password is not re-hashed for every blob chunk.
 #[derive(Debug)]
 pub struct CredentialCache {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed with a random key made at start.
+    mac: HmacSha256,
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
@@ -454,8 +455,9 @@ pub struct CredentialCache {
 impl CredentialCache {
     /// An empty cache.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
+        let key: [u8; 32] = rand::random();
         CredentialCache {
-            key: rand::random(),
+            mac: HmacSha256::new_from_slice(&key).expect("HMAC takes a key of any length"),
             ttl,
             capacity: capacity.max(1),
             entries: Mutex::new(HashMap::new()),
@@ -463,9 +465,9 @@ impl CredentialCache {
     }
 
     fn fingerprint(&self, header: &[u8]) -> [u8; 32] {
-        let Ok(mut mac) = HmacSha256::new_from_slice(&self.key) else {
-            return [0; 32];
-        };
+        // The keyed state is cloned, not derived from the key again: two SHA-256 blocks per lookup instead
+        // of four.
+        let mut mac = self.mac.clone();
         mac.update(header);
         mac.finalize().into_bytes().into()
     }
