@@ -195,6 +195,10 @@ pub struct MeteredBody<B> {
     limit: Option<(u64, Arc<AtomicBool>)>,
     idle: Option<(Duration, Pin<Box<Sleep>>, bool)>,
     on_drop: Option<OnDrop>,
+    /// With `split`, data frames longer than this are handed on in pieces of this size.
+    split: Option<usize>,
+    /// The rest of a data frame being handed on in pieces.
+    rest: Bytes,
 }
 
 impl<B> MeteredBody<B> {
@@ -206,7 +210,15 @@ impl<B> MeteredBody<B> {
             limit: None,
             idle: None,
             on_drop: None,
+            split: None,
+            rest: Bytes::new(),
         }
+    }
+
+    /// Hand data on in pieces of at most `max` bytes (no copy: the pieces share the frame's buffer).
+    pub fn split(mut self, max: usize) -> Self {
+        self.split = Some(max.max(1));
+        self
     }
 
     /// Fail once more than `max` bytes went through, setting `exceeded`.
@@ -269,6 +281,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if !this.rest.is_empty() {
+            let n = this.split.unwrap_or(usize::MAX).min(this.rest.len());
+            return Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))));
+        }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some((_, _, waiting)) = &mut this.idle {
@@ -284,7 +300,14 @@ where
                         }
                     }
                 }
-                Poll::Ready(Some(Ok(frame)))
+                match (this.split, frame.into_data()) {
+                    (Some(max), Ok(mut data)) if data.len() > max => {
+                        this.rest = data.split_off(max);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    (_, Ok(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    (_, Err(frame)) => Poll::Ready(Some(Ok(frame))),
+                }
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -304,11 +327,17 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower().saturating_add(rest));
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -379,6 +408,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    /// `split` hands a long data frame on as pieces of at most the given size, all of its bytes in order,
+    /// and the body ends only after the last piece.
+    #[tokio::test]
+    async fn split_hands_data_on_in_pieces() {
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let counter: Counter = Arc::new(AtomicU64::new(0));
+        let mut body =
+            MeteredBody::new(Full::new(Bytes::from(data.clone())), counter.clone()).split(16_375);
+        assert_eq!(body.size_hint().exact(), Some(40_000));
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let piece = frame.unwrap().into_data().unwrap();
+            sizes.push(piece.len());
+            got.extend_from_slice(&piece);
+            assert_eq!(body.is_end_stream(), got.len() == data.len());
+        }
+        assert_eq!(sizes, [16_375, 16_375, 7_250]);
+        assert_eq!(got, data);
+        assert_eq!(counter.load(Ordering::Relaxed), 40_000);
+    }
 
     fn c(target: &str) -> Result<Route, &'static str> {
         classify(Version::HTTP_11, &target.parse().unwrap())

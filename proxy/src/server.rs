@@ -461,6 +461,9 @@ async fn handshake(
     }
 }
 
+/// A TLS record's largest plaintext (16 KiB) less an HTTP/2 frame header (9 bytes).
+const H2_DATA_PER_RECORD: usize = 16 * 1024 - 9;
+
 async fn handle(
     state: Arc<ProxyState>,
     peer: SocketAddr,
@@ -468,6 +471,7 @@ async fn handle(
     in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
+    let http2 = req.version() == http::Version::HTTP_2;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     // Decoded once, for the user-agent rules and the access log.
@@ -500,13 +504,21 @@ async fn handle(
     // arriving, writes the access log when done.
     let read_timeout = Duration::from_secs(state.config.read_timeout_secs);
     let resp = resp.map(|body| {
-        MeteredBody::new(body, bytes_out)
+        let body = MeteredBody::new(body, bytes_out)
             .idle_timeout(read_timeout)
             .on_drop(Box::new(move || {
                 record.emit();
                 drop(in_flight);
-            }))
-            .boxed()
+            }));
+        // HTTP/2 sends data in frames of at most 16 KiB (the client's default SETTINGS_MAX_FRAME_SIZE), and a
+        // full frame with its 9-byte header is 9 bytes more than one TLS record holds: every frame would cost
+        // a second, nearly empty record (and its own encryption). Pieces of one record minus the frame header
+        // make each frame exactly one record.
+        if http2 {
+            body.split(H2_DATA_PER_RECORD).boxed()
+        } else {
+            body.boxed()
+        }
     });
     Ok(resp)
 }
