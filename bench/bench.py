@@ -10,7 +10,8 @@ Measurements (see bench/README.md for the method):
   machine      openssl speed sha256 / aes-256-gcm (one core), fsync'd sequential write, loopback TCP
   raw          curl over TLS + basic auth: monolithic POST+PUT, streamed chunked PATCH, blob GET to /dev/null,
                and nginx serving the same file as a static file over TLS
-  skopeo       push and pull of a single-layer image (random bytes) with skopeo --preserve-digests
+  skopeo       push and pull of a single-layer image (random bytes) with skopeo --preserve-digests, and
+               skopeo alone (OCI layout to dir:, no registry): the client's own ceiling
   requests     h2load, 64 connections, fixed duration: GET /v2/, HEAD blob, GET manifest; HTTP/1.1 and HTTP/2;
                htpasswd as bcrypt cost 5, bcrypt cost 10, apr1
   rss          peak RSS of every process of each stack during each push (the largest is the "4 GiB push"
@@ -810,6 +811,17 @@ def skopeo_push(stack, layout, tag, repo):
     return time.monotonic() - t
 
 
+def skopeo_alone(layout, tag, out):
+    """skopeo copying the image from its OCI layout to a dir: on this machine, no registry in between: the
+    client's own ceiling (read, digest check, write), against which its pushes and pulls are read."""
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.monotonic()
+    run(["skopeo", "--insecure-policy", "copy", "-q", "--preserve-digests", f"oci:{layout}:{tag}", f"dir:{out}"])
+    dt = time.monotonic() - t
+    shutil.rmtree(out, ignore_errors=True)
+    return dt
+
+
 def skopeo_pull(stack, repo, tag, out):
     shutil.rmtree(out, ignore_errors=True)
     t = time.monotonic()
@@ -1115,18 +1127,27 @@ def bench(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling, du
             random_file(base, size)
         sk = {s.name: {"push": [], "pull": []} for s in stacks}
         sk_cpu = {}
+        # skopeo's own CPU seconds per run (it runs as a child of this script), for push and pull
+        client_cpu = {s.name: {"push": [], "pull": []} for s in stacks}
+        alone = []
         for i in range(runs):
             # a fresh layer digest per run: skopeo's blob-info cache would otherwise mount instead of upload
             lf = os.path.join(data, f"sk{i}.bin")
             random_file(lf, size, base=base)
             layout = os.path.join(data, f"sk{i}-oci")
             oci_layout(layout, Blob(lf), "v1")
+            alone.append(skopeo_alone(layout, "v1", os.path.join(data, "alone")))
+            log(f"run {i + 1} skopeo alone (OCI layout to dir:, no registry): {size / alone[-1] / 1e6:.0f} MB/s")
             for st in alternate(stacks, i):
+                c0 = children_cpu()
                 with RssSampler([st]) as r:
                     sk[st.name]["push"].append(skopeo_push(st, layout, "v1", f"skopeo/run{i}"))
+                c1 = children_cpu()
                 rss_push.setdefault(human_size(size), {}).update(r.result())
                 sk_cpu.setdefault(st.name, []).append(r.cpu.get(st.name, {}))
                 sk[st.name]["pull"].append(skopeo_pull(st, f"skopeo/run{i}", "v1", os.path.join(data, "pulled")))
+                client_cpu[st.name]["push"].append(c1 - c0)
+                client_cpu[st.name]["pull"].append(children_cpu() - c1)
                 st.check_alive()
                 log(f"run {i + 1} {st.label}: push {size / sk[st.name]['push'][-1] / 1e6:.0f} MB/s, "
                     f"pull {size / sk[st.name]['pull'][-1] / 1e6:.0f} MB/s")
@@ -1136,6 +1157,11 @@ def bench(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling, du
                                   for k, v in d.items()} for st, d in sk.items()}
         for st, runs_ in sk_cpu.items():
             results["skopeo"][st]["push"]["cpu_s_per_run"] = runs_
+        for st, d in client_cpu.items():
+            for k, v in d.items():
+                results["skopeo"][st][k]["skopeo_cpu_s_per_GiB"] = round(median(v) * GiB / size, 2)
+        results["skopeo"]["alone"] = {"seconds": [round(x, 3) for x in alone],
+                                      "MBps": round(size / median(alone) / 1e6, 1)}
 
     # ---------------------------------------------------------------------------------------------- docker
     if "docker" not in skip:
@@ -1351,6 +1377,12 @@ def targets(r):
         for k in ("push", "pull"):
             ratio = sk["berth"][k]["MBps"] / sk["nginx"][k]["MBps"]
             add(f"skopeo {k} vs nginx+registry:2", f"{ratio:.2f}x", ">= 1.5x", ratio >= 1.5)
+        if "alone" in sk:
+            # not targets: how close each stack gets to the client's own ceiling
+            for k in ("push", "pull"):
+                log(f"  skopeo {k} as a share of skopeo alone ({sk['alone']['MBps']} MB/s): berth "
+                    f"{sk['berth'][k]['MBps'] / sk['alone']['MBps'] * 100:.0f}%, nginx+registry:2 "
+                    f"{sk['nginx'][k]['MBps'] / sk['alone']['MBps'] * 100:.0f}%")
     dkr = r.get("docker")
     if dkr:
         # the daemon's gzip (push) and unpack (pull) bound both stacks: no slower than the comparison stack
@@ -1414,6 +1446,8 @@ def print_table(r):
     if sk:
         for k in ("push", "pull"):
             row(f"skopeo {k} MB/s", sk["berth"][k]["MBps"], sk["nginx"][k]["MBps"], "")
+        if "alone" in sk:
+            rows.append(("skopeo alone, OCI layout to dir: MB/s", fmt(sk["alone"]["MBps"]), "", ""))
     dkr = r.get("docker")
     if dkr:
         for k in ("push", "pull"):

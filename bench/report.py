@@ -65,6 +65,12 @@ def main(paths):
         for k in ("push", "pull"):
             out.append(f"| skopeo {k}, one layer, MB/s | {f(sk['berth'][k]['MBps'])} | {f(sk['nginx'][k]['MBps'])} | "
                        f"{ratio(sk['berth'][k]['MBps'], sk['nginx'][k]['MBps'])} |")
+        if "alone" in sk:
+            out.append(f"| skopeo alone (OCI layout to `dir:`, no registry), MB/s | {f(sk['alone']['MBps'])} | | |")
+            for k in ("push", "pull"):
+                if "skopeo_cpu_s_per_GiB" in sk["berth"][k]:
+                    out.append(f"| skopeo {k}: skopeo's own CPU s per GiB | {f(sk['berth'][k]['skopeo_cpu_s_per_GiB'], 2)}"
+                               f" | {f(sk['nginx'][k]['skopeo_cpu_s_per_GiB'], 2)} | |")
     dk = r.get("docker")
     if dk:
         for k in ("push", "pull"):
