@@ -34,7 +34,17 @@ struct HashState {
     hasher: Hasher,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<HashState>>>;
+/// A session's running hash, and the lock its data writer holds until its last write is done.
+#[derive(Default)]
+struct SessionSlot {
+    state: tokio::sync::Mutex<Option<HashState>>,
+    /// Held by the task that appends a request's body to the session's data. That task outlives the request
+    /// when the request is dropped (the client went away) with batches still queued; whoever appends to or
+    /// commits the session next waits for it, so late writes never mix with theirs.
+    writing: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Slot = Arc<SessionSlot>;
 
 /// Per-session locks and hash states.
 #[derive(Default)]
@@ -54,7 +64,9 @@ impl UploadStates {
         if map.len() >= STATE_PRUNE_AT {
             // A state in use (its lock held elsewhere) is never dropped.
             map.retain(|_, (used, slot)| {
-                now.duration_since(*used) < STATE_TTL || Arc::strong_count(slot) > 1
+                now.duration_since(*used) < STATE_TTL
+                    || Arc::strong_count(slot) > 1
+                    || Arc::strong_count(&slot.writing) > 1
             });
         }
         let entry = map
@@ -144,19 +156,23 @@ impl RegistryStore {
         body: BodyStream,
     ) -> Result<Appended, RegistryError> {
         let slot = self.uploads.slot(&s.key());
-        let mut state = slot.lock().await;
-        self.append_locked(s, &mut state, start, expected_len, body)
+        let mut state = slot.state.lock().await;
+        self.append_locked(s, &slot.writing, &mut state, start, expected_len, body)
             .await
     }
 
     async fn append_locked(
         &self,
         s: &UploadSession,
+        writing: &Arc<tokio::sync::Mutex<()>>,
         state: &mut Option<HashState>,
         start: Option<u64>,
         expected_len: Option<u64>,
         mut body: BodyStream,
     ) -> Result<Appended, RegistryError> {
+        // Waits for the writer of an earlier request that was dropped mid-body; this one's writer keeps the
+        // lock until its last write is done, even if this request is dropped in turn.
+        let writing = Arc::clone(writing).lock_owned().await;
         let size = self.upload_size(s).await?;
         if let Some(start) = start {
             if start != size {
@@ -181,6 +197,7 @@ impl RegistryStore {
         // what is held in memory; a batch is shared by both consumers, not copied.
         let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
         let worker = tokio::spawn(async move {
+            let _writing = writing;
             while let Some(batch) = rx.recv().await {
                 writer.write(batch).await?;
             }
@@ -297,11 +314,13 @@ impl RegistryStore {
         final_chunk: Option<(Option<u64>, Option<u64>, BodyStream)>,
     ) -> Result<u64, RegistryError> {
         let slot = self.uploads.slot(&s.key());
-        let mut state = slot.lock().await;
+        let mut state = slot.state.lock().await;
+        // No writer of a dropped request may still be appending while the data is hashed and moved.
+        drop(slot.writing.lock().await);
         let mut size = self.upload_size(s).await?;
         if let Some((start, len, body)) = final_chunk {
             size = self
-                .append_locked(s, &mut state, start, len, body)
+                .append_locked(s, &slot.writing, &mut state, start, len, body)
                 .await?
                 .size;
         }
@@ -393,6 +412,125 @@ mod tests {
         keys.sort();
         assert_eq!(keys, ["fresh", "held"]);
         drop(held);
+    }
+
+    use crate::storage::{AppendWriter, ByteStream, ObjectMeta, Storage, StorageError};
+    use async_trait::async_trait;
+    use tokio::sync::Semaphore;
+
+    /// Filesystem storage whose appends wait for a permit per write, so a test decides when data lands.
+    struct Gated {
+        inner: crate::storage::fs::FsStorage,
+        gate: Arc<Semaphore>,
+    }
+
+    struct GatedWriter {
+        inner: Box<dyn AppendWriter>,
+        gate: Arc<Semaphore>,
+    }
+
+    #[async_trait]
+    impl AppendWriter for GatedWriter {
+        async fn write(&mut self, bytes: Bytes) -> Result<(), StorageError> {
+            self.gate.acquire().await.expect("gate open").forget();
+            self.inner.write(bytes).await
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        async fn finish(self: Box<Self>) -> Result<(), StorageError> {
+            self.inner.finish().await
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Gated {
+        async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.inner.stat(key).await
+        }
+        async fn read(&self, key: &str, r: Option<(u64, u64)>) -> Result<ByteStream, StorageError> {
+            self.inner.read(key, r).await
+        }
+        async fn read_small(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
+            self.inner.read_small(key, limit).await
+        }
+        async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+            self.inner.put(key, bytes).await
+        }
+        async fn append(&self, key: &str) -> Result<Box<dyn AppendWriter>, StorageError> {
+            Ok(Box::new(GatedWriter {
+                inner: self.inner.append(key).await?,
+                gate: self.gate.clone(),
+            }))
+        }
+        async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+            self.inner.rename(from, to).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    /// A request dropped mid-body (the client went away) leaves batches queued for its writer. The next
+    /// request on the session waits until those are written, so they never land between its own bytes or
+    /// after its commit: here the commit sees all of them, hashes the data again, and the blob is whole.
+    #[tokio::test]
+    async fn a_dropped_request_s_late_writes_finish_before_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Semaphore::new(0));
+        let storage = Arc::new(Gated {
+            inner: crate::storage::fs::FsStorage::new(dir.path()).unwrap(),
+            gate: gate.clone(),
+        });
+        let store = RegistryStore::new(storage.clone());
+        let name: RepoName = "late/writes".parse().unwrap();
+        let s = store.start_upload(&name).await.unwrap();
+        let chunks: Vec<Bytes> = (0..3u8)
+            .map(|i| Bytes::from(vec![b'a' + i; BATCH]))
+            .collect();
+        // Three batches, then nothing more: the first two are handed to the writer when the next one arrives,
+        // the third stays in the request; the stream says when it has been drained.
+        let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
+        let mut drained_tx = Some(drained_tx);
+        let mut queue = chunks.clone();
+        queue.reverse();
+        let body: BodyStream =
+            Box::pin(futures_util::stream::poll_fn(move |_| match queue.pop() {
+                Some(c) => std::task::Poll::Ready(Some(Ok(c))),
+                None => {
+                    if let Some(tx) = drained_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    std::task::Poll::Pending
+                }
+            }));
+        tokio::select! {
+            r = store.append_upload(&s, None, None, body) => panic!("append ended: {:?}", r.is_ok()),
+            _ = drained => {}
+        }
+        // The request is gone; its writer holds the first two batches and no write has landed yet.
+        let want = [&chunks[0][..], &chunks[1][..]].concat();
+        let digest = Digest::sha256_of(&want);
+        let mut commit = Box::pin(store.commit_upload(&s, &digest, None));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut commit)
+                .await
+                .is_err(),
+            "the commit went ahead while the dropped request's data was still being written"
+        );
+        gate.add_permits(16);
+        assert_eq!(commit.await.unwrap(), want.len() as u64);
+        let blob = storage
+            .read_small(&paths::blob_data(&digest), 1 << 30)
+            .await
+            .unwrap();
+        assert!(
+            blob[..] == want[..],
+            "the committed blob is not the data sent"
+        );
     }
 
     #[test]
