@@ -455,8 +455,14 @@ impl RegistryStore {
                     } else {
                         format!("{parent}/{child}")
                     };
-                    // Everything under `path` sorts before `last` unless `last` starts with it.
-                    let before = last.is_some_and(|l| path.as_str() < l && !l.starts_with(&path));
+                    // Everything under `path` (itself, then `path/...`) sorts before `last` unless `last`
+                    // continues `path` with '/' or a byte below it ("lib/y" sorts after "lib-x", but before
+                    // "lib2").
+                    let before = last.is_some_and(|l| {
+                        path.as_str() < l
+                            && !(l.starts_with(path.as_str())
+                                && l.as_bytes().get(path.len()).is_some_and(|&c| c <= b'/'))
+                    });
                     if !before {
                         return Some(Entry::Child {
                             path,
@@ -505,9 +511,12 @@ impl RegistryStore {
             let from = below.map_or(0, |b| {
                 let first = b.split('/').next().unwrap_or(b);
                 let mut from = children.partition_point(|c| c.as_str() < first);
-                // A child named by a proper prefix of that segment can still hold later names ("lib/x"
-                // sorts after "lib-x"); the shortest one present sorts first.
+                // A child named by a proper prefix of that segment, followed in it by a byte below '/', can
+                // still hold later names ("lib/x" sorts after "lib-x"); the shortest one present sorts first.
                 for (i, _) in first.char_indices().skip(1) {
+                    if first.as_bytes()[i] >= b'/' {
+                        continue;
+                    }
                     if let Ok(at) = children.binary_search_by(|c| c.as_str().cmp(&first[..i])) {
                         from = from.min(at);
                         break;
@@ -692,6 +701,8 @@ mod tests {
             Some("lib/y"),
             Some("lib/y/z"),
             Some("lib_b"),
+            Some("lib0"),
+            Some("lib/y-"),
             Some("r150"),
             Some("r299"),
             Some("a"),
@@ -762,7 +773,16 @@ mod tests {
         assert_eq!(store.catalog().await.unwrap(), sorted);
         for n in 0..=sorted.len() + 1 {
             let lasts = std::iter::once(None).chain(sorted.iter().map(|s| Some(s.as_str())));
-            for last in lasts.chain([Some("a/"), Some("a/x/"), Some("0"), Some("zzz")]) {
+            for last in lasts.chain([
+                Some("a/"),
+                Some("a/x/"),
+                Some("0"),
+                Some("zzz"),
+                Some("a0"),
+                Some("a/x0"),
+                Some("a/x-"),
+                Some("a/w"),
+            ]) {
                 let start = last.map_or(0, |l| sorted.partition_point(|x| x.as_str() <= l));
                 let rest = &sorted[start..];
                 let (want, more) = if n < rest.len() {
