@@ -20,6 +20,12 @@ def f(x, nd=1):
     return "-" if x is None else f"{x:,.{nd}f}"
 
 
+def mbps_row(label, section, k):
+    """A table row of berth's and the comparison stack's MB/s for transfer `k` of a section, and the ratio."""
+    b, n = section["berth"][k]["MBps"], section["nginx"][k]["MBps"]
+    return f"| {label} | {f(b)} | {f(n)} | {ratio(b, n)} |"
+
+
 def ratio(b, n, higher=True):
     if not b or not n:
         return "-"
@@ -56,15 +62,13 @@ def main(paths):
         for k, name in (("monolithic", "raw monolithic upload (POST + PUT), MB/s"),
                         ("chunked", "raw streamed chunked PATCH upload, MB/s"),
                         ("download", "raw blob download, MB/s")):
-            out.append(f"| {name} | {f(raw['berth'][k]['MBps'])} | {f(raw['nginx'][k]['MBps'])} | "
-                       f"{ratio(raw['berth'][k]['MBps'], raw['nginx'][k]['MBps'])} |")
+            out.append(mbps_row(name, raw, k))
         out.append(f"| nginx serving the blob as a static file over TLS, MB/s | | "
                    f"{f(raw['nginx']['static_download']['MBps'])} | |")
     sk = r.get("skopeo")
     if sk:
         for k in ("push", "pull"):
-            out.append(f"| skopeo {k}, one layer, MB/s | {f(sk['berth'][k]['MBps'])} | {f(sk['nginx'][k]['MBps'])} | "
-                       f"{ratio(sk['berth'][k]['MBps'], sk['nginx'][k]['MBps'])} |")
+            out.append(mbps_row(f"skopeo {k}, one layer, MB/s", sk, k))
         if "alone" in sk:
             out.append(f"| skopeo alone (OCI layout to `dir:`, no registry), MB/s | {f(sk['alone']['MBps'])} | | |")
             for k in ("push", "pull"):
@@ -74,8 +78,7 @@ def main(paths):
     dk = r.get("docker")
     if dk:
         for k in ("push", "pull"):
-            out.append(f"| docker {k}, one layer, MB/s | {f(dk['berth'][k]['MBps'])} | {f(dk['nginx'][k]['MBps'])} | "
-                       f"{ratio(dk['berth'][k]['MBps'], dk['nginx'][k]['MBps'])} |")
+            out.append(mbps_row(f"docker {k}, one layer, MB/s", dk, k))
         for k in ("push", "pull"):
             out.append(f"| docker {k}, CPU s per GiB | " +
                        ", ".join(f"{n} {x}" for n, x in dk["berth"][k]["cpu_s_per_GiB"].items()) + " | " +
