@@ -46,10 +46,19 @@ struct SessionSlot {
 
 type Slot = Arc<SessionSlot>;
 
-/// Per-session locks and hash states.
+/// Per-session locks and hash states, only for sessions known to exist (started here, or found in storage):
+/// a request naming an unknown session leaves nothing behind.
 #[derive(Default)]
 pub(super) struct UploadStates {
-    slots: Mutex<HashMap<String, (Instant, Slot)>>,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: HashMap<String, (Instant, Slot)>,
+    /// The size at which the next prune runs: twice what the last one left, so pruning costs O(1) per insert
+    /// however many live sessions there are.
+    prune_at: usize,
 }
 
 /// Past this many sessions, states unused for [`STATE_TTL`] are dropped (abandoned uploads, or sessions that
@@ -58,33 +67,56 @@ const STATE_PRUNE_AT: usize = 1024;
 const STATE_TTL: Duration = Duration::from_secs(3600);
 
 impl UploadStates {
+    /// The state of a session known to exist, created when missing.
     fn slot(&self, key: &str) -> Slot {
-        let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if map.len() >= STATE_PRUNE_AT {
+        if slots.map.len() >= slots.prune_at.max(STATE_PRUNE_AT) {
             // A state in use (its lock held elsewhere) is never dropped.
-            map.retain(|_, (used, slot)| {
+            slots.map.retain(|_, (used, slot)| {
                 now.duration_since(*used) < STATE_TTL
                     || Arc::strong_count(slot) > 1
                     || Arc::strong_count(&slot.writing) > 1
             });
+            slots.prune_at = slots.map.len().saturating_mul(2);
         }
-        let entry = map
+        let entry = slots
+            .map
             .entry(key.to_string())
             .or_insert_with(|| (now, Slot::default()));
         entry.0 = now;
         entry.1.clone()
     }
 
+    /// The state of a session, if one is kept.
+    fn existing(&self, key: &str) -> Option<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = slots.map.get_mut(key)?;
+        entry.0 = Instant::now();
+        Some(entry.1.clone())
+    }
+
+    /// Number of sessions with a kept state.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
+    }
+
     fn forget(&self, key: &str) {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .map
             .remove(key);
     }
 }
 
 /// A session in a repository, as named in its URL.
+#[derive(Clone)]
 pub struct UploadSession {
     /// Repository.
     pub name: RepoName,
@@ -125,7 +157,18 @@ impl RegistryStore {
             .await?
             .finish()
             .await?;
+        self.uploads.slot(&session.key());
         Ok(session)
+    }
+
+    /// The state of session `s`; `BlobUploadUnknown` (and no state kept) when it does not exist.
+    async fn session_slot(&self, s: &UploadSession) -> Result<Slot, RegistryError> {
+        let key = s.key();
+        if let Some(slot) = self.uploads.existing(&key) {
+            return Ok(slot);
+        }
+        self.upload_size(s).await?;
+        Ok(self.uploads.slot(&key))
     }
 
     /// Current size of an upload's data; `BlobUploadUnknown` when there is no such session.
@@ -155,7 +198,7 @@ impl RegistryStore {
         expected_len: Option<u64>,
         body: BodyStream,
     ) -> Result<Appended, RegistryError> {
-        let slot = self.uploads.slot(&s.key());
+        let slot = self.session_slot(s).await?;
         let mut state = slot.state.lock().await;
         self.append_locked(s, &slot.writing, &mut state, start, expected_len, body)
             .await
@@ -313,7 +356,7 @@ impl RegistryStore {
         digest: &Digest,
         final_chunk: Option<(Option<u64>, Option<u64>, BodyStream)>,
     ) -> Result<u64, RegistryError> {
-        let slot = self.uploads.slot(&s.key());
+        let slot = self.session_slot(s).await?;
         let mut state = slot.state.lock().await;
         // No writer of a dropped request may still be appending while the data is hashed and moved.
         drop(slot.writing.lock().await);
@@ -354,8 +397,17 @@ impl RegistryStore {
         Ok(size)
     }
 
-    /// Cancels an upload and removes its data.
+    /// Cancels an upload and removes its data, once the writer of a request dropped mid-body (if any) is done.
     pub async fn cancel_upload(&self, s: &UploadSession) -> Result<(), RegistryError> {
+        let slot = self.uploads.existing(&s.key());
+        let _state = match &slot {
+            Some(slot) => {
+                let state = slot.state.lock().await;
+                drop(slot.writing.lock().await);
+                Some(state)
+            }
+            None => None,
+        };
         self.upload_size(s).await?;
         self.storage
             .delete(&paths::upload_dir(&s.name, &s.id))
@@ -400,14 +452,14 @@ mod tests {
         let long_ago = Instant::now().checked_sub(2 * STATE_TTL).expect("clock");
         let held = states.slot("held");
         {
-            let mut map = states.slots.lock().unwrap();
+            let map = &mut states.slots.lock().unwrap().map;
             for i in 0..STATE_PRUNE_AT {
                 map.insert(format!("old{i}"), (long_ago, Slot::default()));
             }
             map.get_mut("held").unwrap().0 = long_ago;
         }
         let _fresh = states.slot("fresh");
-        let map = states.slots.lock().unwrap();
+        let map = &states.slots.lock().unwrap().map;
         let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
         keys.sort();
         assert_eq!(keys, ["fresh", "held"]);
@@ -531,6 +583,51 @@ mod tests {
             blob[..] == want[..],
             "the committed blob is not the data sent"
         );
+    }
+
+    /// PATCH and PUT naming sessions that do not exist get `BlobUploadUnknown` and leave no state behind; a
+    /// session that exists gets one, and loses it when committed or cancelled.
+    #[tokio::test]
+    async fn unknown_sessions_leave_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegistryStore::new(Arc::new(
+            crate::storage::fs::FsStorage::new(dir.path()).unwrap(),
+        ));
+        let name: RepoName = "a".parse().unwrap();
+        let empty = || -> BodyStream { Box::pin(futures_util::stream::empty()) };
+        for _ in 0..3000 {
+            let s = UploadSession {
+                name: name.clone(),
+                id: UploadId::generate(),
+            };
+            let appended = store.append_upload(&s, None, None, empty()).await;
+            assert!(matches!(appended, Err(RegistryError::BlobUploadUnknown)));
+            let committed = store.commit_upload(&s, &Digest::sha256_of(b""), None).await;
+            assert!(matches!(committed, Err(RegistryError::BlobUploadUnknown)));
+        }
+        assert_eq!(store.uploads.len(), 0);
+        let s = store.start_upload(&name).await.unwrap();
+        store.append_upload(&s, None, None, empty()).await.unwrap();
+        assert_eq!(store.uploads.len(), 1);
+        store.cancel_upload(&s).await.unwrap();
+        assert_eq!(store.uploads.len(), 0);
+    }
+
+    /// Pruning runs when the map has doubled since the last prune, not on every insert past the threshold.
+    #[test]
+    fn pruning_is_amortised() {
+        let states = UploadStates::default();
+        let live: Vec<Slot> = (0..STATE_PRUNE_AT + 10)
+            .map(|i| states.slot(&format!("live{i}")))
+            .collect();
+        // Every state is recent: the prune at STATE_PRUNE_AT kept them all and set the next one at twice that.
+        let next = states.slots.lock().unwrap().prune_at;
+        assert_eq!(next, 2 * STATE_PRUNE_AT);
+        for i in 0..STATE_PRUNE_AT - 11 {
+            states.slot(&format!("more{i}"));
+        }
+        assert_eq!(states.slots.lock().unwrap().prune_at, next);
+        drop(live);
     }
 
     #[test]
