@@ -15,6 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::api::{App, Body};
+use crate::linger::{Lingering, RequestBody};
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +40,13 @@ async fn logged(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .map(str::to_string)
         .unwrap_or_else(|| format!("r{}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)));
     let bytes_in = header_u64(req.headers(), CONTENT_LENGTH);
+    let expects_continue = req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // A body the handler leaves unread is thrown away in the background, so the error reaches the client and
+    // the connection survives for its retry.
+    let req = req.map(|b| RequestBody::new(b, expects_continue));
     let resp = app.handle(req).await;
     tracing::info!(
         target: "access",
@@ -77,8 +85,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(256 * 1024);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+            .max_buf_size(256 * 1024)
+            // Room for the forwarding headers berth-proxy adds to the (at most 100) fields it lets through.
+            .max_headers(128);
+        let conn = builder.serve_connection(TokioIo::new(Lingering::new(stream)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

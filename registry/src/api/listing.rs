@@ -2,10 +2,10 @@
 
 use http::header::LINK;
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 
 use super::{digest, param, query, App, Reply};
 use crate::error::RegistryError;
+use crate::linger::RequestBody;
 use crate::oci::{media, RepoName};
 
 /// Items strictly after `last`, at most `n`, and whether more follow.
@@ -30,7 +30,7 @@ impl App {
     pub(super) async fn tags(
         &self,
         name: RepoName,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
     ) -> Result<Reply, RegistryError> {
         let q = query(req);
         let n = number(&q, "n")?;
@@ -45,7 +45,7 @@ impl App {
         Ok(reply.json(&serde_json::json!({"name": name.as_str(), "tags": tags})))
     }
 
-    pub(super) async fn catalog(&self, req: &Request<Incoming>) -> Result<Reply, RegistryError> {
+    pub(super) async fn catalog(&self, req: &Request<RequestBody>) -> Result<Reply, RegistryError> {
         let q = query(req);
         let n = number(&q, "n")?;
         let (repos, more) = self.store.catalog_page(n, param(&q, "last")).await?;
@@ -60,7 +60,7 @@ impl App {
         &self,
         name: RepoName,
         d: &str,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
     ) -> Result<Reply, RegistryError> {
         let d = digest(d)?;
         let q = query(req);
@@ -81,7 +81,10 @@ impl App {
     }
 
     /// `GET /v1/search?q=&n=&page=`: the Docker v1 search API over the catalog, so `docker search` works.
-    pub(super) async fn v1_search(&self, req: &Request<Incoming>) -> Result<Reply, RegistryError> {
+    pub(super) async fn v1_search(
+        &self,
+        req: &Request<RequestBody>,
+    ) -> Result<Reply, RegistryError> {
         let q = query(req);
         let term = param(&q, "q").unwrap_or("").to_ascii_lowercase();
         let size = number(&q, "n")?.unwrap_or(25).clamp(1, 100);

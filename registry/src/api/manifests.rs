@@ -1,10 +1,10 @@
 //! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
 
+use crate::linger::RequestBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::{digest, full, App, Reply};
 use crate::error::RegistryError;
@@ -24,7 +24,7 @@ fn reference(r: &str) -> Result<Reference, RegistryError> {
 
 /// Reads a body up to `limit` bytes; more is `ManifestTooLarge`. An oversized body is drained (up to a bound)
 /// before answering, so the client reads the 413 instead of a reset connection.
-async fn read_limited(mut body: Incoming, limit: u64) -> Result<Bytes, RegistryError> {
+async fn read_limited(mut body: RequestBody, limit: u64) -> Result<Bytes, RegistryError> {
     let mut buf = BytesMut::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -73,7 +73,8 @@ impl App {
         r: &str,
         head: bool,
     ) -> Result<Reply, RegistryError> {
-        let r = reference(r)?;
+        // A reference that is neither a tag nor a digest names no manifest: 404, as clients expect.
+        let r = reference(r).map_err(|_| RegistryError::ManifestUnknown)?;
         let m = self.find_manifest(&name, &r).await?;
         let reply = Reply::new(StatusCode::OK)
             .header(CONTENT_TYPE, &m.media_type)
@@ -91,7 +92,7 @@ impl App {
         &self,
         name: RepoName,
         r: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Reply, RegistryError> {
         let r = reference(r)?;
         let limit = self.config.http.max_manifest_bytes;

@@ -16,6 +16,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, BodyStream, Full, Stre
 
 use crate::config::Config;
 use crate::error::RegistryError;
+use crate::linger::RequestBody;
 use crate::oci::{Digest, DigestError, RepoName};
 use crate::storage::ByteStream;
 use crate::store::{BodyStream as StoreBody, RegistryStore};
@@ -96,7 +97,7 @@ fn digest(s: &str) -> Result<Digest, RegistryError> {
 }
 
 /// Query parameters, decoded.
-fn query(req: &Request<hyper::body::Incoming>) -> Vec<(String, String)> {
+fn query(req: &Request<RequestBody>) -> Vec<(String, String)> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -108,7 +109,7 @@ fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// A request body as a stream of data bytes.
-fn body_stream(body: hyper::body::Incoming) -> StoreBody {
+fn body_stream(body: RequestBody) -> StoreBody {
     Box::pin(
         TryStreamExt::map_err(BodyStream::new(body), std::io::Error::other)
             .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) }),
@@ -240,7 +241,7 @@ impl App {
     }
 
     /// Handles one request; never fails (errors become OCI error responses).
-    pub async fn handle(self: Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         let head = req.method() == Method::HEAD;
         let mut resp = match self.dispatch(req).await {
             Ok(r) => r.into_response(),
@@ -253,10 +254,14 @@ impl App {
         };
         resp.headers_mut()
             .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+        if head {
+            // Headers as for GET (Content-Length included), never a body.
+            *resp.body_mut() = empty();
+        }
         resp
     }
 
-    async fn dispatch(&self, req: Request<hyper::body::Incoming>) -> Result<Reply, RegistryError> {
+    async fn dispatch(&self, req: Request<RequestBody>) -> Result<Reply, RegistryError> {
         let path = req.uri().path().to_string();
         let Some(route) = route(&path) else {
             return Err(RegistryError::NotFound);
@@ -269,10 +274,13 @@ impl App {
             (Route::V1Ping, Method::GET | Method::HEAD) => {
                 Ok(Reply::new(StatusCode::OK).json(&serde_json::json!({})))
             }
-            (Route::V1Search, Method::GET) => self.v1_search(&req).await,
-            (Route::Catalog, Method::GET) => self.catalog(&req).await,
-            (Route::Tags(n), Method::GET) => self.tags(repo(n)?, &req).await,
-            (Route::Referrers(n, d), Method::GET) => self.referrers(repo(n)?, d, &req).await,
+            // HEAD is answered like GET everywhere, without the body (see `handle`).
+            (Route::V1Search, Method::GET | Method::HEAD) => self.v1_search(&req).await,
+            (Route::Catalog, Method::GET | Method::HEAD) => self.catalog(&req).await,
+            (Route::Tags(n), Method::GET | Method::HEAD) => self.tags(repo(n)?, &req).await,
+            (Route::Referrers(n, d), Method::GET | Method::HEAD) => {
+                self.referrers(repo(n)?, d, &req).await
+            }
             (Route::Manifest(n, r), m) => {
                 let name = repo(n)?;
                 match m {
@@ -299,7 +307,9 @@ impl App {
                 let name = repo(n)?;
                 match (m, id.is_empty()) {
                     (Method::POST, true) => self.start_upload(name, req).await,
-                    (Method::GET, false) => self.upload_status(name, id, req.headers()).await,
+                    (Method::GET | Method::HEAD, false) => {
+                        self.upload_status(name, id, req.headers()).await
+                    }
                     (Method::PATCH, false) => self.patch_upload(name, id, req).await,
                     (Method::PUT, false) => self.put_upload(name, id, req).await,
                     (Method::DELETE, false) => self.cancel_upload(name, id).await,

@@ -2,12 +2,12 @@
 
 use http::header::{CONTENT_LENGTH, LOCATION};
 use http::{HeaderMap, Request, StatusCode};
-use hyper::body::Incoming;
 
 use super::{body_stream, digest, param, query, App, Reply};
 use crate::error::RegistryError;
+use crate::linger::RequestBody;
 use crate::oci::{Digest, RepoName, UploadId};
-use crate::store::UploadSession;
+use crate::store::{RegistryStore, UploadSession};
 
 /// Parses `Content-Range: <start>-<end>` (inclusive; `bytes ` or `bytes=` prefixes tolerated).
 pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64)> {
@@ -54,7 +54,13 @@ fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>), Regis
             blob_size: None,
         });
     }
-    let span = end - start + 1;
+    // `0-18446744073709551615` spans 2^64 bytes: more than any length can say, so it is refused, never wrapped.
+    let span = (end - start)
+        .checked_add(1)
+        .ok_or(RegistryError::RangeInvalid {
+            upload_offset: None,
+            blob_size: None,
+        })?;
     if len.is_some_and(|l| l != span) {
         return Err(RegistryError::SizeInvalid(format!(
             "Content-Length {} does not match Content-Range {start}-{end}",
@@ -62,6 +68,22 @@ fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>), Regis
         )));
     }
     Ok((Some(start), Some(span)))
+}
+
+/// A single-request upload's session, cancelled in the background when dropped before the upload completed.
+struct AbandonedUpload(Option<(RegistryStore, UploadSession)>);
+
+impl Drop for AbandonedUpload {
+    fn drop(&mut self) {
+        if let Some((store, session)) = self.0.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    // Already gone after a digest mismatch: nothing to do then.
+                    let _ = store.cancel_upload(&session).await;
+                });
+            }
+        }
+    }
 }
 
 fn range_value(size: u64) -> String {
@@ -111,7 +133,7 @@ impl App {
     pub(super) async fn start_upload(
         &self,
         name: RepoName,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Reply, RegistryError> {
         let q = query(&req);
         if let Some(m) = param(&q, "mount") {
@@ -131,15 +153,19 @@ impl App {
             Some(d) => Some(digest(d)?),
             None => None,
         };
+        let len = content_length(req.headers())?;
         let session = self.store.start_upload(&name).await?;
         let Some(d) = monolithic else {
             return Ok(self.progress(StatusCode::ACCEPTED, req.headers(), &session, 0));
         };
         let (parts, body) = req.into_parts();
-        let len = content_length(&parts.headers)?;
+        // The client of a single-request upload never learns the session's id, so nobody could cancel it: a
+        // body that fails, or a request dropped mid-body, removes the session here.
+        let mut abandoned = AbandonedUpload(Some((self.store.clone(), session.clone())));
         self.store
             .commit_upload(&session, &d, Some((None, len, body_stream(body))))
             .await?;
+        abandoned.0 = None;
         Ok(self.created_blob(&parts.headers, &name, &d))
     }
 
@@ -158,7 +184,7 @@ impl App {
         &self,
         name: RepoName,
         id: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Reply, RegistryError> {
         let s = Self::session(name, id)?;
         let (parts, body) = req.into_parts();
@@ -174,7 +200,7 @@ impl App {
         &self,
         name: RepoName,
         id: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Reply, RegistryError> {
         let s = Self::session(name, id)?;
         let q = query(&req);
@@ -216,5 +242,39 @@ mod tests {
         assert_eq!(parse_content_range("-9"), None);
         assert_eq!(parse_content_range("a-b"), None);
         assert_eq!(parse_content_range("99999999999999999999999-1"), None);
+    }
+
+    fn bounds(range: &str, len: Option<&str>) -> Result<(Option<u64>, Option<u64>), RegistryError> {
+        let mut h = HeaderMap::new();
+        h.insert("content-range", range.parse().unwrap());
+        if let Some(l) = len {
+            h.insert(CONTENT_LENGTH, l.parse().unwrap());
+        }
+        chunk_bounds(&h)
+    }
+
+    #[test]
+    fn chunk_bounds_never_wrap() {
+        assert_eq!(bounds("0-9", Some("10")).unwrap(), (Some(0), Some(10)));
+        assert_eq!(
+            bounds("0-18446744073709551614", None).unwrap(),
+            (Some(0), Some(u64::MAX))
+        );
+        assert!(matches!(
+            bounds("0-18446744073709551615", Some("0")),
+            Err(RegistryError::RangeInvalid { .. })
+        ));
+        assert!(matches!(
+            bounds("0-18446744073709551615", None),
+            Err(RegistryError::RangeInvalid { .. })
+        ));
+        assert!(matches!(
+            bounds("5-4", None),
+            Err(RegistryError::RangeInvalid { .. })
+        ));
+        assert!(matches!(
+            bounds("0-18446744073709551614", Some("0")),
+            Err(RegistryError::SizeInvalid(_))
+        ));
     }
 }
