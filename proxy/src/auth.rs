@@ -2,6 +2,7 @@
 //! htpasswd watcher that reloads the file when it changes.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -528,6 +529,131 @@ pub enum AuthFailure {
     Malformed,
     /// Unknown user or wrong password.
     Rejected,
+    /// This client has too many checks in flight, or failed too often lately: try again after this long.
+    Throttled(Duration),
+    /// Every verification slot stayed taken for the longest wait: try again shortly.
+    Busy,
+}
+
+/// Bounds on password checks, so that no client can make the others wait.
+#[derive(Debug, Clone)]
+pub struct AuthLimits {
+    /// Password hashes checked at once, all clients together (each holds a blocking thread and a core).
+    pub verify_limit: usize,
+    /// Longest wait for one of those slots; past it the check fails with [`AuthFailure::Busy`].
+    pub verify_wait: Duration,
+    /// Checks in flight at once from one client address (IPv6: one /64), waiting and padding included.
+    pub per_client: usize,
+    /// Failed checks allowed from one client address per `failure_window`; further ones are throttled until
+    /// the window ends.
+    pub client_failures: u32,
+    /// The window those failures are counted in.
+    pub failure_window: Duration,
+    /// How long a rejected `Authorization` header is remembered (answered 401 again without a hash).
+    pub negative_ttl: Duration,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        let verify_limit = default_verify_limit();
+        AuthLimits {
+            verify_limit,
+            verify_wait: Duration::from_secs(2),
+            per_client: (verify_limit / 2).max(2),
+            client_failures: 30,
+            failure_window: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What is counted per client address.
+#[derive(Debug)]
+struct ClientState {
+    in_flight: usize,
+    failures: u32,
+    window_start: Instant,
+}
+
+/// Checks in flight and recent failures per client address, bounded in size.
+#[derive(Debug, Default)]
+struct Clients {
+    map: Mutex<(HashMap<IpAddr, ClientState>, usize)>,
+}
+
+/// Most client addresses tracked before stale ones are dropped.
+const CLIENTS_PRUNE_AT: usize = 4096;
+
+/// The address a client is counted under: IPv4 as it is, IPv6 by its /64 (one host usually has a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// One check in flight for a client; counted until dropped.
+struct ClientTicket<'a> {
+    clients: &'a Clients,
+    key: IpAddr,
+}
+
+impl Drop for ClientTicket<'_> {
+    fn drop(&mut self) {
+        let mut map = self.clients.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.0.get_mut(&self.key) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl Clients {
+    /// Start a check for `ip`, or say how long it must wait.
+    fn enter(&self, ip: IpAddr, limits: &AuthLimits) -> Result<ClientTicket<'_>, Duration> {
+        let key = client_key(ip);
+        let now = Instant::now();
+        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, prune_at) = &mut *guard;
+        if map.len() >= (*prune_at).max(CLIENTS_PRUNE_AT) {
+            map.retain(|_, c| {
+                c.in_flight > 0 || now.duration_since(c.window_start) < limits.failure_window
+            });
+            *prune_at = map.len().saturating_mul(2);
+        }
+        let c = map.entry(key).or_insert(ClientState {
+            in_flight: 0,
+            failures: 0,
+            window_start: now,
+        });
+        if now.duration_since(c.window_start) >= limits.failure_window {
+            c.failures = 0;
+            c.window_start = now;
+        }
+        if c.failures >= limits.client_failures {
+            let left = limits
+                .failure_window
+                .saturating_sub(now.duration_since(c.window_start));
+            return Err(left.max(Duration::from_secs(1)));
+        }
+        if c.in_flight >= limits.per_client {
+            return Err(Duration::from_secs(1));
+        }
+        c.in_flight += 1;
+        Ok(ClientTicket { clients: self, key })
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.0.get_mut(&client_key(ip)) {
+            c.failures = c.failures.saturating_add(1);
+        }
+    }
 }
 
 /// Identity of the htpasswd file on disk, to notice changes.
@@ -550,7 +676,9 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 
 struct Users {
     htpasswd: Htpasswd,
-    dummy_hash: String,
+    /// How long checking a password against the slowest hash in the file takes (measured at load): every
+    /// failed check takes at least this long, so timing does not tell which names exist.
+    failure_time: Duration,
 }
 
 /// Checks credentials against the htpasswd file, through the [`CredentialCache`], reloading the file when it
@@ -561,10 +689,19 @@ pub struct Authenticator {
     stamp: Mutex<Option<FileStamp>>,
     generation: std::sync::atomic::AtomicU64,
     cache: CredentialCache,
+    /// Rejected headers, remembered for a short while (the value is unused).
+    rejected: CredentialCache,
     /// At most this many password hashes are checked at once (each holds a blocking thread and a core), so a
     /// burst of wrong passwords cannot take every blocking thread; reloads of the file do not go through it.
     verify_gate: Arc<tokio::sync::Semaphore>,
+    limits: AuthLimits,
+    clients: Clients,
+    /// Checks in flight, by header fingerprint: the same header arriving again meanwhile (a client's parallel
+    /// requests, or a flood of one bad header) waits for that check's answer instead of starting another.
+    checks: Mutex<HashMap<[u8; 32], Arc<CheckCell>>>,
 }
+
+type CheckCell = tokio::sync::OnceCell<Result<String, AuthFailure>>;
 
 /// How many password verifications may run at once by default: twice the cores, at least 2.
 pub fn default_verify_limit() -> usize {
@@ -601,10 +738,20 @@ fn load_users(path: &Path) -> Users {
             Htpasswd::default()
         }
     };
+    // The fastest of three checks of a dummy in the slowest scheme and cost present (the machine's best time,
+    // not a moment it was busy).
     let dummy_hash = htpasswd.dummy_hash();
+    let failure_time = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = verify_hash(&dummy_hash, "not the secret");
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default();
     Users {
         htpasswd,
-        dummy_hash,
+        failure_time,
     }
 }
 
@@ -614,12 +761,29 @@ impl Authenticator {
         Self::with_verify_limit(path, cache_ttl, cache_size, default_verify_limit())
     }
 
-    /// [`Authenticator::new`] with at most `verify_limit` (at least 1) password checks running at once.
+    /// [`Authenticator::new`] with at most `verify_limit` (at least 1) password checks running at once, each
+    /// waiting for a slot as long as needed.
     pub fn with_verify_limit(
         path: PathBuf,
         cache_ttl: Duration,
         cache_size: usize,
         verify_limit: usize,
+    ) -> Self {
+        let limits = AuthLimits {
+            verify_limit,
+            verify_wait: Duration::from_secs(3600),
+            per_client: usize::MAX,
+            ..AuthLimits::default()
+        };
+        Self::with_limits(path, cache_ttl, cache_size, limits)
+    }
+
+    /// [`Authenticator::new`] with the given bounds on password checks.
+    pub fn with_limits(
+        path: PathBuf,
+        cache_ttl: Duration,
+        cache_size: usize,
+        limits: AuthLimits,
     ) -> Self {
         let st = stamp(&path);
         let users = load_users(&path);
@@ -629,7 +793,11 @@ impl Authenticator {
             stamp: Mutex::new(st),
             generation: std::sync::atomic::AtomicU64::new(0),
             cache: CredentialCache::new(cache_ttl, cache_size),
-            verify_gate: Arc::new(tokio::sync::Semaphore::new(verify_limit.max(1))),
+            rejected: CredentialCache::new(limits.negative_ttl, cache_size),
+            verify_gate: Arc::new(tokio::sync::Semaphore::new(limits.verify_limit.max(1))),
+            limits,
+            clients: Clients::default(),
+            checks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -649,6 +817,7 @@ impl Authenticator {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.clear();
+        self.rejected.clear();
         tracing::info!(
             "htpasswd file {} changed: reloaded, credential cache cleared",
             self.path.display()
@@ -675,31 +844,85 @@ impl Authenticator {
         &self.cache
     }
 
-    /// Authenticate an `Authorization` header value; returns the user name.
+    /// Authenticate an `Authorization` header value from an unknown client address; returns the user name.
     pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<String, AuthFailure> {
+        self.authenticate_from(header, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            .await
+    }
+
+    /// Authenticate an `Authorization` header value sent by `client`; returns the user name.
+    ///
+    /// A header verified recently is answered from the cache, one rejected recently is rejected again without
+    /// a hash. Otherwise the check is bounded: a client with too many checks in flight or too many recent
+    /// failures is throttled at once, a check waits at most `verify_wait` for a verification slot, and a
+    /// failed check takes at least as long as a check against the slowest hash in the file.
+    pub async fn authenticate_from(
+        &self,
+        header: Option<&[u8]>,
+        client: IpAddr,
+    ) -> Result<String, AuthFailure> {
         let header = header.ok_or(AuthFailure::Missing)?;
         if let Some(user) = self.cache.lookup(header) {
             return Ok(user);
         }
+        if self.rejected.lookup(header).is_some() {
+            return Err(AuthFailure::Rejected);
+        }
         let creds = parse_basic(header).ok_or(AuthFailure::Malformed)?;
+        let fp = self.cache.fingerprint(header);
+        let cell = Arc::clone(
+            self.checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(fp)
+                .or_default(),
+        );
+        // If the first caller goes away mid-check, a waiting one runs the check instead.
+        let result = cell
+            .get_or_init(|| self.check(header, creds, client))
+            .await
+            .clone();
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        if checks.get(&fp).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            checks.remove(&fp);
+        }
+        result
+    }
+
+    async fn check(
+        &self,
+        header: &[u8],
+        creds: BasicCredentials,
+        client: IpAddr,
+    ) -> Result<String, AuthFailure> {
+        let _ticket = self
+            .clients
+            .enter(client, &self.limits)
+            .map_err(AuthFailure::Throttled)?;
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let users = Arc::clone(&self.users.read().unwrap_or_else(|e| e.into_inner()));
         let user = creds.user.clone();
-        // Wait for a slot before taking a blocking thread; the permit is released when the check is done.
-        let permit = Arc::clone(&self.verify_gate)
-            .acquire_owned()
-            .await
-            .map_err(|_| AuthFailure::Rejected)?;
+        // Wait (bounded) for a slot before taking a blocking thread; the permit is released when the check is
+        // done, before any padding.
+        let permit = match tokio::time::timeout(
+            self.limits.verify_wait,
+            Arc::clone(&self.verify_gate).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(AuthFailure::Rejected),
+            Err(_) => return Err(AuthFailure::Busy),
+        };
+        let started = tokio::time::Instant::now();
+        let failure_time = users.failure_time;
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            match users.htpasswd.hash_of(&creds.user) {
-                Some(hash) => verify_hash(hash, &creds.password),
-                None => {
-                    // Same work as for a real user, so timing does not tell which names exist.
-                    let _ = verify_hash(&users.dummy_hash, &creds.password);
-                    false
-                }
-            }
+            // An unknown name costs no hash: the padding below makes it take as long as the slowest one.
+            users
+                .htpasswd
+                .hash_of(&creds.user)
+                .is_some_and(|hash| verify_hash(hash, &creds.password))
         })
         .await
         .unwrap_or(false);
@@ -710,6 +933,13 @@ impl Authenticator {
             }
             Ok(user)
         } else {
+            // Every failure takes the time of the slowest hash in the file, whatever the name's own hash (or
+            // none): cheaper checks sleep the difference, which costs no CPU.
+            tokio::time::sleep_until(started + failure_time).await;
+            self.clients.failed(client);
+            if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                self.rejected.insert(header, "");
+            }
             Err(AuthFailure::Rejected)
         }
     }

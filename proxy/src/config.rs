@@ -66,6 +66,19 @@ pub struct Config {
     pub credential_cache_ttl_secs: u64,
     /// Most verified credentials remembered at once.
     pub credential_cache_size: usize,
+    /// How long a rejected `Authorization` header is remembered and refused again without a hash, in seconds.
+    pub negative_cache_ttl_secs: u64,
+    /// Longest wait for a password-check slot, in milliseconds; past it the request gets 503 with
+    /// `Retry-After`.
+    pub auth_verify_wait_ms: u64,
+    /// Password checks in flight at once from one client address (IPv6: one /64); more get 429 with
+    /// `Retry-After`. 0 means: half the verification slots, at least 2.
+    pub auth_client_concurrency: usize,
+    /// Failed password checks allowed from one client address per `auth_failure_window_secs`; past them its
+    /// checks get 429 with `Retry-After` until the window ends.
+    pub auth_client_failures: u32,
+    /// The window those failures are counted in, in seconds.
+    pub auth_failure_window_secs: u64,
     /// How often the htpasswd file is checked for changes, in milliseconds.
     pub htpasswd_poll_ms: u64,
     /// Upstream connect timeout, in seconds.
@@ -78,6 +91,8 @@ pub struct Config {
     pub header_read_timeout_secs: u64,
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list), in bytes.
     pub max_header_bytes: usize,
+    /// Most header fields in a request, HTTP/1.1 and HTTP/2 alike.
+    pub max_headers: usize,
     /// On SIGTERM/SIGINT, how long running transfers may go on before the process exits, in seconds.
     pub shutdown_grace_secs: u64,
     /// Most client connections open at once; more wait in the listen backlog.
@@ -87,6 +102,17 @@ pub struct Config {
     /// A write to a client that stays blocked this long (the client stopped reading) closes the connection,
     /// in seconds.
     pub write_timeout_secs: u64,
+    /// When the proxy answers a request itself (401, 404, 413, ...) before its body was read, HTTP/1.1: up to
+    /// this many bytes of the rest of the body are read and thrown away so the connection can serve the
+    /// client's retry; a body declared larger gets `Connection: close` instead.
+    pub discard_body_max_bytes: u64,
+    /// Most time spent throwing away an unread request body, and lingering on a closed connection (reading
+    /// what the client still sends after the proxy's write side is shut) so that no reset destroys the last
+    /// answer, in seconds (nginx `lingering_time`).
+    pub lingering_time_secs: u64,
+    /// Longest pause in what the client sends while a body is thrown away or the connection lingers, in
+    /// seconds (nginx `lingering_timeout`).
+    pub lingering_timeout_secs: u64,
     /// How often the served certificate is checked for renewal, in seconds (also once at start).
     pub cert_renew_check_secs: u64,
     /// A server certificate issued by the dev CA in `certs_dir` is re-issued when fewer than this many days
@@ -120,16 +146,25 @@ impl Default for Config {
             max_body_size: 0,
             credential_cache_ttl_secs: 300,
             credential_cache_size: 10_000,
+            negative_cache_ttl_secs: 10,
+            auth_verify_wait_ms: 2000,
+            auth_client_concurrency: 0,
+            auth_client_failures: 30,
+            auth_failure_window_secs: 60,
             htpasswd_poll_ms: 1000,
             connect_timeout_secs: 5,
             read_timeout_secs: 900,
             handshake_timeout_secs: 10,
             header_read_timeout_secs: 30,
             max_header_bytes: 64 * 1024,
+            max_headers: 100,
             shutdown_grace_secs: 30,
             max_connections: 4096,
             idle_timeout_secs: 120,
             write_timeout_secs: 300,
+            discard_body_max_bytes: 8 * 1024 * 1024,
+            lingering_time_secs: 30,
+            lingering_timeout_secs: 5,
             cert_renew_check_secs: 12 * 3600,
             cert_renew_before_days: 30,
             ping_local: false,
@@ -408,8 +443,13 @@ impl Config {
                 p.push(problem("trusted_proxies (BERTH_TRUSTED_PROXIES)", e));
             }
         }
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 14] = [
             ("idle_timeout_secs", self.idle_timeout_secs),
+            ("auth_verify_wait_ms", self.auth_verify_wait_ms),
+            ("auth_failure_window_secs", self.auth_failure_window_secs),
+            ("auth_client_failures", u64::from(self.auth_client_failures)),
+            ("lingering_time_secs", self.lingering_time_secs),
+            ("lingering_timeout_secs", self.lingering_timeout_secs),
             ("write_timeout_secs", self.write_timeout_secs),
             ("cert_renew_check_secs", self.cert_renew_check_secs),
             (
@@ -435,6 +475,9 @@ impl Config {
         }
         if self.credential_cache_size == 0 {
             p.push(problem("credential_cache_size", "must be greater than 0"));
+        }
+        if self.max_headers < 16 {
+            p.push(problem("max_headers", "must be at least 16"));
         }
         if self.max_header_bytes < 8192 {
             p.push(problem("max_header_bytes", "must be at least 8192"));

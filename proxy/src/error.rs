@@ -14,6 +14,12 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// Credentials are missing or wrong.
     Unauthorized,
+    /// Too many authentication attempts from this client: retry after this many seconds (429).
+    Throttled(u64),
+    /// Every password-check slot stayed busy for the longest wait (503, retry after a second).
+    Busy,
+    /// More header fields than `max_headers` (HTTP/2; the HTTP/1.1 parser answers this itself).
+    TooManyHeaders,
     /// No such route on the proxy.
     NotFound,
     /// The client's user agent is refused by a rule.
@@ -43,6 +49,21 @@ impl ProxyError {
                 "authentication required",
             ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "not found"),
+            ProxyError::Throttled(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "too many authentication attempts from this address; try again later",
+            ),
+            ProxyError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "too many logins are being checked; try again shortly",
+            ),
+            ProxyError::TooManyHeaders => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "UNSUPPORTED",
+                "too many header fields",
+            ),
             ProxyError::ClientRefused => (
                 StatusCode::NOT_FOUND,
                 "UNSUPPORTED",
@@ -85,13 +106,17 @@ impl ProxyError {
     pub fn response(&self, realm: &str) -> Response<ProxyBody> {
         let (status, code, message) = self.parts();
         let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
-        let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
-        *resp.status_mut() = status;
+        let mut resp = json_response(status, &body);
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        match self {
+            ProxyError::Throttled(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ProxyError::Busy => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
         if *self == ProxyError::Unauthorized {
             if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
                 h.insert(header::WWW_AUTHENTICATE, v);
@@ -101,7 +126,7 @@ impl ProxyError {
     }
 }
 
-/// A small JSON answer made by the proxy itself (health, local ping).
+/// A small JSON answer made by the proxy itself (health, local ping, errors).
 pub fn json_response(status: StatusCode, body: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(body.to_string()))
@@ -109,9 +134,12 @@ pub fn json_response(status: StatusCode, body: &str) -> Response<ProxyBody> {
             .boxed(),
     );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let h = resp.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    // Explicit, so that the answer to a HEAD (sent without its body) still says how long the GET's would be.
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }

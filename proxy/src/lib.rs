@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod forward;
+pub mod linger;
 pub mod log;
 pub mod server;
 pub mod tls;

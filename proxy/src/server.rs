@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{AuthFailure, Authenticator};
+use crate::auth::{AuthFailure, AuthLimits, Authenticator};
 use crate::config::{parse_trusted, parse_upstream, Config};
 use crate::error::{json_response, ProxyError};
 use crate::filter::UserAgentFilter;
@@ -27,6 +27,7 @@ use crate::forward::{
     classify, client_host, rewrite_request_headers, strip_hop_by_hop, BoxError, ClientContext,
     MeteredBody, ProxyBody, Route, API_VERSION, API_VERSION_HEADER,
 };
+use crate::linger::{discard_body, LingerBounds, Lingering};
 use crate::log::AccessRecord;
 use crate::tls::{server_config, server_paths, ReloadableCert, TlsError};
 use crate::upstream::Upstreams;
@@ -91,10 +92,21 @@ impl ProxyState {
             .map(|t| parse_trusted(t))
             .collect::<Result<Vec<_>, _>>()
             .map_err(bad)?;
-        let auth = Arc::new(Authenticator::new(
+        let mut limits = AuthLimits {
+            verify_wait: Duration::from_millis(config.auth_verify_wait_ms),
+            client_failures: config.auth_client_failures,
+            failure_window: Duration::from_secs(config.auth_failure_window_secs),
+            negative_ttl: Duration::from_secs(config.negative_cache_ttl_secs),
+            ..AuthLimits::default()
+        };
+        if config.auth_client_concurrency > 0 {
+            limits.per_client = config.auth_client_concurrency;
+        }
+        let auth = Arc::new(Authenticator::with_limits(
             config.htpasswd.clone(),
             Duration::from_secs(config.credential_cache_ttl_secs),
             config.credential_cache_size,
+            limits,
         ));
         let upstreams = Upstreams::new(
             targets,
@@ -175,7 +187,8 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs))
-            .max_buf_size(cfg.max_header_bytes.max(8192));
+            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .max_headers(cfg.max_headers);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -186,6 +199,10 @@ impl Server {
         let idle_timeout = Duration::from_secs(cfg.idle_timeout_secs);
         let write_timeout = Duration::from_secs(cfg.write_timeout_secs);
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        let linger_bounds = LingerBounds {
+            time: Duration::from_secs(cfg.lingering_time_secs),
+            idle: Duration::from_secs(cfg.lingering_timeout_secs),
+        };
         let max_connections = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX >> 3);
         // One permit per open connection (handshakes included): at the cap, new connections wait in the
         // listen backlog. Getting every permit back means every connection is closed.
@@ -229,10 +246,11 @@ impl Server {
             let builder = Arc::clone(&builder);
             let mut closing = closing_rx.clone();
             tokio::spawn(async move {
-                let _permit = permit;
                 let Some(tls) = handshake(acceptor, tcp, peer, handshake_timeout).await else {
                     return;
                 };
+                // Holds the connection's slot until the connection has finished lingering.
+                let tls = Lingering::new(tls, linger_bounds, permit);
                 let activity = Arc::new(Activity::default());
                 let a = Arc::clone(&activity);
                 let service = hyper::service::service_fn(move |req| {
@@ -474,6 +492,15 @@ async fn handle(
     let http2 = req.version() == http::Version::HTTP_2;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     // Decoded once, for the user-agent rules and the access log.
     let user_agent = req
         .headers()
@@ -485,10 +512,26 @@ async fn handle(
     let (mut resp, user) = match stages(&state, peer, req, &user_agent, Arc::clone(&bytes_in)).await
     {
         Ok(ok) => ok,
-        Err((e, user)) => (e.response(&state.config.realm), user),
+        Err(early) => {
+            let mut resp = early.error.response(&state.config.realm);
+            if let Some(body) = early.unread {
+                let unread = Unread {
+                    http2,
+                    expects_continue,
+                    declared_length,
+                };
+                unread.dispose(&state.config, body, resp.headers_mut());
+            }
+            (resp, early.user)
+        }
     };
     resp.headers_mut()
         .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+    if method == http::Method::HEAD {
+        // A HEAD answer ends with its headers (HTTP/2 would otherwise send the body as DATA); its
+        // Content-Length stays what a GET would have had.
+        resp = resp.map(|_| http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+    }
     let record = AccessRecord {
         client: peer,
         user,
@@ -523,7 +566,69 @@ async fn handle(
     Ok(resp)
 }
 
-type StageResult = Result<(Response<ProxyBody>, Option<String>), (ProxyError, Option<String>)>;
+/// What is known of a request body that the proxy answered without reading.
+struct Unread {
+    http2: bool,
+    expects_continue: bool,
+    declared_length: Option<u64>,
+}
+
+impl Unread {
+    /// Make sure the early answer reaches the client and, where the bounds allow, the connection survives for
+    /// the retry. HTTP/2 ends the stream (RST_STREAM NO_ERROR after the answer) and the connection goes on.
+    /// HTTP/1.1: a client waiting for `100 Continue` gets the answer instead and the connection closes without
+    /// reading its body; a body declared larger than `discard_body_max_bytes` gets `Connection: close`;
+    /// any other body is read and thrown away while the answer is written, and if it turns out too long or
+    /// too slow the connection closes after the answer. Closed connections linger ([`Lingering`]), so unread
+    /// bytes never turn into a reset that destroys the answer.
+    fn dispose(self, cfg: &Config, body: Incoming, headers: &mut http::HeaderMap) {
+        if self.http2 || http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        let max = cfg.discard_body_max_bytes;
+        if self.expects_continue || self.declared_length.is_some_and(|n| n > max) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return;
+        }
+        let bounds = LingerBounds {
+            time: Duration::from_secs(cfg.lingering_time_secs),
+            idle: Duration::from_secs(cfg.lingering_timeout_secs),
+        };
+        tokio::spawn(async move {
+            if !discard_body(body, max, bounds).await {
+                tracing::debug!("unread request body too long or too slow; closing the connection");
+            }
+        });
+    }
+}
+
+/// An answer the proxy gives itself, with the request body when it was not read.
+struct Early {
+    error: ProxyError,
+    user: Option<String>,
+    unread: Option<Incoming>,
+}
+
+impl Early {
+    fn new(error: ProxyError, user: Option<String>, req: Request<Incoming>) -> Early {
+        Early {
+            error,
+            user,
+            unread: Some(req.into_body()),
+        }
+    }
+
+    /// After the body went (partly) to the upstream: nothing left to dispose of here.
+    fn sent(error: ProxyError, user: Option<String>) -> Early {
+        Early {
+            error,
+            user,
+            unread: None,
+        }
+    }
+}
+
+type StageResult = Result<(Response<ProxyBody>, Option<String>), Early>;
 
 /// The stages in order: health/ping bypass -> user-agent filter -> authenticate -> rewrite -> forward.
 async fn stages(
@@ -534,14 +639,25 @@ async fn stages(
     bytes_in: Arc<AtomicU64>,
 ) -> StageResult {
     let cfg = &state.config;
-    let route =
-        classify(req.version(), req.uri()).map_err(|m| (ProxyError::BadRequest(m), None))?;
+    let route = match classify(req.version(), req.uri()) {
+        Ok(r) => r,
+        Err(m) => return Err(Early::new(ProxyError::BadRequest(m), None, req)),
+    };
+    if req.headers().len() > cfg.max_headers {
+        // HTTP/1.1 heads with more fields never get here (the HTTP/1.1 parser answers 431 itself); HTTP/2
+        // ones are held to the same limit.
+        return Err(Early::new(ProxyError::TooManyHeaders, None, req));
+    }
     if req.method() == http::Method::CONNECT {
-        return Err((ProxyError::BadRequest("CONNECT is not supported"), None));
+        return Err(Early::new(
+            ProxyError::BadRequest("CONNECT is not supported"),
+            None,
+            req,
+        ));
     }
     match route {
         Route::Health => return Ok((json_response(StatusCode::OK, r#"{"status":"ok"}"#), None)),
-        Route::Unknown => return Err((ProxyError::NotFound, None)),
+        Route::Unknown => return Err(Early::new(ProxyError::NotFound, None, req)),
         // The ping bypass is for reads only; any other method on a ping path needs credentials like the API.
         Route::Ping if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {}
         Route::Ping if cfg.ping_local => return Ok((json_response(StatusCode::OK, "{}"), None)),
@@ -549,23 +665,49 @@ async fn stages(
         Route::Registry => {}
     }
     if state.filter.refuses(user_agent) {
-        return Err((ProxyError::ClientRefused, None));
+        return Err(Early::new(ProxyError::ClientRefused, None, req));
     }
-    let user = state
-        .auth
-        .authenticate(
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        )
-        .await
-        .map_err(|f| {
-            if f == AuthFailure::Rejected {
-                tracing::info!(%peer, "credentials rejected");
-            }
-            (ProxyError::Unauthorized, None)
-        })?;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let client = client_address(state, peer, req.headers());
+    let user = match state.auth.authenticate_from(authorization, client).await {
+        Ok(user) => user,
+        Err(f) => {
+            let error = match f {
+                AuthFailure::Rejected => {
+                    tracing::info!(%peer, %client, "credentials rejected");
+                    ProxyError::Unauthorized
+                }
+                AuthFailure::Throttled(wait) => {
+                    tracing::info!(%peer, %client, "authentication throttled");
+                    ProxyError::Throttled(wait.as_secs().max(1))
+                }
+                AuthFailure::Busy => {
+                    tracing::warn!("every password-check slot stayed busy; answering 503");
+                    ProxyError::Busy
+                }
+                AuthFailure::Missing | AuthFailure::Malformed => ProxyError::Unauthorized,
+            };
+            return Err(Early::new(error, None, req));
+        }
+    };
     forward(state, peer, req, Some(user), bytes_in).await
+}
+
+/// The client's address for throttling: the peer's, or the `X-Real-IP` a trusted front proxy set.
+fn client_address(state: &ProxyState, peer: SocketAddr, headers: &http::HeaderMap) -> IpAddr {
+    if state.trusted.iter().any(|n| n.contains(&peer.ip())) {
+        if let Some(ip) = headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
 }
 
 async fn forward(
@@ -584,10 +726,18 @@ async fn forward(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
-            return Err((ProxyError::PayloadTooLarge, user));
+            return Err(Early::new(ProxyError::PayloadTooLarge, user, req));
         }
     }
-    let host = client_host(req.version(), req.uri(), req.headers());
+    let Some(host) = client_host(req.version(), req.uri(), req.headers()) else {
+        // Without the name the client used, the registry would build its Location headers from the
+        // upstream's address (RFC 9112 section 3.2: 400 for a request without Host).
+        return Err(Early::new(
+            ProxyError::BadRequest("a Host header is required"),
+            user,
+            req,
+        ));
+    };
     let (mut parts, body) = req.into_parts();
     let client = ClientContext {
         peer_ip: peer.ip(),
@@ -595,7 +745,7 @@ async fn forward(
     };
     rewrite_request_headers(
         &mut parts.headers,
-        host,
+        Some(host),
         &client,
         user.as_deref(),
         cfg.pass_authorization,
@@ -610,9 +760,9 @@ async fn forward(
         Ok(r) => r,
         Err(e) if exceeded.load(Ordering::Relaxed) => {
             let _ = e;
-            return Err((ProxyError::PayloadTooLarge, user));
+            return Err(Early::sent(ProxyError::PayloadTooLarge, user));
         }
-        Err(e) => return Err((e, user)),
+        Err(e) => return Err(Early::sent(e, user)),
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);

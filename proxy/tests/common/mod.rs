@@ -419,3 +419,225 @@ impl Proxy {
 }
 
 pub fn _unused(_: TokioExecutor) {}
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when the server said it closes the connection after this response.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+
+    /// The OCI error code of the first error in the JSON body.
+    pub fn code(&self) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body));
+        v["errors"][0]["code"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// An HTTP/1.1 client over TLS that behaves like the simplest real clients: it writes a whole request, body
+/// included, before it reads a byte of the answer.
+pub struct RawConn<S> {
+    pub io: S,
+    buf: Vec<u8>,
+}
+
+pub type RawTls = RawConn<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl RawTls {
+    pub async fn tls(addr: SocketAddr, ca: &Path) -> RawTls {
+        let io = tls_connect(addr, client_config(ca, &[b"http/1.1"]), "localhost")
+            .await
+            .unwrap();
+        RawConn::new(io)
+    }
+}
+
+impl<S> RawConn<S> {
+    pub fn new(io: S) -> Self {
+        RawConn {
+            io,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> RawConn<S> {
+    /// Writes `head` (request line and headers, without the blank line), then `body_len` pattern bytes, plain
+    /// (`chunked` false, with Content-Length given by the caller in `head`) or chunked.
+    pub async fn write_request(
+        &mut self,
+        head: &str,
+        body_len: u64,
+        chunked: bool,
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.io.write_all(head.as_bytes()).await?;
+        self.io.write_all(b"\r\n").await?;
+        self.write_body(body_len, chunked).await?;
+        self.io.flush().await
+    }
+
+    /// Writes `body_len` pattern bytes, plain or chunked (ending with the last chunk).
+    pub async fn write_body(&mut self, body_len: u64, chunked: bool) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let chunk = pattern_chunk();
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if chunked {
+                self.io.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+            }
+            self.io.write_all(&chunk[..n]).await?;
+            if chunked {
+                self.io.write_all(b"\r\n").await?;
+            }
+            left -= n as u64;
+        }
+        if chunked {
+            self.io.write_all(b"0\r\n\r\n").await?;
+        }
+        self.io.flush().await
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> RawConn<S> {
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.io.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads one response (the body by its Content-Length; `head` for the answer to a HEAD). `None` when the
+    /// connection ends before a complete response.
+    pub async fn read_response(&mut self, head: bool) -> std::io::Result<Option<RawResponse>> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            if self.fill().await? == 0 {
+                return Ok(None);
+            }
+        };
+        let text = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        self.buf.drain(..end + 4);
+        let mut lines = text.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = if head || status == 100 || status == 204 || status == 304 {
+            0
+        } else {
+            headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or_else(|| panic!("response without content-length: {headers:?}"))
+        };
+        while self.buf.len() < len {
+            if self.fill().await? == 0 {
+                return Ok(None);
+            }
+        }
+        let body = self.buf.drain(..len).collect();
+        Ok(Some(RawResponse {
+            status,
+            headers,
+            body,
+        }))
+    }
+
+    /// True when the server closed the connection (a clean end or an error, within `limit`).
+    pub async fn closed_within(&mut self, limit: std::time::Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        match tokio::time::timeout(limit, self.fill()).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }
+}
+
+/// The real berth-registry binary, built next to this test's binaries (`cargo build --workspace --bins`, as
+/// scripts/test.sh does), on a fresh data directory. Missing binary = test failure, never a skip.
+pub struct RealRegistry {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl RealRegistry {
+    pub fn start() -> RealRegistry {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("berth-registry"))
+            .unwrap();
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (cargo build --workspace --bins)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(&bin)
+            .env_clear()
+            .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", dir.path())
+            .env("REGISTRY_LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("berth-registry listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        RealRegistry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RealRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

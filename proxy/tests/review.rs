@@ -1,0 +1,339 @@
+//! Defects found in a security review, each checked against the proxy over real TLS: a flood of bad logins
+//! from one address does not hold up another address's login; failed checks take the same time whatever the
+//! user's hash; a request without `Host` never sees the upstream's address; HTTP/1.1 and HTTP/2 share one
+//! header-count limit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::BodyExt;
+
+type H2Sender = hyper::client::conn::http2::SendRequest<TestBody>;
+
+/// An HTTP/2 connection to the proxy from the local address `from` (any 127.x.y.z works on loopback).
+async fn h2_from(from: &str, proxy: &Proxy) -> H2Sender {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{from}:0").parse::<SocketAddr>().unwrap())
+        .unwrap();
+    let tcp = socket.connect(proxy.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&proxy.ca, &[b"h2"]));
+    let tls = connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn h2_get(send: &mut H2Sender, proxy: &Proxy, auth: &str) -> u16 {
+    let req = http::Request::builder()
+        .uri(format!("https://localhost:{}/v2/", proxy.addr.port()))
+        .header("authorization", auth)
+        .header("user-agent", UA)
+        .body(empty())
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_logins_from_one_address_does_not_hold_up_another() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |_| {}).await;
+    let users = ["bob", "carol", "dave", "erin", "frank"];
+    for u in users {
+        htpasswd(&[
+            "-bB",
+            proxy.htpasswd.to_str().unwrap(),
+            u,
+            &format!("{u}-pw"),
+        ]);
+    }
+    // Wait until the proxy has reloaded the file with every user.
+    let mut probe = proxy.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe
+        .get("/v2/", Some(("frank", "frank-pw")), UA)
+        .await
+        .0
+        .status
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the htpasswd file was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The flood: one HTTP/2 connection from 127.0.0.1 with 200 streams of wrong passwords (each one
+    // different, so no cache helps) until told to stop (at most 30 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let flooder = h2_from("127.0.0.1", &proxy).await;
+    let mut flood = Vec::new();
+    for i in 0..200u64 {
+        let (stop, answered, mut send) = (stop.clone(), answered.clone(), flooder.clone());
+        let port = proxy.addr.port();
+        flood.push(tokio::spawn(async move {
+            // Spread over the 200 ms between a stream's guesses, so the flood is continuous.
+            tokio::time::sleep(Duration::from_millis(i)).await;
+            let started = Instant::now();
+            let mut n = 0u32;
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+                n += 1;
+                let req = http::Request::builder()
+                    .uri(format!("https://localhost:{port}/v2/"))
+                    .header("authorization", basic("mallory", &format!("guess-{i}-{n}")))
+                    .header("user-agent", UA)
+                    .body(empty())
+                    .unwrap();
+                if send.ready().await.is_err() {
+                    break;
+                }
+                let Ok(resp) = send.send_request(req).await else {
+                    break;
+                };
+                let status = resp.status().as_u16();
+                statuses.push(status);
+                let _ = resp.into_body().collect().await;
+                answered.fetch_add(1, Ordering::Relaxed);
+                // The next guess at once after a 401; a short pause after a 429 (this is a flood of checks,
+                // not a measure of how fast the proxy can answer 429).
+                if status == 429 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            statuses
+        }));
+    }
+    // The flood is under way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.load(Ordering::Relaxed) < 400 {
+        assert!(Instant::now() < deadline, "the flood got no answers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Meanwhile, first (uncached) logins of five users from another address.
+    let before = answered.load(Ordering::Relaxed);
+    let mut legit = h2_from("127.0.0.2", &proxy).await;
+    let mut took = Vec::new();
+    for u in users {
+        let t = Instant::now();
+        assert_eq!(
+            h2_get(&mut legit, &proxy, &basic(u, &format!("{u}-pw"))).await,
+            200
+        );
+        took.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let during = answered.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for f in flood {
+        statuses.extend(f.await.unwrap());
+    }
+    assert!(
+        during > before,
+        "the flood got no answers while the logins were measured"
+    );
+    took.sort();
+    println!("uncached logins from another address during the flood: {took:?}");
+    assert!(
+        took[2] < Duration::from_millis(100),
+        "median login took {:?} during the flood",
+        took[2]
+    );
+    // The flood itself was refused: 401 for each check, 429 past the per-address limits.
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "the flood was never throttled");
+}
+
+#[test]
+fn a_failed_check_takes_the_same_time_whatever_the_user_s_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htpasswd");
+    let p = path.to_str().unwrap();
+    // Two users from a migrated file at bcrypt cost 5, one added later at cost 10.
+    htpasswd(&["-cbB", "-C", "5", p, "cheap1", "pw1"]);
+    htpasswd(&["-bB", "-C", "5", p, "cheap2", "pw2"]);
+    htpasswd(&["-bB", "-C", "10", p, "dear", "pw3"]);
+    let limits = berth_proxy::auth::AuthLimits {
+        client_failures: u32::MAX,
+        per_client: usize::MAX,
+        ..Default::default()
+    };
+    let auth = berth_proxy::auth::Authenticator::with_limits(
+        path.clone(),
+        Duration::from_secs(60),
+        1000,
+        limits,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let median = |user: &str| {
+        let mut times: Vec<Duration> = (0..9)
+            .map(|i| {
+                let header = basic(user, &format!("wrong-{i}"));
+                let t = Instant::now();
+                let r = rt.block_on(auth.authenticate(Some(header.as_bytes())));
+                assert_eq!(r, Err(berth_proxy::auth::AuthFailure::Rejected));
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[4]
+    };
+    let cheap = median("cheap1");
+    let unknown = median("nobody");
+    let dear = median("dear");
+    println!("median failed check: cost-5 user {cheap:?}, unknown name {unknown:?}, cost-10 user {dear:?}");
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    for (what, r) in [
+        ("cost-5 user / unknown name", ratio(cheap, unknown)),
+        ("cost-10 user / unknown name", ratio(dear, unknown)),
+    ] {
+        assert!(
+            (0.75..1.34).contains(&r),
+            "{what}: {r:.2} (cost-5 {cheap:?}, unknown {unknown:?}, cost-10 {dear:?})"
+        );
+    }
+}
+
+/// Sends a raw request head over TLS and reads the whole answer (until the proxy closes).
+async fn raw_exchange(proxy: &Proxy, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_connect(
+        proxy.addr,
+        client_config(&proxy.ca, &[b"http/1.1"]),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn a_request_without_host_gets_400_and_never_the_upstream_s_address() {
+    let registry = RealRegistry::start();
+    let proxy = Proxy::start(vec![registry.url()], |_| {}).await;
+    let auth = basic("alice", "alice-pw");
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let answer = raw_exchange(
+            &proxy,
+            &format!(
+                "POST /v2/nohost/blobs/uploads/ {version}\r\nAuthorization: {auth}\r\nUser-Agent: {UA}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(
+            answer.starts_with(&format!("{version} 400")) || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
+        assert!(!answer.contains(&registry.addr.to_string()), "{answer}");
+        assert!(!answer.contains("127.0.0.1"), "{answer}");
+    }
+    // With Host, the Location is the client's.
+    let answer = raw_exchange(
+        &proxy,
+        &format!(
+            "POST /v2/nohost/blobs/uploads/ HTTP/1.1\r\nHost: registry.example:5043\r\nAuthorization: {auth}\r\n\
+             User-Agent: {UA}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("location: https://registry.example:5043/v2/nohost/blobs/uploads/"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn http1_and_http2_refuse_the_same_number_of_header_fields() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |_| {}).await;
+    let auth = basic("alice", "alice-pw");
+    // 90 fields pass (the proxy adds its forwarding headers, which the upstream must still take); 101 fields,
+    // one past the default `max_headers`, are refused over both protocols.
+    for (fields, want) in [(90usize, 200u16), (101, 431)] {
+        // Host, Authorization, User-Agent, Connection and the extras.
+        let mut head = format!(
+            "GET /v2/h1-{fields} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\nUser-Agent: {UA}\r\n\
+             Connection: close\r\n"
+        );
+        for i in 0..fields - 4 {
+            head.push_str(&format!("x-extra-{i}: 1\r\n"));
+        }
+        head.push_str("\r\n");
+        let answer = raw_exchange(&proxy, &head).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "HTTP/1.1 with {fields} fields: {answer}"
+        );
+    }
+    let mut send = h2_from("127.0.0.1", &proxy).await;
+    for (fields, want) in [(90usize, 200u16), (101, 431)] {
+        // Authorization, User-Agent and the extras (the authority is a pseudo-header).
+        let mut b = http::Request::builder()
+            .uri(format!(
+                "https://localhost:{}/v2/h2-{fields}",
+                proxy.addr.port()
+            ))
+            .header("authorization", &auth)
+            .header("user-agent", UA);
+        for i in 0..fields - 2 {
+            b = b.header(format!("x-extra-{i}"), "1");
+        }
+        send.ready().await.unwrap();
+        let resp = send.send_request(b.body(empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "HTTP/2 with {fields} fields");
+        if want == 431 {
+            assert_eq!(
+                resp.headers()["docker-distribution-api-version"],
+                "registry/2.0"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
+        }
+    }
+    let seen: Vec<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.uri.path().to_string())
+        .collect();
+    assert_eq!(seen, ["/v2/h1-90", "/v2/h2-90"]);
+}
