@@ -5,10 +5,18 @@
 #      a wrong and a right password, push an image with two random layers, remove, pull, same image id, search,
 #      logout;
 #   2. skopeo through the proxy with --dest-cert-dir: copy in and out, inspect, list-tags;
-#   3. docker-compose up of the real compose.yml (images built here, nothing pulled): login, push, pull; down;
+#   3. podman (its own storage and configuration) with --cert-dir: refused without the CA, then push an imported
+#      image, rmi, pull: same image id and manifest digest;
+#   4. containerd's ctr, with a containerd of its own, through a hosts.toml that names the CA: refused without it,
+#      then pull what podman pushed, tag, push, pull the new tag again (skopeo inspect shows the same digest);
+#   5. oras-py (scripts/oci-artifact-push.py), an OCI artifact client that sends every request without
+#      credentials first: blob PUTs with bodies of 3 MiB and 2 bytes get a complete 401 and then succeed with
+#      Basic credentials; an artifact manifest (artifactType, empty config) is pushed and fetched back;
+#   6. docker-compose up of the real compose.yml (images built here, nothing pulled): login, push, pull; down;
 #      the data survives a second up;
-#   4. scripts/start.sh: login and push with skopeo, SIGINT, both processes gone.
-# It starts its own Docker daemon and stops exactly what it started.
+#   7. scripts/start.sh: login and push with skopeo, SIGINT, both processes gone.
+# Steps 3 to 5 hide the system's trust store from the client, so only the CA given to the client itself counts.
+# It starts its own Docker daemon and containerd and stops exactly what it started.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
@@ -24,6 +32,8 @@ HOSTPORT=$ADDR:5043
 PIDS=()
 COMPOSE_DIR=
 CA_INSTALLED=
+# skopeo and podman running as root keep a blob-info cache in /var/lib/containers/cache; remove it if this run made it.
+[ -e /var/lib/containers ] && CONTAINERS_CACHE_MADE= || CONTAINERS_CACHE_MADE=1
 
 cleanup() {
   local rc=$?
@@ -42,6 +52,7 @@ cleanup() {
   ip netns del "$NS" 2>/dev/null
   ip link del "$VETH_H" 2>/dev/null
   stop_dockerd
+  [ -n "$CONTAINERS_CACHE_MADE" ] && rm -rf /var/lib/containers
   rm -rf "$WORK"
   [ $rc = 0 ] || printf 'e2e: FAILED (exit %s); see the step above\n' "$rc" >&2
 }
@@ -145,7 +156,124 @@ TAGS=$("${SK[@]}" list-tags --creds "admin:$PASSWORD" --cert-dir "$WORK/skopeo-c
 info "copy in and out, inspect (2 layers), list-tags (1): ok"
 
 # ---------------------------------------------------------------------------------------------------------
-step "e2e 3: docker-compose up of compose.yml (images built here from $BIN)"
+# Steps 3 to 5 hide the system's trust store from the client (install-ca.sh put the dev CA there in step 1), so
+# that only the CA handed to the client itself can make it trust the proxy.
+mkdir -p "$WORK/no-trust"
+: >"$WORK/no-trust/empty.pem"
+NO_SYSTEM_TRUST=(env SSL_CERT_FILE="$WORK/no-trust/empty.pem" SSL_CERT_DIR="$WORK/no-trust")
+
+step "e2e 3: podman through the proxy with --cert-dir (its own storage and configuration)"
+P=$WORK/podman
+mkdir -p "$P/certs" "$P/rootfs/etc" "$P/tmp"
+cp "$WORK/ns/certs/devdockerCA.crt" "$P/certs/ca.crt"
+# Everything podman keeps goes under $P: CNI networks (netavark would create /run/containers/networks), file locks
+# (not /dev/shm/libpod_lock), no event log, and its copy buffer.
+cat >"$P/containers.conf" <<EOF
+[network]
+network_backend = "cni"
+network_config_dir = "$P/networks"
+[engine]
+events_logger = "none"
+lock_type = "file"
+image_copy_tmp_dir = "$P/tmp"
+EOF
+PM=(env CONTAINERS_CONF="$P/containers.conf" "${NO_SYSTEM_TRUST[@]}"
+  podman --root "$P/root" --runroot "$P/run" --tmpdir "$P/libpod" --storage-driver vfs)
+head -c 1500000 /dev/urandom >"$P/rootfs/payload.bin"
+printf 'berth e2e\n' >"$P/rootfs/etc/hostname"
+tar -C "$P/rootfs" -cf "$P/rootfs.tar" .
+"${PM[@]}" import "$P/rootfs.tar" localhost/x:1 >"$P/import.log" 2>&1 || { cat "$P/import.log"; die "podman import failed"; }
+PM_ID=$("${PM[@]}" image inspect --format '{{.Id}}' localhost/x:1) || die "podman image inspect of localhost/x:1 failed"
+info "imported localhost/x:1 ($PM_ID)"
+if "${PM[@]}" push --cert-dir "$WORK/no-trust" --creds "admin:$PASSWORD" localhost/x:1 \
+  "docker://$HOSTPORT/e2e/podman:0" >"$P/push0.log" 2>&1; then
+  die "podman push succeeded without the CA"
+fi
+grep -qiE 'x509|certificate' "$P/push0.log" || { cat "$P/push0.log"; die "podman push failed without the CA, but not on the certificate"; }
+info "without the CA: refused ($(grep -ioE 'x509: [^"]*' "$P/push0.log" | head -1))"
+"${PM[@]}" push --cert-dir "$P/certs" --creds "admin:$PASSWORD" --digestfile "$P/digest" localhost/x:1 \
+  "docker://$HOSTPORT/e2e/podman:1" >"$P/push1.log" 2>&1 || { cat "$P/push1.log"; die "podman push failed"; }
+PM_DIGEST=$(cat "$P/digest")
+"${PM[@]}" rmi localhost/x:1 >/dev/null
+"${PM[@]}" image exists "$PM_ID" && die "podman rmi left the image"
+"${PM[@]}" pull --cert-dir "$P/certs" --creds "admin:$PASSWORD" "$HOSTPORT/e2e/podman:1" >"$P/pull1.log" 2>&1 ||
+  { cat "$P/pull1.log"; die "podman pull failed"; }
+[ "$("${PM[@]}" image inspect --format '{{.Id}}' "$HOSTPORT/e2e/podman:1")" = "$PM_ID" ] || die "podman pulled another image id"
+[ "$("${PM[@]}" image inspect --format '{{.Digest}}' "$HOSTPORT/e2e/podman:1")" = "$PM_DIGEST" ] ||
+  die "podman pulled another manifest digest than it pushed ($PM_DIGEST)"
+info "push, rmi, pull: same image id, manifest $PM_DIGEST"
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 4: containerd's ctr through the proxy with a hosts.toml that names the CA (private containerd)"
+C=$WORK/containerd
+mkdir -p "$C/hosts/$HOSTPORT" "$C/hosts-no-ca/$HOSTPORT"
+# Only the plugins that pulling and pushing need, with root, state and sockets under $C: it shares nothing with
+# /run/containerd, /var/lib/containerd, /opt/containerd or the containerd that the Docker daemon runs for itself.
+cat >"$C/config.toml" <<EOF
+version = 2
+root = "$C/root"
+state = "$C/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.overlayfs",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs"]
+[grpc]
+  address = "$C/containerd.sock"
+[ttrpc]
+  address = "$C/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+EOF
+cat >"$C/hosts/$HOSTPORT/hosts.toml" <<EOF
+server = "https://$HOSTPORT"
+
+[host."https://$HOSTPORT"]
+  capabilities = ["pull", "resolve", "push"]
+  ca = "$WORK/ns/certs/devdockerCA.crt"
+EOF
+grep -v '^ *ca = ' "$C/hosts/$HOSTPORT/hosts.toml" >"$C/hosts-no-ca/$HOSTPORT/hosts.toml"
+containerd --config "$C/config.toml" >"$C/containerd.log" 2>&1 &
+CTRD_PID=$!
+PIDS+=("$CTRD_PID")
+CTR=("${NO_SYSTEM_TRUST[@]}" ctr -a "$C/containerd.sock" -n berth-e2e)
+wait_until 30 "${CTR[@]}" version || { tail -20 "$C/containerd.log"; die "containerd did not start"; }
+if "${CTR[@]}" images pull --snapshotter native --user "admin:$PASSWORD" --hosts-dir "$C/hosts-no-ca" \
+  "$HOSTPORT/e2e/podman:1" >"$C/pull0.log" 2>&1; then
+  die "ctr pull succeeded with a hosts.toml that names no CA"
+fi
+grep -qiE 'x509|certificate' "$C/pull0.log" || { cat "$C/pull0.log"; die "ctr pull failed without the CA, but not on the certificate"; }
+info "without the CA in hosts.toml: refused ($(grep -ioE 'x509: [^"]*' "$C/pull0.log" | head -1))"
+"${CTR[@]}" images pull --snapshotter native --user "admin:$PASSWORD" --hosts-dir "$C/hosts" \
+  "$HOSTPORT/e2e/podman:1" >"$C/pull1.log" 2>&1 || { cat "$C/pull1.log"; die "ctr images pull failed"; }
+[ "$("${CTR[@]}" images ls -q | grep -c .)" = 1 ] || die "ctr images ls does not show the pulled image"
+CTR_DIGEST=$("${CTR[@]}" images ls | awk -v r="$HOSTPORT/e2e/podman:1" '$1 == r {print $3}')
+[ "$CTR_DIGEST" = "$PM_DIGEST" ] || die "ctr pulled manifest $CTR_DIGEST, podman pushed $PM_DIGEST"
+"${CTR[@]}" images tag "$HOSTPORT/e2e/podman:1" "$HOSTPORT/e2e/ctr:1" >/dev/null
+"${CTR[@]}" images push --user "admin:$PASSWORD" --hosts-dir "$C/hosts" "$HOSTPORT/e2e/ctr:1" >"$C/push1.log" 2>&1 ||
+  { cat "$C/push1.log"; die "ctr images push failed"; }
+PUSHED=$("${SK[@]}" inspect --creds "admin:$PASSWORD" --cert-dir "$WORK/skopeo-certs" --format '{{.Digest}}' \
+  "docker://$HOSTPORT/e2e/ctr:1") || die "skopeo inspect of the tag that ctr pushed failed"
+[ "$PUSHED" = "$PM_DIGEST" ] || die "the registry has $PUSHED under e2e/ctr:1, ctr pushed $PM_DIGEST"
+"${CTR[@]}" images rm "$HOSTPORT/e2e/ctr:1" >/dev/null
+"${CTR[@]}" images pull --snapshotter native --user "admin:$PASSWORD" --hosts-dir "$C/hosts" \
+  "$HOSTPORT/e2e/ctr:1" >"$C/pull2.log" 2>&1 || { cat "$C/pull2.log"; die "ctr pull of the pushed tag failed"; }
+info "pull, tag, push, pull again: manifest $PM_DIGEST under e2e/ctr:1 (checked with skopeo inspect too)"
+stop_pid "$CTRD_PID"
+kill -0 "$CTRD_PID" 2>/dev/null && die "containerd ($CTRD_PID) still running after SIGTERM and SIGKILL"
+# Stopped: the cleanup must not signal its PID again (it may belong to another process by then).
+KEEP_PIDS=()
+for pid in "${PIDS[@]}"; do [ "$pid" = "$CTRD_PID" ] || KEEP_PIDS+=("$pid"); done
+PIDS=("${KEEP_PIDS[@]}")
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 5: an OCI artifact client that sends each request without credentials first (oras-py)"
+BERTH_PASSWORD=$PASSWORD python3 scripts/oci-artifact-push.py "$HOSTPORT" e2e/artifact v1 \
+  "$WORK/ns/certs/devdockerCA.crt" admin ||
+  { grep 'e2e/artifact' "$WORK/ns/proxy.log" | grep 'status=401' | tail -4 || true; die "oras-py push of an artifact through the proxy failed"; }
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 6: docker-compose up of compose.yml (images built here from $BIN)"
 BERTH_BASE_IMAGE=local BERTH_IMAGE_TAG=e2e scripts/build-images.sh --prebuilt "$BIN" | sed 's/^/    /'
 COMPOSE_DIR=$WORK/compose
 mkdir -p "$COMPOSE_DIR"
@@ -182,7 +310,7 @@ info "data survived down and up"
 COMPOSE_DIR=
 
 # ---------------------------------------------------------------------------------------------------------
-step "e2e 4: scripts/start.sh"
+step "e2e 7: scripts/start.sh"
 SPORT=$(free_port)
 RPORT=$(free_port)
 S=$WORK/start

@@ -4,5 +4,9 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need curl:curl skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils \
   dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap ip:iproute2 \
-  update-ca-certificates:ca-certificates strip:binutils
+  update-ca-certificates:ca-certificates strip:binutils podman:podman containerd:containerd ctr:containerd
 command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
+# oras-py, pinned: scripts/oci-artifact-push.py relies on how this version sends its requests (each one without
+# credentials first, then again with Basic credentials after the 401).
+python3 -c 'import sys, oras.version; sys.exit(oras.version.__version__ != "0.2.43")' >/dev/null 2>&1 ||
+  python3 -m pip install -q 'oras==0.2.43'
