@@ -3,7 +3,8 @@
 #   1. the Docker daemon through berth-proxy with verified TLS, at a non-loopback address in a network namespace
 #      (Docker skips certificate checks on 127.0.0.0/8): refused without the CA, then install-ca.sh, login with
 #      a wrong and a right password, push an image with two random layers, remove, pull, same image id, search,
-#      logout;
+#      logout; a certificate for www.paypal.com signed with the dev CA's key is refused by Docker, curl and
+#      openssl verify (the CA's name constraints);
 #   2. skopeo through the proxy with --dest-cert-dir: copy in and out, inspect, list-tags;
 #   3. podman (its own storage and configuration) with --cert-dir: refused without the CA, then push an imported
 #      image, rmi, pull: same image id and manifest digest;
@@ -44,7 +45,7 @@ cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   if [ -n "$CA_INSTALLED" ]; then
-    rm -rf "/etc/docker/certs.d/$HOSTPORT"
+    rm -rf "/etc/docker/certs.d/$HOSTPORT" "/etc/docker/certs.d/$ADDR:5044"
     rm -f /usr/local/share/ca-certificates/docker-dev-cert/devdockerCA.crt
     rmdir /usr/local/share/ca-certificates/docker-dev-cert 2>/dev/null
     update-ca-certificates --fresh >/dev/null 2>&1
@@ -137,6 +138,45 @@ if docker pull "$HOSTPORT/e2e/webapp:1" >"$WORK/pull-anon.log" 2>&1; then
   die "pull without credentials succeeded after logout"
 fi
 info "after logout, pulls are refused"
+
+step "e2e 1: the CA's name constraints: a certificate for another name, signed with the CA's own key, is refused"
+# What someone who took devdockerCA.key could make: a leaf for www.paypal.com (and the proxy's address, so Docker
+# reaches it), served by a second proxy on port 5044. Docker (Go's x509), curl and openssl verify must refuse it.
+F=$WORK/forged
+FORGED_HOSTPORT=$ADDR:5044
+mkdir -p "$F/certs"
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$F/certs/domain.key" \
+  -subj "/CN=www.paypal.com" -out "$F/leaf.csr" >/dev/null 2>&1
+printf 'subjectAltName=DNS:www.paypal.com,IP:%s\nextendedKeyUsage=serverAuth\n' "$ADDR" >"$F/ext"
+openssl x509 -req -in "$F/leaf.csr" -CA "$WORK/ns/certs/devdockerCA.crt" -CAkey "$WORK/ns/certs/devdockerCA.key" \
+  -set_serial 4242 -days 30 -extfile "$F/ext" -out "$F/leaf.crt" >/dev/null 2>&1 || die "openssl could not sign the test leaf"
+cat "$F/leaf.crt" "$WORK/ns/certs/devdockerCA.crt" >"$F/certs/domain.crt"
+if openssl verify -CAfile "$WORK/ns/certs/devdockerCA.crt" -verify_hostname www.paypal.com "$F/leaf.crt" >"$F/verify.log" 2>&1; then
+  die "openssl verify accepted a www.paypal.com certificate from the dev CA"
+fi
+grep -q 'permitted subtree violation' "$F/verify.log" || { cat "$F/verify.log"; die "openssl refused the leaf, but not on the name constraints"; }
+info "openssl verify: permitted subtree violation"
+ip netns exec "$NS" env BERTH_LISTEN="$FORGED_HOSTPORT" BERTH_UPSTREAM=http://127.0.0.1:5000 BERTH_CERTS_DIR="$F/certs" \
+  BERTH_HTPASSWD="$WORK/ns/htpasswd" "$BIN/berth-proxy" serve >"$F/proxy.log" 2>&1 &
+FORGED_PID=$!
+PIDS+=("$FORGED_PID")
+wait_until 30 curl -skf "https://$FORGED_HOSTPORT/v1/_ping" || { tail -5 "$F/proxy.log"; die "second proxy not reachable"; }
+rc=0
+curl -s -o /dev/null --cacert "$WORK/ns/certs/devdockerCA.crt" "https://$FORGED_HOSTPORT/v1/_ping" || rc=$?
+[ "$rc" = 60 ] || die "curl with the dev CA accepted (or failed otherwise on, exit $rc) a www.paypal.com certificate"
+info "curl --cacert devdockerCA.crt: refused (exit 60)"
+mkdir -p "/etc/docker/certs.d/$FORGED_HOSTPORT"
+cp "$WORK/ns/certs/devdockerCA.crt" "/etc/docker/certs.d/$FORGED_HOSTPORT/ca.crt"
+rc=0
+printf '%s' "$PASSWORD" | docker login "$FORGED_HOSTPORT" -u admin --password-stdin >"$F/login.log" 2>&1 || rc=$?
+rm -rf "/etc/docker/certs.d/$FORGED_HOSTPORT"
+[ "$rc" != 0 ] || die "docker login accepted a www.paypal.com certificate from the dev CA"
+grep -qiE 'x509|certificate' "$F/login.log" || { cat "$F/login.log"; die "docker login failed, but not on the certificate"; }
+info "docker login: refused ($(grep -ioE 'x509: [^"]*' "$F/login.log" | head -1))"
+stop_pid "$FORGED_PID"
+KEEP_PIDS=()
+for pid in "${PIDS[@]}"; do [ "$pid" = "$FORGED_PID" ] || KEEP_PIDS+=("$pid"); done
+PIDS=("${KEEP_PIDS[@]}")
 
 # ---------------------------------------------------------------------------------------------------------
 step "e2e 2: skopeo through the proxy with --dest-cert-dir"

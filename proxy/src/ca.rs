@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, NameConstraints,
+    SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -51,6 +52,13 @@ pub enum CaError {
     Io(PathBuf, std::io::Error),
     /// Key or certificate generation failed.
     Crypto(String),
+    /// The CA's name constraints do not cover a requested name.
+    OutsideConstraints {
+        /// The names refused.
+        refused: Vec<String>,
+        /// What the CA may vouch for.
+        permitted: Vec<String>,
+    },
 }
 
 impl fmt::Display for CaError {
@@ -65,6 +73,14 @@ impl fmt::Display for CaError {
             CaError::BadHost(h) => write!(f, "{h}"),
             CaError::Io(p, e) => write!(f, "{}: {e}", p.display()),
             CaError::Crypto(e) => write!(f, "certificate generation failed: {e}"),
+            CaError::OutsideConstraints { refused, permitted } => write!(
+                f,
+                "the dev CA may only vouch for {} (its name constraints), not for {}; to serve those names, \
+                 make a new CA that covers every name clients use: `berth-proxy ca init --force --host NAME \
+                 ...` (one --host per name or address), then run scripts/install-ca.sh again on every client",
+                permitted.join(", "),
+                refused.join(", ")
+            ),
         }
     }
 }
@@ -148,13 +164,120 @@ fn sans(hosts: &[String]) -> Result<Vec<SanType>, CaError> {
         .collect()
 }
 
-fn ca_params() -> CertificateParams {
+/// What a new dev CA may vouch for: the names and addresses it is made for, plus `localhost` and loopback. The
+/// constraint (critical) makes clients refuse any other name signed with its key, so the CA is safe to trust
+/// system-wide even though its key stays on the proxy host.
+fn permitted_subtrees(hosts: &[String]) -> Vec<GeneralSubtree> {
+    let mut out = vec![
+        GeneralSubtree::DnsName("localhost".into()),
+        GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([127, 0, 0, 0], 8)),
+        GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            128,
+        )),
+    ];
+    for h in hosts {
+        if out.iter().any(|s| within(h, s)) {
+            continue;
+        }
+        let subtree = match h.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => {
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, 32))
+            }
+            Ok(ip @ IpAddr::V6(_)) => {
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, 128))
+            }
+            // A DNS subtree covers the name and every name below it, so `*.example` needs `example`.
+            Err(_) => GeneralSubtree::DnsName(
+                h.strip_prefix("*.")
+                    .unwrap_or(h)
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            ),
+        };
+        if !out.contains(&subtree) {
+            out.push(subtree);
+        }
+    }
+    out
+}
+
+/// A permitted subtree as people write it.
+fn describe(subtree: &GeneralSubtree) -> String {
+    match subtree {
+        GeneralSubtree::DnsName(d) => d.clone(),
+        GeneralSubtree::IpAddress(CidrSubnet::V4(a, m)) => {
+            let prefix = u32::from_be_bytes(*m).count_ones();
+            let ip = std::net::Ipv4Addr::from(*a);
+            if prefix == 32 {
+                ip.to_string()
+            } else {
+                format!("{ip}/{prefix}")
+            }
+        }
+        GeneralSubtree::IpAddress(CidrSubnet::V6(a, m)) => {
+            let prefix = u128::from_be_bytes(*m).count_ones();
+            let ip = std::net::Ipv6Addr::from(*a);
+            if prefix == 128 {
+                ip.to_string()
+            } else {
+                format!("{ip}/{prefix}")
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Whether `host` (a DNS name or an IP address) lies within `subtree`.
+fn within(host: &str, subtree: &GeneralSubtree) -> bool {
+    match (host.parse::<IpAddr>(), subtree) {
+        (Ok(IpAddr::V4(ip)), GeneralSubtree::IpAddress(CidrSubnet::V4(a, m))) => {
+            let (ip, a, m) = (
+                u32::from(ip),
+                u32::from_be_bytes(*a),
+                u32::from_be_bytes(*m),
+            );
+            ip & m == a & m
+        }
+        (Ok(IpAddr::V6(ip)), GeneralSubtree::IpAddress(CidrSubnet::V6(a, m))) => {
+            let (ip, a, m) = (
+                u128::from(ip),
+                u128::from_be_bytes(*a),
+                u128::from_be_bytes(*m),
+            );
+            ip & m == a & m
+        }
+        (Err(_), GeneralSubtree::DnsName(d)) => {
+            let name = host.strip_prefix("*.").unwrap_or(host).to_ascii_lowercase();
+            let d = d.trim_start_matches('.').to_ascii_lowercase();
+            d.is_empty() || name == d || name.ends_with(&format!(".{d}"))
+        }
+        _ => false,
+    }
+}
+
+/// The names the CA certificate in `dir` may vouch for, as written in its name constraints; `None` when it has
+/// none (a CA made before berth constrained its CAs, or one you made yourself: it can sign for any name).
+pub fn ca_constraints(dir: &Path) -> Result<Option<Vec<String>>, CaError> {
+    let path = dir.join(CA_CERT);
+    let pem = std::fs::read_to_string(&path).map_err(|e| CaError::Io(path.clone(), e))?;
+    let params = CertificateParams::from_ca_cert_pem(&pem).map_err(crypto)?;
+    Ok(params
+        .name_constraints
+        .map(|nc| nc.permitted_subtrees.iter().map(describe).collect()))
+}
+
+fn ca_params(hosts: &[String]) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "berth");
     dn.push(DnType::CommonName, "berth development CA");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: permitted_subtrees(hosts),
+        excluded_subtrees: Vec::new(),
+    });
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -173,7 +296,10 @@ fn server_params(hosts: &[String], lifetime: Duration) -> Result<CertificatePara
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "berth");
-    dn.push(DnType::CommonName, hosts[0].clone());
+    // Not a host name: clients match names against the SANs alone, and a CN that looks like one (an IP
+    // address does, to OpenSSL) would be checked against the CA's DNS name constraints when there is no DNS
+    // SAN.
+    dn.push(DnType::CommonName, "berth registry");
     params.distinguished_name = dn;
     params.subject_alt_names = subject_alt_names;
     params.is_ca = IsCa::ExplicitNoCa;
@@ -207,7 +333,7 @@ pub fn init(
         return Err(CaError::CaExists(ca_cert_path));
     }
     let ca_key = generate_key(key_type)?;
-    let ca_cert = ca_params().self_signed(&ca_key).map_err(crypto)?;
+    let ca_cert = ca_params(hosts).self_signed(&ca_key).map_err(crypto)?;
     write_file(&ca_key_path, &ca_key.serialize_pem(), 0o600)?;
     let ca_pem = ca_cert.pem();
     write_file(&ca_cert_path, &ca_pem, 0o644)?;
@@ -245,6 +371,19 @@ pub fn issue_for(
     let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(crypto)?;
     let ca_pem = read(&ca_cert_path)?;
     let params = CertificateParams::from_ca_cert_pem(&ca_pem).map_err(crypto)?;
+    if let Some(nc) = &params.name_constraints {
+        let refused: Vec<String> = hosts
+            .iter()
+            .filter(|h| !nc.permitted_subtrees.iter().any(|s| within(h, s)))
+            .cloned()
+            .collect();
+        if !refused.is_empty() {
+            return Err(CaError::OutsideConstraints {
+                refused,
+                permitted: nc.permitted_subtrees.iter().map(describe).collect(),
+            });
+        }
+    }
     // Re-signing the parsed parameters yields the same subject and key, which is all signing a leaf needs; the
     // chain sent to clients carries the CA certificate exactly as in devdockerCA.crt.
     let ca_cert = params.self_signed(&ca_key).map_err(crypto)?;
@@ -301,7 +440,7 @@ mod tests {
         }
         issue(
             dir.path(),
-            &["other.example".to_string()],
+            &["other.reg.example".to_string()],
             KeyType::EcdsaP256,
         )
         .unwrap();
@@ -321,6 +460,142 @@ mod tests {
             assert!(chain.ends_with(&ca), "{chain}\n---\n{ca}");
             assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
             issue(dir.path(), &hosts, KeyType::EcdsaP256).unwrap();
+        }
+    }
+
+    /// A leaf for `name`, signed with the CA key in `dir` directly (what someone holding the key could make,
+    /// bypassing `issue`'s check).
+    fn forged_leaf(dir: &Path, name: &str) -> rustls_pki_types::CertificateDer<'static> {
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.join(CA_KEY)).unwrap()).unwrap();
+        let ca_pem = std::fs::read_to_string(dir.join(CA_CERT)).unwrap();
+        let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
+            .unwrap()
+            .self_signed(&ca_key)
+            .unwrap();
+        let key = generate_key(KeyType::EcdsaP256).unwrap();
+        let mut params = server_params(&[name.to_string()], Duration::days(30)).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.signed_by(&key, &ca, &ca_key).unwrap().der().clone()
+    }
+
+    fn rustls_accepts(dir: &Path, leaf: &rustls_pki_types::CertificateDer<'_>, name: &str) -> bool {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_file(dir.join(CA_CERT)).unwrap())
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        verifier
+            .verify_server_cert(leaf, &[], &name, &[], rustls_pki_types::UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn a_new_ca_vouches_only_for_its_names_localhost_and_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["reg.example".to_string(), "10.0.0.5".to_string()];
+        init(dir.path(), &hosts, KeyType::EcdsaP256, false).unwrap();
+        // The extension is there and critical.
+        let pem = std::fs::read(dir.path().join(CA_CERT)).unwrap();
+        let (_, der) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = der.parse_x509().unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_NAME_CONSTRAINTS)
+            .expect("no name constraints");
+        assert!(ext.critical);
+        assert_eq!(
+            ca_constraints(dir.path()).unwrap().unwrap(),
+            ["localhost", "127.0.0.0/8", "::1", "reg.example", "10.0.0.5"]
+        );
+        // Within: the names, a name below one, loopback.
+        for ok in [
+            "reg.example",
+            "eu.reg.example",
+            "10.0.0.5",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+        ] {
+            issue(dir.path(), &[ok.to_string()], KeyType::EcdsaP256)
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        // Outside: refused, saying what the CA covers and how to make a wider one.
+        let e = issue(
+            dir.path(),
+            &[
+                "reg.example".into(),
+                "www.paypal.com".into(),
+                "10.0.0.6".into(),
+            ],
+            KeyType::EcdsaP256,
+        )
+        .unwrap_err();
+        match &e {
+            CaError::OutsideConstraints { refused, .. } => {
+                assert_eq!(refused, &["www.paypal.com", "10.0.0.6"])
+            }
+            other => panic!("{other}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains("reg.example") && msg.contains("ca init --force"),
+            "{msg}"
+        );
+        // rustls refuses a certificate for another name even when it is signed with the CA's key, and accepts
+        // one for a permitted name.
+        assert!(!rustls_accepts(
+            dir.path(),
+            &forged_leaf(dir.path(), "www.paypal.com"),
+            "www.paypal.com"
+        ));
+        assert!(rustls_accepts(
+            dir.path(),
+            &forged_leaf(dir.path(), "reg.example"),
+            "reg.example"
+        ));
+    }
+
+    #[test]
+    fn openssl_refuses_a_name_outside_the_constraints() {
+        let dir = tempfile::tempdir().unwrap();
+        init(
+            dir.path(),
+            &["reg.example".to_string()],
+            KeyType::EcdsaP256,
+            false,
+        )
+        .unwrap();
+        for (name, accepted) in [("reg.example", true), ("www.paypal.com", false)] {
+            let leaf = forged_leaf(dir.path(), name);
+            let pem = format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, leaf.as_ref())
+            );
+            let leaf_path = dir.path().join(format!("{name}.crt"));
+            std::fs::write(&leaf_path, pem).unwrap();
+            let out = std::process::Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(dir.path().join(CA_CERT))
+                .args(["-verify_hostname", name])
+                .arg(&leaf_path)
+                .output()
+                .expect("openssl is needed for this test");
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.success(), accepted, "{name}: {text}");
+            if !accepted {
+                assert!(text.contains("permitted subtree violation"), "{text}");
+            }
         }
     }
 

@@ -66,7 +66,8 @@ pub struct HostArgs {
 /// `ca` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
-    /// Create devdockerCA.key/.crt (about 10 years) and issue domain.key/.crt (397 days) signed by it.
+    /// Create devdockerCA.key/.crt (about 10 years) and issue domain.key/.crt (397 days) signed by it. The CA
+    /// carries name constraints: it can vouch only for the given names and addresses, localhost and loopback.
     Init {
         #[command(flatten)]
         hosts: HostArgs,
@@ -74,7 +75,7 @@ pub enum CaCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a new domain.key/.crt from the existing CA (new names, or renewal).
+    /// Issue a new domain.key/.crt from the existing CA (renewal, or names within its name constraints).
     Issue {
         #[command(flatten)]
         hosts: HostArgs,
@@ -177,6 +178,16 @@ pub fn run(cli: Cli, env: &dyn EnvSource) -> ExitCode {
             match result {
                 Ok(issued) => {
                     println!("CA certificate:     {}", issued.ca_cert.display());
+                    match ca::ca_constraints(&dir) {
+                        Ok(Some(permitted)) => {
+                            println!("CA vouches only for: {}", permitted.join(", "))
+                        }
+                        Ok(None) => println!(
+                            "CA vouches for:     any name (no name constraints; `ca init --force` makes a \
+                             constrained one)"
+                        ),
+                        Err(e) => println!("CA constraints:     unreadable ({e})"),
+                    }
                     println!("server certificate: {}", issued.server_cert.display());
                     println!("server key:         {}", issued.server_key.display());
                     println!("names:              {}", issued.names.join(", "));

@@ -77,6 +77,7 @@ pub enum CertSource {
 /// Make sure the server certificate exists: when `domain.crt` or `domain.key` is missing, create the dev CA (if
 /// it is missing too) and issue a server certificate for the configured TLS hosts.
 pub fn ensure_server_cert(config: &Config) -> Result<CertSource, TlsError> {
+    warn_if_unconstrained(&config.certs_dir);
     let (cert, key) = server_paths(&config.certs_dir);
     match (cert.exists(), key.exists()) {
         (true, true) => return Ok(CertSource::Existing),
@@ -108,6 +109,26 @@ pub fn ensure_server_cert(config: &Config) -> Result<CertSource, TlsError> {
         ca_cert: issued.ca_cert,
         new_ca: !ca_present,
     })
+}
+
+/// Logs a warning when the dev CA in `dir` (certificate and key) has no name constraints: whoever gets its key
+/// can then make certificates for any site, which every client that trusts the CA accepts.
+pub fn warn_if_unconstrained(dir: &Path) {
+    if !dir.join(ca::CA_CERT).exists() || !dir.join(ca::CA_KEY).exists() {
+        return;
+    }
+    match ca::ca_constraints(dir) {
+        Ok(None) => tracing::warn!(
+            "{} has no name constraints: anyone who gets {} can make certificates for any site, and every \
+             client that trusts this CA would accept them. Make a CA limited to the names clients use with \
+             `berth-proxy ca init --force --host NAME ...` (one --host per name or address), restart, and run \
+             scripts/install-ca.sh again on every client",
+            dir.join(ca::CA_CERT).display(),
+            dir.join(ca::CA_KEY).display()
+        ),
+        Ok(Some(names)) => tracing::info!("the dev CA may vouch for: {}", names.join(", ")),
+        Err(e) => tracing::warn!("cannot read the dev CA's name constraints: {e}"),
+    }
 }
 
 /// A certificate resolver whose certificate can be replaced while serving.

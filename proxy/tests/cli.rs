@@ -73,8 +73,23 @@ fn ca_init_and_issue() {
         ca,
         "CA not overwritten"
     );
-    let issue = proxy_cmd()
+    // The CA vouches only for the names it was made for: another name is refused with one line that says
+    // how to make a wider CA, and nothing is written.
+    let domain = std::fs::read(d.join("domain.crt")).unwrap();
+    let outside = proxy_cmd()
         .args(["ca", "issue", "--host", "new.example", "--dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(!outside.status.success());
+    let err = String::from_utf8_lossy(&outside.stderr);
+    assert!(
+        err.contains("new.example") && err.contains("ca init --force") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(std::fs::read(d.join("domain.crt")).unwrap(), domain);
+    let issue = proxy_cmd()
+        .args(["ca", "issue", "--host", "new.reg.example", "--dir"])
         .arg(&d)
         .output()
         .unwrap();
@@ -83,6 +98,7 @@ fn ca_init_and_issue() {
         "{}",
         String::from_utf8_lossy(&issue.stderr)
     );
+    assert!(String::from_utf8_lossy(&issue.stdout).contains("CA vouches only for: localhost"));
     assert_eq!(std::fs::read(d.join("devdockerCA.crt")).unwrap(), ca);
     // openssl, when present, confirms the SANs, EKU and chain; rustls verification is covered in tests/proxy.rs.
     if let Ok(o) = Command::new("openssl")
@@ -91,7 +107,7 @@ fn ca_init_and_issue() {
         .output()
     {
         let text = String::from_utf8_lossy(&o.stdout);
-        assert!(text.contains("DNS:new.example"), "{text}");
+        assert!(text.contains("DNS:new.reg.example"), "{text}");
         assert!(text.contains("TLS Web Server Authentication"), "{text}");
     }
     let rsa = proxy_cmd()

@@ -540,14 +540,18 @@ async fn certificate_reload_keeps_open_connections() {
     assert_eq!(old.get("/_ping", None, UA).await.0.status, 200);
     berth_proxy::ca::issue(
         &proxy.dir.path().join("certs"),
-        &["renamed.example".into()],
+        &["renamed.localhost".into()],
         berth_proxy::ca::KeyType::EcdsaP256,
     )
     .unwrap();
     proxy.cert.reload().unwrap();
-    tls_connect(proxy.addr, client_config(&proxy.ca, &[]), "renamed.example")
-        .await
-        .unwrap();
+    tls_connect(
+        proxy.addr,
+        client_config(&proxy.ca, &[]),
+        "renamed.localhost",
+    )
+    .await
+    .unwrap();
     assert!(
         tls_connect(proxy.addr, client_config(&proxy.ca, &[]), "localhost")
             .await
