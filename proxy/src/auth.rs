@@ -676,6 +676,10 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 
 struct Users {
     htpasswd: Htpasswd,
+    /// A hash in the slowest scheme and cost of the file, checked for unknown names.
+    dummy_hash: String,
+    /// That scheme and cost, as [`work_of`] ranks it.
+    slowest: Option<(u8, u64, u8)>,
     /// How long checking a password against the slowest hash in the file takes (measured at load): every
     /// failed check takes at least this long, so timing does not tell which names exist.
     failure_time: Duration,
@@ -696,12 +700,35 @@ pub struct Authenticator {
     verify_gate: Arc<tokio::sync::Semaphore>,
     limits: AuthLimits,
     clients: Clients,
-    /// Checks in flight, by header fingerprint: the same header arriving again meanwhile (a client's parallel
-    /// requests, or a flood of one bad header) waits for that check's answer instead of starting another.
-    checks: Mutex<HashMap<[u8; 32], Arc<CheckCell>>>,
+    /// Checks in flight, by header fingerprint and client address: the same header arriving again meanwhile
+    /// (a client's parallel requests, or a flood of one bad header) waits for that check's answer instead of
+    /// starting another. Each check runs as a task of its own, so a request that goes away cannot cut short
+    /// its bookkeeping (failures counted, negative cache, padding); the task removes its entry when done.
+    checks: Mutex<HashMap<CheckKey, (u64, CheckAnswer)>>,
+    next_check: std::sync::atomic::AtomicU64,
+    /// Recent duration of checks at the file's slowest cost (an average), in nanoseconds: failures of cheaper
+    /// hashes are padded to at least this, so that on a busy machine they still take as long as the slow ones.
+    slow_check_ns: std::sync::atomic::AtomicU64,
 }
 
-type CheckCell = tokio::sync::OnceCell<Result<String, AuthFailure>>;
+type CheckKey = ([u8; 32], IpAddr);
+type CheckAnswer = tokio::sync::watch::Receiver<Option<Result<String, AuthFailure>>>;
+
+/// Removes a finished (or panicked) check's entry, if it is still the one it made.
+struct CheckEntry<'a> {
+    checks: &'a Mutex<HashMap<CheckKey, (u64, CheckAnswer)>>,
+    key: CheckKey,
+    id: u64,
+}
+
+impl Drop for CheckEntry<'_> {
+    fn drop(&mut self) {
+        let mut map = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
 
 /// How many password verifications may run at once by default: twice the cores, at least 2.
 pub fn default_verify_limit() -> usize {
@@ -749,8 +776,11 @@ fn load_users(path: &Path) -> Users {
         })
         .min()
         .unwrap_or_default();
+    let slowest = work_of(&dummy_hash);
     Users {
         htpasswd,
+        dummy_hash,
+        slowest,
         failure_time,
     }
 }
@@ -798,6 +828,8 @@ impl Authenticator {
             limits,
             clients: Clients::default(),
             checks: Mutex::new(HashMap::new()),
+            next_check: std::sync::atomic::AtomicU64::new(0),
+            slow_check_ns: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -818,6 +850,8 @@ impl Authenticator {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.clear();
         self.rejected.clear();
+        self.slow_check_ns
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "htpasswd file {} changed: reloaded, credential cache cleared",
             self.path.display()
@@ -845,7 +879,10 @@ impl Authenticator {
     }
 
     /// Authenticate an `Authorization` header value from an unknown client address; returns the user name.
-    pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<String, AuthFailure> {
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        header: Option<&[u8]>,
+    ) -> Result<String, AuthFailure> {
         self.authenticate_from(header, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
             .await
     }
@@ -857,7 +894,7 @@ impl Authenticator {
     /// failures is throttled at once, a check waits at most `verify_wait` for a verification slot, and a
     /// failed check takes at least as long as a check against the slowest hash in the file.
     pub async fn authenticate_from(
-        &self,
+        self: &Arc<Self>,
         header: Option<&[u8]>,
         client: IpAddr,
     ) -> Result<String, AuthFailure> {
@@ -869,24 +906,65 @@ impl Authenticator {
             return Err(AuthFailure::Rejected);
         }
         let creds = parse_basic(header).ok_or(AuthFailure::Malformed)?;
-        let fp = self.cache.fingerprint(header);
-        let cell = Arc::clone(
-            self.checks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(fp)
-                .or_default(),
+        let key = (self.cache.fingerprint(header), client_key(client));
+        let mut answer = {
+            let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+            match checks.get(&key) {
+                Some((_, answer)) => answer.clone(),
+                None => {
+                    let (tx, answer) = tokio::sync::watch::channel(None);
+                    let id = self
+                        .next_check
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    checks.insert(key, (id, answer.clone()));
+                    let me = Arc::clone(self);
+                    let header = header.to_vec();
+                    tokio::spawn(async move {
+                        let _entry = CheckEntry {
+                            checks: &me.checks,
+                            key,
+                            id,
+                        };
+                        let result = me.check(&header, creds, client).await;
+                        let _ = tx.send(Some(result));
+                    });
+                    answer
+                }
+            }
+        };
+        let result = match answer.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        result.unwrap_or(Err(AuthFailure::Busy))
+    }
+
+    /// Checks in flight (for tests: entries never outlive their check).
+    pub fn checks_in_flight(&self) -> usize {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn slow_check(&self) -> Duration {
+        Duration::from_nanos(
+            self.slow_check_ns
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Folds a check at the slowest cost into the running average (weight 1/8).
+    fn note_slow_check(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self.slow_check_ns.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |avg| {
+                Some(if avg == 0 {
+                    took
+                } else {
+                    avg - avg / 8 + took / 8
+                })
+            },
         );
-        // If the first caller goes away mid-check, a waiting one runs the check instead.
-        let result = cell
-            .get_or_init(|| self.check(header, creds, client))
-            .await
-            .clone();
-        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
-        if checks.get(&fp).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            checks.remove(&fp);
-        }
-        result
     }
 
     async fn check(
@@ -915,17 +993,27 @@ impl Authenticator {
             Err(_) => return Err(AuthFailure::Busy),
         };
         let started = tokio::time::Instant::now();
-        let failure_time = users.failure_time;
-        let ok = tokio::task::spawn_blocking(move || {
+        let checked = Arc::clone(&users);
+        let (ok, at_slowest) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            // An unknown name costs no hash: the padding below makes it take as long as the slowest one.
-            users
-                .htpasswd
-                .hash_of(&creds.user)
-                .is_some_and(|hash| verify_hash(hash, &creds.password))
+            match checked.htpasswd.hash_of(&creds.user) {
+                Some(hash) => (
+                    verify_hash(hash, &creds.password),
+                    work_of(hash) == checked.slowest,
+                ),
+                None => {
+                    // Same work as for the slowest real user, so timing (and its slowing under load) does
+                    // not tell which names exist.
+                    let _ = verify_hash(&checked.dummy_hash, &creds.password);
+                    (false, true)
+                }
+            }
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or((false, false));
+        if at_slowest {
+            self.note_slow_check(started.elapsed());
+        }
         if ok {
             // A verification that raced with a reload is not remembered: the new file decides next time.
             if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
@@ -933,13 +1021,15 @@ impl Authenticator {
             }
             Ok(user)
         } else {
-            // Every failure takes the time of the slowest hash in the file, whatever the name's own hash (or
-            // none): cheaper checks sleep the difference, which costs no CPU.
-            tokio::time::sleep_until(started + failure_time).await;
             self.clients.failed(client);
             if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
                 self.rejected.insert(header, "");
             }
+            // Every failure takes at least the time of the slowest hash in the file (as measured at load, or
+            // lately if the machine is busier), whatever the name's own hash: cheaper checks sleep the
+            // difference, which costs no CPU.
+            let pad = users.failure_time.max(self.slow_check());
+            tokio::time::sleep_until(started + pad).await;
             Err(AuthFailure::Rejected)
         }
     }

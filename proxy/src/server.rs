@@ -458,11 +458,22 @@ async fn handshake(
              Docker-Distribution-Api-Version: registry/2.0\r\nConnection: close\r\n\r\n{msg}",
             msg.len()
         );
-        let _ = tokio::time::timeout_at(deadline, async {
-            tcp.write_all(resp.as_bytes()).await?;
-            tcp.shutdown().await
-        })
-        .await;
+        if tokio::time::timeout_at(deadline, tcp.write_all(resp.as_bytes()))
+            .await
+            .is_ok_and(|w| w.is_ok())
+        {
+            // Whatever the client sent after its request head stays unread: linger (within what is left of
+            // the handshake deadline) so that it does not turn into a reset that destroys the answer.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            crate::linger::linger(
+                tcp,
+                LingerBounds {
+                    time: left,
+                    idle: left.min(Duration::from_secs(1)),
+                },
+            )
+            .await;
+        }
         tracing::debug!(%peer, "plain HTTP on the TLS port refused");
         return None;
     }

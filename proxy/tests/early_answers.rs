@@ -298,14 +298,10 @@ async fn http2_ends_the_stream_and_keeps_the_connection_for_the_retry() {
     }
 }
 
-#[tokio::test]
-async fn a_body_that_never_ends_is_cut_within_the_bounds_and_the_proxy_stays_healthy() {
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(vec![up.url()], |c| {
-        c.lingering_time_secs = 2;
-        c.lingering_timeout_secs = 1;
-    })
-    .await;
+/// Sends an unauthenticated chunked PATCH whose body never ends: a chunk of `chunk` bytes every `every`, or
+/// after the first chunk nothing at all (`every` = None). Returns when the proxy has cut the connection, with how
+/// long that took after the 401 arrived.
+async fn endless_body(proxy: &Proxy, chunk: usize, every: Option<Duration>) -> Duration {
     let tls = tls_connect(
         proxy.addr,
         client_config(&proxy.ca, &[b"http/1.1"]),
@@ -317,24 +313,28 @@ async fn a_body_that_never_ends_is_cut_within_the_bounds_and_the_proxy_stays_hea
     let request = head(
         "PATCH",
         "/v2/endless/blobs/uploads/1",
-        &host(&proxy),
+        &host(proxy),
         &[
             "Transfer-Encoding: chunked".to_string(),
             format!("User-Agent: {UA}"),
         ],
     );
-    // A client that keeps sending a chunk every 20 ms (bounded: at most two minutes) until a write fails.
+    // A client that keeps sending (bounded: at most two minutes) until a write fails, or sends one chunk and
+    // then waits.
     let writer = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         wr.write_all(format!("{request}\r\n").as_bytes()).await?;
-        let chunk = pattern_chunk();
-        for _ in 0..6000 {
-            wr.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
-                .await?;
-            wr.write_all(&chunk).await?;
+        let data = vec![7u8; chunk];
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            wr.write_all(format!("{chunk:x}\r\n").as_bytes()).await?;
+            wr.write_all(&data).await?;
             wr.write_all(b"\r\n").await?;
             wr.flush().await?;
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            match every {
+                Some(d) => tokio::time::sleep(d).await,
+                None => tokio::time::sleep(Duration::from_secs(120)).await,
+            }
         }
         Ok::<(), std::io::Error>(())
     });
@@ -345,16 +345,56 @@ async fn a_body_that_never_ends_is_cut_within_the_bounds_and_the_proxy_stays_hea
         .expect("connection failed before the answer")
         .expect("connection ended before the answer");
     assert_unauthorized(&resp);
-    // Thrown away for at most lingering_time (2 s), then the connection ends: the client sees it closed and
-    // its writes fail, long before it would have stopped by itself.
+    let answered = std::time::Instant::now();
     assert!(reader.closed_within(Duration::from_secs(30)).await);
-    let written = tokio::time::timeout(Duration::from_secs(30), writer)
+    let took = answered.elapsed();
+    if every.is_some() {
+        let written = tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("the client could go on writing")
+            .unwrap();
+        assert!(written.is_err(), "the endless body was accepted to its end");
+    } else {
+        writer.abort();
+    }
+    took
+}
+
+#[tokio::test]
+async fn a_body_that_never_ends_is_cut_within_the_bounds_and_the_proxy_stays_healthy() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(vec![up.url()], |c| {
+        c.lingering_time_secs = 3;
+        c.lingering_timeout_secs = 1;
+        // One connection at a time: a connection that kept its slot after being cut would block the next.
+        c.max_connections = 1;
+    })
+    .await;
+    // A trickle (1 KiB every 20 ms, far below the 8 MiB discard bound): thrown away until lingering_time
+    // (3 s), then the connection is cut.
+    let took = endless_body(&proxy, 1024, Some(Duration::from_millis(20))).await;
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "a trickling body was cut after {took:?}, not after lingering_time (3 s)"
+    );
+    // A client that stops sending mid-body: cut after lingering_timeout (1 s).
+    let took = endless_body(&proxy, 1024, None).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "a stalled body was cut after {took:?}, not after lingering_timeout (1 s)"
+    );
+    // Both connections gave their slot back: the only one is free for the next client.
+    let mut c = tokio::time::timeout(Duration::from_secs(30), proxy.client())
         .await
-        .expect("the client could go on writing")
-        .unwrap();
-    assert!(written.is_err(), "the endless body was accepted to its end");
-    let mut c = proxy.client().await;
-    assert_eq!(c.get("/_berth/health", None, UA).await.0.status, 200);
+        .expect("the connection slot was not given back");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(30), c.get("/_berth/health", None, UA))
+            .await
+            .expect("the connection slot was not given back")
+            .0
+            .status,
+        200
+    );
     assert_eq!(up.count(), 0);
 }
 

@@ -399,15 +399,11 @@ impl RegistryStore {
 
     /// Cancels an upload and removes its data, once the writer of a request dropped mid-body (if any) is done.
     pub async fn cancel_upload(&self, s: &UploadSession) -> Result<(), RegistryError> {
-        let slot = self.uploads.existing(&s.key());
-        let _state = match &slot {
-            Some(slot) => {
-                let state = slot.state.lock().await;
-                drop(slot.writing.lock().await);
-                Some(state)
-            }
-            None => None,
-        };
+        // The session's state (made here when it was not kept, after a restart or a prune) is locked like an
+        // append or a commit would, so a request between its size check and its writes is waited for.
+        let slot = self.session_slot(s).await?;
+        let _state = slot.state.lock().await;
+        drop(slot.writing.lock().await);
         self.upload_size(s).await?;
         self.storage
             .delete(&paths::upload_dir(&s.name, &s.id))
