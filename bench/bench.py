@@ -20,6 +20,9 @@ Measurements (see bench/README.md for the method):
                100 / 1,000 / 10,000 repositories and tags
   docker       docker push and pull (a private Docker daemon, vfs storage) of a single-layer image of random
                bytes, both stacks reached with verified TLS on a veth address (needs root; skipped otherwise)
+  floods       latency of a legitimate first login and of a legitimate small PATCH, from another address, with
+               and without one client flooding (bad logins on one HTTP/2 connection; authenticated PATCHes of
+               upload sessions that do not exist), and the registry's RSS before and after the PATCH flood
 """
 
 import argparse
@@ -37,9 +40,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import ssl
 import threading
 import time
 import urllib.parse
+import http.client
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
@@ -889,6 +894,138 @@ def h2load(stack, path, method, http2, duration, conns, header_extra=(), warmup=
             "p99_ms": round(percentile(lat, 99), 3), "ok": ok, "errors": bad}
 
 
+def timed_requests(stack, requests, source="127.0.0.2"):
+    """Sends (method, path, headers, body, want_status) requests one after another from `source`, each on a new
+    TLS connection that is set up before the clock starts; returns each request's milliseconds."""
+    ctx = ssl.create_default_context(cafile=stack.cacert)
+    out = []
+    for method, path, headers, body, want in requests:
+        conn = http.client.HTTPSConnection("127.0.0.1", stack.port, context=ctx, timeout=60,
+                                           source_address=(source, 0))
+        conn.connect()
+        t = time.monotonic()
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        out.append((time.monotonic() - t) * 1000.0)
+        conn.close()
+        if resp.status != want:
+            raise BenchError(f"{stack.label}: {method} {path} from {source} -> {resp.status}, not {want}")
+    return out
+
+
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def flood_start(stack, secs, header, uri_file=None, data_file=None, method=None):
+    """h2load from 127.0.0.1 on one HTTP/2 connection with 200 streams, for `secs` seconds, in the background."""
+    cmd = ["h2load", "-c", "1", "-m", "200", "-t", "1", "-D", f"{int(secs * 1000)}ms", "-H", header]
+    if method:
+        cmd += ["-H", f":method: {method}"]
+    if data_file:
+        cmd += ["-d", data_file]
+    if uri_file:
+        cmd += ["-i", uri_file]
+    else:
+        cmd.append(f"https://127.0.0.1:{stack.h2_port}/v2/")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=stack.dir)
+
+
+def flood_result(p, secs):
+    out, err = p.communicate(timeout=secs + 120)
+    m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
+    st = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not m or not st:
+        raise BenchError(f"h2load flood gave no result:\n{out[-800:]}\n{err[-300:]}")
+    return {"rps": round(float(m.group(1)), 1), "2xx": int(st.group(1)), "4xx": int(st.group(3)),
+            "5xx": int(st.group(4))}
+
+
+def floods(stacks, smoke, add_users):
+    """Issue 19 items 1 and 2, measured: a legitimate first login (a user not yet in any cache) and a legitimate
+    4 KiB PATCH, each from 127.0.0.2 on a fresh connection, quiet and while 127.0.0.1 floods."""
+    secs = 4 if smoke else 10
+    n = 3 if smoke else 10
+    names = [f"legit{i}" for i in range(2 * n)]
+    add_users(names)
+    out = {}
+    wrong = basic(USER, "not-the-password")
+    good = basic(USER, PASSWORD)
+    for st in stacks:
+        r = {}
+        login = lambda users: [("GET", "/v2/", {"Authorization": basic(u, PASSWORD)}, None, 200) for u in users]  # noqa: E731
+        r["login_quiet_ms"] = median(timed_requests(st, login(names[:n])))
+        p = flood_start(st, secs, f"Authorization: {wrong}")
+        time.sleep(1)  # the flood's requests are queued by now; the measurement below runs while it goes on
+        during = timed_requests(st, login(names[n:]))
+        r["login_flood_ms"] = median(during)
+        r["bad_login_flood"] = flood_result(p, secs)
+        st.check_alive()
+        # a real upload session and its PATCHes, quiet and during a flood of PATCHes of unknown sessions
+        ctx = ssl.create_default_context(cafile=st.cacert)
+        conn = http.client.HTTPSConnection("127.0.0.1", st.port, context=ctx, timeout=60)
+        conn.request("POST", "/v2/floods/legit/blobs/uploads/", headers={"Authorization": good,
+                                                                          "Content-Length": "0"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 202:
+            raise BenchError(f"{st.label}: POST upload -> {resp.status}")
+        upload = urllib.parse.urlsplit(urllib.parse.urljoin(st.base + "/", resp.getheader("Location")))
+        upload_path = upload.path + (f"?{upload.query}" if upload.query else "")
+        conn.close()
+        chunk = os.urandom(4096)
+        state = {"offset": 0, "path": upload_path}
+
+        def timed_patches(count):
+            # One after another, each on a fresh connection from 127.0.0.2, following the Location each answer
+            # gives (registry:2 carries the session state in it).
+            times = []
+            for _ in range(count):
+                conn = http.client.HTTPSConnection("127.0.0.1", st.port, context=ctx, timeout=60,
+                                                   source_address=("127.0.0.2", 0))
+                conn.connect()
+                o = state["offset"]
+                t = time.monotonic()
+                conn.request("PATCH", state["path"], body=chunk, headers={
+                    "Authorization": good, "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{o}-{o + len(chunk) - 1}", "Content-Length": str(len(chunk))})
+                resp = conn.getresponse()
+                resp.read()
+                times.append((time.monotonic() - t) * 1000.0)
+                conn.close()
+                if resp.status != 202:
+                    raise BenchError(f"{st.label}: PATCH {state['path']} -> {resp.status}")
+                loc = urllib.parse.urlsplit(urllib.parse.urljoin(st.base + "/", resp.getheader("Location")))
+                state["path"] = loc.path + (f"?{loc.query}" if loc.query else "")
+                state["offset"] = o + len(chunk)
+            return times
+
+        registry = [pid for pid, role in st.pids().items() if role in ("berth-registry", "docker-registry")]
+        rss_before = rss_kib(registry[0]) if registry else None
+        r["patch_quiet_ms"] = median(timed_patches(2 * n))
+        uris = os.path.join(st.dir, "flood-uris.txt")
+        with open(uris, "w") as f:
+            for _ in range(20000 if smoke else 100000):
+                f.write(f"https://127.0.0.1:{st.h2_port}/v2/floods/x/blobs/uploads/{os.urandom(16).hex()}\n")
+        data = os.path.join(st.dir, "flood-byte")
+        with open(data, "wb") as f:
+            f.write(b"x")
+        p = flood_start(st, secs, f"Authorization: {good}", uri_file=uris, data_file=data, method="PATCH")
+        time.sleep(1)
+        r["patch_flood_ms"] = median(timed_patches(2 * n))
+        r["unknown_patch_flood"] = flood_result(p, secs)
+        if registry:
+            r["registry_rss_kib"] = {"before": rss_before, "after": rss_kib(registry[0])}
+        st.check_alive()
+        log(f"{st.label}: first login {r['login_quiet_ms']:.1f} ms quiet, {r['login_flood_ms']:.1f} ms during "
+            f"{r['bad_login_flood']['rps']:.0f} bad logins/s; 4 KiB PATCH {r['patch_quiet_ms']:.1f} ms quiet, "
+            f"{r['patch_flood_ms']:.1f} ms during {r['unknown_patch_flood']['rps']:.0f} PATCHes of unknown "
+            f"uploads/s; registry RSS {r.get('registry_rss_kib')}")
+        out[st.name] = r
+    return out
+
+
 def listing_latency(stack, path, n):
     """p50/p99 of sequential requests on one keep-alive connection (h2load, 1 connection)."""
     r = h2load(stack, path, "GET", False, n, 1, warmup=0.5)
@@ -911,7 +1048,7 @@ def main():
     ap.add_argument("--pull-size", type=parse_size, default=None, help="blob size for 64 concurrent pulls (64M)")
     ap.add_argument("--hashes", default=None, help="htpasswd kinds (default bcrypt5,bcrypt10,apr1)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: machine,raw,skopeo,docker,"
-                                               "requests,pulls,scaling,listing")
+                                               "requests,floods,pulls,scaling,listing")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     smoke = a.smoke
@@ -1286,6 +1423,30 @@ def bench(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling, du
                     log(f"{key}: berth {b['rps']:.0f} req/s p99 {b['p99_ms']:.1f} ms | "
                         f"nginx {n['rps']:.0f} req/s p99 {n['p99_ms']:.1f} ms | x{b['rps'] / n['rps']:.1f}")
         results["requests"] = req
+        set_hash("bcrypt5")
+
+    # ---------------------------------------------------------------------------------------------- floods
+    if "floods" not in skip:
+        step("a legitimate first login and PATCH from another address, quiet and while one client floods")
+
+        def add_users(names):
+            lines = []
+            for u in names:
+                p = run(["htpasswd", "-n", "-b", "-B", "-C", "5", u, PASSWORD])
+                lines.append(p.stdout.strip().splitlines()[0])
+            for path in (berth.htpasswd, nginx.htpasswd):
+                with open(path) as f:
+                    text = f.read()
+                tmp = path + ".new"
+                with open(tmp, "w") as f:
+                    f.write(text + "\n".join(lines) + "\n")
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            time.sleep(2.5)  # berth polls the file every second
+            for st in stacks:
+                wait_ready(st)
+
+        results["floods"] = floods(stacks, smoke, add_users)
         set_hash("bcrypt5")
 
     # ---------------------------------------------------------------------------------------------- pulls

@@ -48,7 +48,7 @@ fn credentials(c: &mut Criterion) {
     let path = dir.path().join("htpasswd");
     let hash = bcrypt_hash("bench-Pa55word-0f-some-length", 5).expect("bcrypt");
     std::fs::write(&path, format!("bench:{hash}\n")).expect("htpasswd");
-    let auth = Authenticator::new(path, Duration::from_secs(300), 10_000);
+    let auth = std::sync::Arc::new(Authenticator::new(path, Duration::from_secs(300), 10_000));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
