@@ -11,7 +11,6 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod forward;
-pub mod linger;
 pub mod log;
 pub mod server;
 pub mod tls;

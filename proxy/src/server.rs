@@ -27,10 +27,10 @@ use crate::forward::{
     classify, client_host, rewrite_request_headers, strip_hop_by_hop, BoxError, ClientContext,
     MeteredBody, ProxyBody, Route, API_VERSION, API_VERSION_HEADER,
 };
-use crate::linger::{discard_body, LingerBounds, Lingering};
 use crate::log::AccessRecord;
 use crate::tls::{server_config, server_paths, ReloadableCert, TlsError};
 use crate::upstream::Upstreams;
+use berth_net::{discard_body, LingerBounds, Lingering};
 
 /// Why the server could not be built.
 #[derive(Debug)]
@@ -250,7 +250,12 @@ impl Server {
                     return;
                 };
                 // Holds the connection's slot until the connection has finished lingering.
-                let tls = Lingering::new(tls, linger_bounds, permit);
+                let tls = Lingering::new(
+                    tls,
+                    |tls| tls.into_inner().0,
+                    linger_bounds,
+                    Some(Box::new(permit)),
+                );
                 let activity = Arc::new(Activity::default());
                 let a = Arc::clone(&activity);
                 let service = hyper::service::service_fn(move |req| {
@@ -465,7 +470,7 @@ async fn handshake(
             // Whatever the client sent after its request head stays unread: linger (within what is left of
             // the handshake deadline) so that it does not turn into a reset that destroys the answer.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            crate::linger::linger(
+            berth_net::linger(
                 tcp,
                 LingerBounds {
                     time: left,

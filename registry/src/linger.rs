@@ -1,29 +1,35 @@
 //! Early errors that reach the client: a request body a handler answered without reading to its end is thrown
 //! away in the background (up to a bound) so the connection can serve the retry, and a closed connection
 //! lingers (write side shut, whatever the client still sends read and dropped, for a bounded time) so unread
-//! bytes in the socket never make the kernel send a reset that destroys the answer.
+//! bytes in the socket never make the kernel send a reset that destroys the answer. The mechanics are in
+//! `berth-net`, shared with berth-proxy.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use berth_net::{LingerBounds, Lingering};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// Most of an unread request body thrown away to keep the connection open.
 pub const DISCARD_MAX_BYTES: u64 = 8 * 1024 * 1024;
-/// Most time spent throwing a body away, or lingering on a closed connection.
-pub const LINGERING_TIME: Duration = Duration::from_secs(30);
-/// Longest pause in what the client sends during that time.
-pub const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most time spent throwing a body away, or lingering on a closed connection (30 s), and the longest pause in
+/// what the client sends during that time (5 s): nginx's `lingering_time` and `lingering_timeout`.
+pub const BOUNDS: LingerBounds = LingerBounds {
+    time: Duration::from_secs(30),
+    idle: Duration::from_secs(5),
+};
+
+/// A client connection that lingers when closed (see [`berth_net::Lingering`]).
+pub fn lingering(tcp: TcpStream) -> Lingering<TcpStream> {
+    Lingering::new(tcp, |tcp| tcp, BOUNDS, None)
+}
 
 /// A request body that, when its handler drops it before its end, is read to its end and thrown away in the
-/// background (at most [`DISCARD_MAX_BYTES`], within [`LINGERING_TIME`] and [`LINGERING_TIMEOUT`]), so that
+/// background (at most [`DISCARD_MAX_BYTES`], within [`BOUNDS`]), so that
 /// the connection survives for the client's next request. A body the client only announced with
 /// `Expect: 100-continue` and that was never read is not asked for.
 pub struct RequestBody {
@@ -80,130 +86,7 @@ impl Drop for RequestBody {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(discard_body(body, DISCARD_MAX_BYTES));
-        }
-    }
-}
-
-/// Reads and drops the rest of `body`, at most `max` bytes within the lingering bounds. True when it ended.
-pub async fn discard_body(mut body: Incoming, max: u64) -> bool {
-    let deadline = Instant::now() + LINGERING_TIME;
-    let mut total: u64 = 0;
-    loop {
-        let wait = deadline.min(Instant::now() + LINGERING_TIMEOUT);
-        match tokio::time::timeout_at(wait, body.frame()).await {
-            Ok(None) => return true,
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    total = total.saturating_add(data.len() as u64);
-                    if total > max {
-                        return false;
-                    }
-                }
-            }
-            Ok(Some(Err(_))) | Err(_) => return false,
-        }
-    }
-}
-
-/// A client connection that lingers when dropped: its write side is shut and what the client still sends is
-/// read and dropped until it closes or the lingering bounds are over.
-pub struct Lingering(Option<TcpStream>);
-
-impl Lingering {
-    /// Wrap an accepted connection.
-    pub fn new(tcp: TcpStream) -> Self {
-        Lingering(Some(tcp))
-    }
-
-    fn stream(&mut self) -> std::io::Result<Pin<&mut TcpStream>> {
-        match self.0.as_mut() {
-            Some(s) => Ok(Pin::new(s)),
-            None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
-        }
-    }
-}
-
-impl Drop for Lingering {
-    fn drop(&mut self) {
-        let Some(tcp) = self.0.take() else {
-            return;
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(linger(tcp));
-        }
-    }
-}
-
-async fn linger(mut tcp: TcpStream) {
-    let deadline = Instant::now() + LINGERING_TIME;
-    if tokio::time::timeout_at(deadline, tcp.shutdown())
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let wait = deadline.min(Instant::now() + LINGERING_TIMEOUT);
-        match tokio::time::timeout_at(wait, tcp.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => continue,
-            _ => return,
-        }
-    }
-}
-
-impl AsyncRead for Lingering {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-impl AsyncWrite for Lingering {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
+            rt.spawn(berth_net::discard_body(body, DISCARD_MAX_BYTES, BOUNDS));
         }
     }
 }

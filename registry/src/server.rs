@@ -15,7 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::api::{App, Body};
-use crate::linger::{Lingering, RequestBody};
+use crate::linger::{lingering, RequestBody};
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,7 +88,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             .max_buf_size(256 * 1024)
             // Room for the forwarding headers berth-proxy adds to the (at most 100) fields it lets through.
             .max_headers(128);
-        let conn = builder.serve_connection(TokioIo::new(Lingering::new(stream)), service);
+        let conn = builder.serve_connection(TokioIo::new(lingering(stream)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

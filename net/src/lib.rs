@@ -1,7 +1,8 @@
-//! Early answers that reach the client: a request body the proxy answered without reading is thrown away (up to
-//! a bound) so the connection can serve the retry, and a connection the proxy closes lingers (its write side
-//! shut, whatever the client still sends read and dropped, for a bounded time) so that unread data in the
-//! socket never makes the kernel send a reset that destroys the answer already sent.
+//! Connection helpers both berth processes use so that an early answer reaches the client: a request body
+//! answered without being read is thrown away (up to a bound) so the connection can serve the retry, and a
+//! connection being closed lingers (its write side shut, whatever the client still sends read and dropped, for a
+//! bounded time) so that unread bytes in the socket never make the kernel send a reset that destroys the answer
+//! already sent (nginx's `discard_body` and `lingering_close`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,9 +12,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 
 /// Bounds on throwing away unread data: total time and longest pause between reads.
 #[derive(Debug, Clone, Copy)]
@@ -26,12 +25,11 @@ pub struct LingerBounds {
 
 /// Reads and drops the rest of `body`, at most `max` bytes within `bounds`. True when the body ended within
 /// the bounds (the connection can then serve another request); false when it was cut, failed or is too long
-/// (dropping it makes the connection close after its answer).
-pub async fn discard_body<B>(body: B, max: u64, bounds: LingerBounds) -> bool
+/// (dropping it then makes the connection close after its answer).
+pub async fn discard_body<B>(mut body: B, max: u64, bounds: LingerBounds) -> bool
 where
     B: Body + Unpin,
 {
-    let mut body = body;
     let deadline = Instant::now() + bounds.time;
     let mut total: u64 = 0;
     loop {
@@ -51,57 +49,7 @@ where
     }
 }
 
-/// The client connection's TLS stream, which lingers when dropped: the TCP write side is shut (after the TLS
-/// close_notify, when the HTTP layer shut the stream down itself) and the raw bytes the client still sends are
-/// read and dropped until it closes, pauses longer than `bounds.idle`, or `bounds.time` is over. The
-/// connection's slot (its permit) is given back only then, so lingering connections count against
-/// `max_connections`.
-pub struct Lingering {
-    stream: Option<TlsStream<TcpStream>>,
-    bounds: LingerBounds,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Lingering {
-    /// Wrap `stream`, holding the connection slot `permit` until lingering is over.
-    pub fn new(
-        stream: TlsStream<TcpStream>,
-        bounds: LingerBounds,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Lingering {
-            stream: Some(stream),
-            bounds,
-            permit: Some(permit),
-        }
-    }
-
-    fn stream(&mut self) -> std::io::Result<Pin<&mut TlsStream<TcpStream>>> {
-        match self.stream.as_mut() {
-            Some(s) => Ok(Pin::new(s)),
-            None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
-        }
-    }
-}
-
-impl Drop for Lingering {
-    fn drop(&mut self) {
-        let Some(stream) = self.stream.take() else {
-            return;
-        };
-        let (tcp, _) = stream.into_inner();
-        let permit = self.permit.take();
-        let bounds = self.bounds;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                linger(tcp, bounds).await;
-                drop(permit);
-            });
-        }
-    }
-}
-
-/// Shut the write side of `tcp`, then read and drop what arrives until the peer closes or the bounds are over.
+/// Shuts the write side of `tcp`, then reads and drops what arrives until the peer closes or the bounds are over.
 pub async fn linger(mut tcp: TcpStream, bounds: LingerBounds) {
     let deadline = Instant::now() + bounds.time;
     if tokio::time::timeout_at(deadline, tcp.shutdown())
@@ -120,7 +68,62 @@ pub async fn linger(mut tcp: TcpStream, bounds: LingerBounds) {
     }
 }
 
-impl AsyncRead for Lingering {
+/// A client connection that lingers when dropped: the stream (plain TCP, or TLS over it) is turned back into
+/// its TCP socket, whose write side is shut (after the TLS close_notify, when the HTTP layer shut the stream
+/// down itself) and whose raw bytes are read and dropped until the client closes, pauses longer than
+/// `bounds.idle`, or `bounds.time` is over. `hold` (a connection slot, say) is dropped only then.
+pub struct Lingering<S> {
+    stream: Option<S>,
+    into_tcp: fn(S) -> TcpStream,
+    bounds: LingerBounds,
+    hold: Option<Box<dyn Send>>,
+}
+
+impl<S> Lingering<S> {
+    /// Wrap `stream`; `into_tcp` gives its TCP socket back, `hold` is kept until lingering is over.
+    pub fn new(
+        stream: S,
+        into_tcp: fn(S) -> TcpStream,
+        bounds: LingerBounds,
+        hold: Option<Box<dyn Send>>,
+    ) -> Self {
+        Lingering {
+            stream: Some(stream),
+            into_tcp,
+            bounds,
+            hold,
+        }
+    }
+
+    fn stream(&mut self) -> std::io::Result<Pin<&mut S>>
+    where
+        S: Unpin,
+    {
+        match self.stream.as_mut() {
+            Some(s) => Ok(Pin::new(s)),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected)),
+        }
+    }
+}
+
+impl<S> Drop for Lingering<S> {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let tcp = (self.into_tcp)(stream);
+        let hold = self.hold.take();
+        let bounds = self.bounds;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                linger(tcp, bounds).await;
+                drop(hold);
+            });
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Lingering<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -133,7 +136,7 @@ impl AsyncRead for Lingering {
     }
 }
 
-impl AsyncWrite for Lingering {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Lingering<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -206,12 +209,50 @@ mod tests {
         let stalled = StreamBody::new(futures_util::stream::pending::<
             Result<http_body::Frame<Bytes>, std::io::Error>,
         >());
-        let started = std::time::Instant::now();
         let b = LingerBounds {
             time: Duration::from_secs(30),
             idle: Duration::from_millis(200),
         };
+        let started = std::time::Instant::now();
         assert!(!discard_body(stalled, 1 << 20, b).await);
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A dropped connection shuts its write side at once (the peer reads its end), keeps reading what the peer
+    /// still sends, and gives its hold back once the peer closes.
+    #[tokio::test]
+    async fn a_dropped_connection_lingers_until_the_peer_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (held_tx, mut held_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let conn = Lingering::new(
+            server,
+            |s| s,
+            LingerBounds {
+                time: Duration::from_secs(30),
+                idle: Duration::from_secs(30),
+            },
+            Some(Box::new(held_tx)),
+        );
+        drop(conn);
+        let mut buf = [0u8; 16];
+        assert_eq!(peer.read(&mut buf).await.unwrap(), 0, "write side not shut");
+        // Still lingering: what the peer sends is taken (no reset), and the hold is kept.
+        peer.write_all(&[1u8; 100_000]).await.unwrap();
+        assert!(matches!(
+            held_rx.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+        ));
+        drop(peer);
+        // The peer closed: lingering ends and the hold is dropped (the channel closes).
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), held_rx.recv())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
