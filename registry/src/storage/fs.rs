@@ -28,7 +28,9 @@ pub struct FsStorage {
     listings: Arc<ListingCache>,
 }
 
-/// Directories with at least this many entries have their sorted listing kept in memory.
+/// Directories with at least this many entries have their sorted listing kept in memory, and so have those
+/// that hold only `_`-prefixed entries (a repository's own folder, or one that holds nothing but `_uploads`):
+/// the dead ends a `_catalog` walk must look into, one per repository.
 const CACHE_MIN_ENTRIES: usize = 256;
 /// Past this many names in all, the cache is emptied and starts again.
 const CACHE_MAX_NAMES: usize = 1 << 20;
@@ -86,7 +88,8 @@ impl ListingCache {
 
     fn put(&self, dir: PathBuf, stamp: DirStamp, began: SystemTime, names: &Arc<[String]>) {
         let settled = stamp.mtime.is_some_and(|m| m + RACY_MARGIN <= began);
-        if names.len() < CACHE_MIN_ENTRIES || !settled {
+        let worth = names.len() >= CACHE_MIN_ENTRIES || names.iter().all(|n| n.starts_with('_'));
+        if !worth || !settled {
             return;
         }
         let mut inner = self.lock();
@@ -434,22 +437,23 @@ impl Storage for FsStorage {
 
     async fn list_shared(&self, prefix: &str) -> Result<Arc<[String]>, StorageError> {
         let path = self.path(prefix);
+        // The stat and the cache lookup on the request's own thread, as `stat`: a cached listing (a page of a
+        // large folder, or one of the many small dead ends of a catalog walk) costs no trip to the blocking
+        // pool, which would cost more than the stat itself.
+        let began = SystemTime::now();
+        let stamp = match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => DirStamp::of(&m),
+            Ok(_) => return Ok(Arc::from(Vec::new())),
+            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+                return Ok(Arc::from(Vec::new()))
+            }
+            Err(e) => return Err(io_err(prefix, e)),
+        };
+        if let Some(names) = self.listings.get(&path, &stamp) {
+            return Ok(names);
+        }
         let cache = self.listings.clone();
         blocking(prefix, move || {
-            let began = SystemTime::now();
-            let stamp = match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() => DirStamp::of(&m),
-                Ok(_) => return Ok(Arc::from(Vec::new())),
-                Err(e)
-                    if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory =>
-                {
-                    return Ok(Arc::from(Vec::new()))
-                }
-                Err(e) => return Err(e),
-            };
-            if let Some(names) = cache.get(&path, &stamp) {
-                return Ok(names);
-            }
             let names: Arc<[String]> = read_sorted(&path)?.into();
             cache.put(path, stamp, began, &names);
             Ok(names)
@@ -539,6 +543,37 @@ mod tests {
         assert!(after.iter().any(|n| n == "v400") && !after.iter().any(|n| n == "v300"));
         // Plain `list` never uses the cache.
         assert_eq!(s.list("t").await.unwrap().len(), 301);
+    }
+
+    /// A folder that holds only `_`-prefixed entries (a repository's own folder, or one with nothing but
+    /// `_uploads`) is cached whatever its size, and follows its directory like a large one.
+    #[tokio::test]
+    async fn metadata_only_folders_are_cached_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(dir.path()).unwrap();
+        let repo = dir.path().join("r");
+        std::fs::create_dir_all(repo.join("_uploads/u1")).unwrap();
+        let past = SystemTime::now() - Duration::from_secs(60);
+        set_mtime(&repo, past);
+        assert_eq!(&*s.list_shared("r").await.unwrap(), ["_uploads"]);
+        // Used: an entry added behind its back, with the mtime put back, is not seen.
+        std::fs::create_dir(repo.join("_manifests")).unwrap();
+        set_mtime(&repo, past);
+        assert_eq!(&*s.list_shared("r").await.unwrap(), ["_uploads"]);
+        // The mtime moves: the listing follows.
+        set_mtime(&repo, past + Duration::from_secs(1));
+        assert_eq!(
+            &*s.list_shared("r").await.unwrap(),
+            ["_manifests", "_uploads"]
+        );
+        // A small folder with an ordinary entry (a namespace with repositories below) is never cached.
+        let ns = dir.path().join("ns");
+        std::fs::create_dir_all(ns.join("app")).unwrap();
+        set_mtime(&ns, past);
+        assert_eq!(&*s.list_shared("ns").await.unwrap(), ["app"]);
+        std::fs::create_dir(ns.join("web")).unwrap();
+        set_mtime(&ns, past);
+        assert_eq!(&*s.list_shared("ns").await.unwrap(), ["app", "web"]);
     }
 
     /// A directory changed within [`RACY_MARGIN`] of its listing is not cached: a second change in the same
