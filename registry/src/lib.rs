@@ -9,6 +9,7 @@ pub mod error;
 pub mod linger;
 pub mod oci;
 pub mod paths;
+pub mod ranges;
 pub mod server;
 pub mod storage;
 pub mod store;

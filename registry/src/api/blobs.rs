@@ -6,64 +6,7 @@ use http::{HeaderMap, StatusCode};
 use super::{digest, streamed, App, Reply};
 use crate::error::RegistryError;
 use crate::oci::RepoName;
-
-/// A parsed `Range` request header against an object of a known size.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum RangeRequest {
-    /// No usable range: serve the whole object.
-    Whole,
-    /// Half-open `start..end`.
-    Part(u64, u64),
-    /// Syntactically valid, but outside the object.
-    Unsatisfiable,
-}
-
-/// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n` (one range; multiple ranges are answered whole).
-pub(crate) fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
-        return RangeRequest::Whole;
-    };
-    if spec.contains(',') {
-        return RangeRequest::Whole;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeRequest::Whole;
-    };
-    let num = |s: &str| -> Option<u64> {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-            None
-        } else {
-            s.parse().ok()
-        }
-    };
-    match (a.is_empty(), b.is_empty()) {
-        (true, true) => RangeRequest::Whole,
-        (true, false) => match num(b) {
-            Some(0) => RangeRequest::Unsatisfiable,
-            Some(_) if size == 0 => RangeRequest::Unsatisfiable,
-            Some(n) => RangeRequest::Part(size.saturating_sub(n), size),
-            None => RangeRequest::Whole,
-        },
-        (false, _) => {
-            let Some(start) = num(a) else {
-                return RangeRequest::Whole;
-            };
-            let end = if b.is_empty() {
-                size.saturating_sub(1)
-            } else {
-                match num(b) {
-                    Some(e) if e >= start => e.min(size.saturating_sub(1)),
-                    _ => return RangeRequest::Whole,
-                }
-            };
-            if start >= size {
-                RangeRequest::Unsatisfiable
-            } else {
-                RangeRequest::Part(start, end + 1)
-            }
-        }
-    }
-}
+use crate::ranges::{parse_range, RangeRequest};
 
 impl App {
     pub(super) async fn get_blob(
@@ -120,28 +63,5 @@ impl App {
         Ok(Reply::new(StatusCode::ACCEPTED)
             .header("docker-content-digest", d.to_string())
             .header(CONTENT_LENGTH, "0"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        use RangeRequest::*;
-        assert_eq!(parse_range(None, 10), Whole);
-        assert_eq!(parse_range(Some("bytes=0-4"), 10), Part(0, 5));
-        assert_eq!(parse_range(Some("bytes=5-"), 10), Part(5, 10));
-        assert_eq!(parse_range(Some("bytes=-3"), 10), Part(7, 10));
-        assert_eq!(parse_range(Some("bytes=-30"), 10), Part(0, 10));
-        assert_eq!(parse_range(Some("bytes=8-100"), 10), Part(8, 10));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=0-0"), 0), Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=5-2"), 10), Whole);
-        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Whole);
-        assert_eq!(parse_range(Some("items=0-1"), 10), Whole);
-        assert_eq!(parse_range(Some("bytes=x-1"), 10), Whole);
     }
 }

@@ -9,20 +9,12 @@ use crate::linger::RequestBody;
 use crate::oci::{Digest, RepoName, UploadId};
 use crate::store::{RegistryStore, UploadSession};
 
-/// Parses `Content-Range: <start>-<end>` (inclusive; `bytes ` or `bytes=` prefixes tolerated).
-pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64)> {
-    let v = v.trim();
-    let v = v
-        .strip_prefix("bytes")
-        .map(|r| r.trim_start_matches([' ', '=']))
-        .unwrap_or(v);
-    let v = v.split('/').next()?;
-    let (a, b) = v.split_once('-')?;
-    let ok = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    if !ok(a) || !ok(b) {
-        return None;
-    }
-    Some((a.parse().ok()?, b.parse().ok()?))
+/// Start offset and expected length of a chunk from the request's `Content-Range` and `Content-Length`.
+fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>), RegistryError> {
+    crate::ranges::chunk_bounds(
+        headers.get("content-range").map(|v| v.as_bytes()),
+        content_length(headers)?,
+    )
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, RegistryError> {
@@ -35,39 +27,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, RegistryError> {
             .map(Some)
             .ok_or_else(|| RegistryError::SizeInvalid("invalid Content-Length".into())),
     }
-}
-
-/// Start offset and expected length of a chunk from `Content-Range` and `Content-Length`.
-fn chunk_bounds(headers: &HeaderMap) -> Result<(Option<u64>, Option<u64>), RegistryError> {
-    let len = content_length(headers)?;
-    let Some(raw) = headers.get("content-range") else {
-        return Ok((None, len));
-    };
-    let (start, end) = raw
-        .to_str()
-        .ok()
-        .and_then(parse_content_range)
-        .ok_or_else(|| RegistryError::BlobUploadInvalid("invalid Content-Range".into()))?;
-    if end < start {
-        return Err(RegistryError::RangeInvalid {
-            upload_offset: None,
-            blob_size: None,
-        });
-    }
-    // `0-18446744073709551615` spans 2^64 bytes: more than any length can say, so it is refused, never wrapped.
-    let span = (end - start)
-        .checked_add(1)
-        .ok_or(RegistryError::RangeInvalid {
-            upload_offset: None,
-            blob_size: None,
-        })?;
-    if len.is_some_and(|l| l != span) {
-        return Err(RegistryError::SizeInvalid(format!(
-            "Content-Length {} does not match Content-Range {start}-{end}",
-            len.unwrap_or(0)
-        )));
-    }
-    Ok((Some(start), Some(span)))
 }
 
 /// A single-request upload's session, cancelled in the background when dropped before the upload completed.
@@ -227,54 +186,5 @@ impl App {
         let s = Self::session(name, id)?;
         self.store.cancel_upload(&s).await?;
         Ok(Reply::new(StatusCode::NO_CONTENT))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(parse_content_range("0-99"), Some((0, 99)));
-        assert_eq!(parse_content_range("bytes 5-9/100"), Some((5, 9)));
-        assert_eq!(parse_content_range("bytes=5-9"), Some((5, 9)));
-        assert_eq!(parse_content_range("-9"), None);
-        assert_eq!(parse_content_range("a-b"), None);
-        assert_eq!(parse_content_range("99999999999999999999999-1"), None);
-    }
-
-    fn bounds(range: &str, len: Option<&str>) -> Result<(Option<u64>, Option<u64>), RegistryError> {
-        let mut h = HeaderMap::new();
-        h.insert("content-range", range.parse().unwrap());
-        if let Some(l) = len {
-            h.insert(CONTENT_LENGTH, l.parse().unwrap());
-        }
-        chunk_bounds(&h)
-    }
-
-    #[test]
-    fn chunk_bounds_never_wrap() {
-        assert_eq!(bounds("0-9", Some("10")).unwrap(), (Some(0), Some(10)));
-        assert_eq!(
-            bounds("0-18446744073709551614", None).unwrap(),
-            (Some(0), Some(u64::MAX))
-        );
-        assert!(matches!(
-            bounds("0-18446744073709551615", Some("0")),
-            Err(RegistryError::RangeInvalid { .. })
-        ));
-        assert!(matches!(
-            bounds("0-18446744073709551615", None),
-            Err(RegistryError::RangeInvalid { .. })
-        ));
-        assert!(matches!(
-            bounds("5-4", None),
-            Err(RegistryError::RangeInvalid { .. })
-        ));
-        assert!(matches!(
-            bounds("0-18446744073709551614", Some("0")),
-            Err(RegistryError::SizeInvalid(_))
-        ));
     }
 }
