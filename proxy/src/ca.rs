@@ -165,8 +165,9 @@ fn sans(hosts: &[String]) -> Result<Vec<SanType>, CaError> {
 }
 
 /// What a new dev CA may vouch for: the names and addresses it is made for, plus `localhost` and loopback. The
-/// constraint (critical) makes clients refuse any other name signed with its key, so the CA is safe to trust
-/// system-wide even though its key stays on the proxy host.
+/// constraint (critical) makes Go, OpenSSL and rustls clients refuse any other name signed with its key, so the
+/// CA is safe for them to trust system-wide even though its key stays on the proxy host (Chromium does not apply
+/// a trusted root's name constraints).
 fn permitted_subtrees(hosts: &[String]) -> Vec<GeneralSubtree> {
     let mut out = vec![
         GeneralSubtree::DnsName("localhost".into()),
