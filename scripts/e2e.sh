@@ -3,8 +3,8 @@
 #   1. the Docker daemon through berth-proxy with verified TLS, at a non-loopback address in a network namespace
 #      (Docker skips certificate checks on 127.0.0.0/8): refused without the CA, then install-ca.sh, login with
 #      a wrong and a right password, push an image with two random layers, remove, pull, same image id, search,
-#      logout; a certificate for www.paypal.com signed with the dev CA's key is refused by Docker, curl and
-#      openssl verify (the CA's name constraints);
+#      logout; a certificate for www.paypal.com signed with the dev CA's key is refused by Docker, curl,
+#      openssl verify and Chromium (the name constraints of the CA and its issuer);
 #   2. skopeo through the proxy with --dest-cert-dir: copy in and out, inspect, list-tags;
 #   3. podman (its own storage and configuration) with --cert-dir: refused without the CA, then push an imported
 #      image, rmi, pull: same image id and manifest digest;
@@ -148,10 +148,12 @@ mkdir -p "$F/certs"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$F/certs/domain.key" \
   -subj "/CN=www.paypal.com" -out "$F/leaf.csr" >/dev/null 2>&1
 printf 'subjectAltName=DNS:www.paypal.com,IP:%s\nextendedKeyUsage=serverAuth\n' "$ADDR" >"$F/ext"
-openssl x509 -req -in "$F/leaf.csr" -CA "$WORK/ns/certs/devdockerCA.crt" -CAkey "$WORK/ns/certs/devdockerCA.key" \
+# devdockerCA.key is the key of the issuer (devdockerCA-issuer.crt), the only signing key berth keeps.
+openssl x509 -req -in "$F/leaf.csr" -CA "$WORK/ns/certs/devdockerCA-issuer.crt" -CAkey "$WORK/ns/certs/devdockerCA.key" \
   -set_serial 4242 -days 30 -extfile "$F/ext" -out "$F/leaf.crt" >/dev/null 2>&1 || die "openssl could not sign the test leaf"
-cat "$F/leaf.crt" "$WORK/ns/certs/devdockerCA.crt" >"$F/certs/domain.crt"
-if openssl verify -CAfile "$WORK/ns/certs/devdockerCA.crt" -verify_hostname www.paypal.com "$F/leaf.crt" >"$F/verify.log" 2>&1; then
+cat "$F/leaf.crt" "$WORK/ns/certs/devdockerCA-issuer.crt" "$WORK/ns/certs/devdockerCA.crt" >"$F/certs/domain.crt"
+if openssl verify -CAfile "$WORK/ns/certs/devdockerCA.crt" -untrusted "$WORK/ns/certs/devdockerCA-issuer.crt" \
+  -verify_hostname www.paypal.com "$F/leaf.crt" >"$F/verify.log" 2>&1; then
   die "openssl verify accepted a www.paypal.com certificate from the dev CA"
 fi
 grep -q 'permitted subtree violation' "$F/verify.log" || { cat "$F/verify.log"; die "openssl refused the leaf, but not on the name constraints"; }
@@ -173,6 +175,24 @@ rm -rf "/etc/docker/certs.d/$FORGED_HOSTPORT"
 [ "$rc" != 0 ] || die "docker login accepted a www.paypal.com certificate from the dev CA"
 grep -qiE 'x509|certificate' "$F/login.log" || { cat "$F/login.log"; die "docker login failed, but not on the certificate"; }
 info "docker login: refused ($(grep -ioE 'x509: [^"]*' "$F/login.log" | head -1))"
+# Chromium, with the dev CA trusted in its NSS store (a HOME of its own): the allowed name loads, the forged one
+# is refused. (It does not apply a trusted root's own name constraints; the issuer's, it does.)
+CH=$WORK/chromium
+mkdir -p "$CH/home/.pki/nssdb"
+certutil -d "sql:$CH/home/.pki/nssdb" -N --empty-password
+certutil -d "sql:$CH/home/.pki/nssdb" -A -n berth-dev-ca -t "C,," -i "$WORK/ns/certs/devdockerCA.crt"
+chromium_get() {
+  HOME=$CH/home timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync --user-data-dir="$CH/profile-$1" \
+    --host-resolver-rules="MAP berth-e2e.test $ADDR, MAP www.paypal.com $ADDR" --dump-dom "$2" 2>"$CH/$1.err"
+}
+chromium_get allowed "https://berth-e2e.test:5043/_berth/health" | grep -q '"status":"ok"' ||
+  { tail -5 "$CH/allowed.err"; die "Chromium did not load https://berth-e2e.test:5043/ with the dev CA trusted"; }
+if chromium_get forged "https://www.paypal.com:5044/_berth/health" | grep -q '"status":"ok"'; then
+  die "Chromium accepted a www.paypal.com certificate from the dev CA"
+fi
+grep -qE 'ERR_CERT_[A-Z_]+' "$CH/forged.err" || { tail -5 "$CH/forged.err"; die "Chromium failed, but not on the certificate"; }
+info "Chromium: berth-e2e.test loads, www.paypal.com refused ($(grep -oE 'ERR_CERT_[A-Z_]+' "$CH/forged.err" | head -1))"
 stop_pid "$FORGED_PID"
 KEEP_PIDS=()
 for pid in "${PIDS[@]}"; do [ "$pid" = "$FORGED_PID" ] || KEEP_PIDS+=("$pid"); done

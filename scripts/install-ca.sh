@@ -4,8 +4,8 @@
 # copies CA_FILE (default certs/devdockerCA.crt) to /usr/local/share/ca-certificates/docker-dev-cert/ and runs
 # update-ca-certificates (skipped with --docker-only), and to /etc/docker/certs.d/HOST:PORT/ca.crt. It prints the
 # names the CA can vouch for: a CA made by berth-proxy carries name constraints (only the names it was made for,
-# localhost and loopback), which Go, OpenSSL and rustls clients enforce; Chromium does not enforce them on a root
-# from the system store, so on a machine with a browser use --docker-only. Safe to run again.
+# localhost and loopback, on the CA and on the intermediate whose key signs), which Go, OpenSSL, rustls and
+# Chromium enforce, so trusting it system-wide lets it vouch for nothing else. Safe to run again.
 set -euo pipefail
 
 usage() { echo "usage: $0 [--docker-only] HOST:PORT [CA_FILE]" >&2; exit 2; }
@@ -37,7 +37,6 @@ if command -v openssl >/dev/null 2>&1; then
     sed -n 's/^ *\(DNS\|IP\):/\1:/p' | tr '\n' ' ')
   if [ -n "$CONSTRAINTS" ]; then
     echo "this CA can vouch only for: $CONSTRAINTS"
-    [ -n "$DOCKER_ONLY" ] || echo "(enforced by Docker, curl and other Go/OpenSSL clients; Chromium does not enforce a trusted root's name constraints: on a machine with a browser, prefer --docker-only)"
   elif [ -z "$DOCKER_ONLY" ]; then
     echo "WARNING: this CA has no name constraints: it can vouch for any site, and whoever holds its key could"
     echo "impersonate any site to this machine. Prefer --docker-only, or make a constrained CA on the registry"

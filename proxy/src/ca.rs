@@ -13,10 +13,16 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-/// File name of the CA private key.
+/// File name of the private key that signs server certificates: the issuer's (see [`CA_ISSUER`]), or, for a CA
+/// made before berth used an issuer, the CA's own.
 pub const CA_KEY: &str = "devdockerCA.key";
-/// File name of the CA certificate (the file clients trust).
+/// File name of the CA certificate (the root, the file clients trust).
 pub const CA_CERT: &str = "devdockerCA.crt";
+/// File name of the issuer: an intermediate certificate, signed by the root and carrying the same name
+/// constraints, whose key ([`CA_KEY`]) signs server certificates. The root's own key is thrown away once it has
+/// signed the issuer, so nothing on disk can sign another intermediate, and every client (browsers included,
+/// which do not apply a trusted root's own constraints) applies an intermediate's constraints.
+pub const CA_ISSUER: &str = "devdockerCA-issuer.crt";
 /// File name of the server private key.
 pub const SERVER_KEY: &str = "domain.key";
 /// File name of the server certificate.
@@ -165,9 +171,8 @@ fn sans(hosts: &[String]) -> Result<Vec<SanType>, CaError> {
 }
 
 /// What a new dev CA may vouch for: the names and addresses it is made for, plus `localhost` and loopback. The
-/// constraint (critical) makes Go, OpenSSL and rustls clients refuse any other name signed with its key, so the
-/// CA is safe for them to trust system-wide even though its key stays on the proxy host (Chromium does not apply
-/// a trusted root's name constraints).
+/// constraint (critical), on the CA and on the issuer whose key signs, makes clients refuse any other name signed
+/// with that key, so the CA is safe to trust system-wide even though the key stays on the proxy host.
 fn permitted_subtrees(hosts: &[String]) -> Vec<GeneralSubtree> {
     let mut out = vec![
         GeneralSubtree::DnsName("localhost".into()),
@@ -268,13 +273,14 @@ pub fn ca_constraints(dir: &Path) -> Result<Option<Vec<String>>, CaError> {
         .map(|nc| nc.permitted_subtrees.iter().map(describe).collect()))
 }
 
-fn ca_params(hosts: &[String]) -> CertificateParams {
+/// The root (`path_len` 1: it signs the issuer only) or the issuer (`path_len` 0: it signs server certificates).
+fn ca_params(hosts: &[String], common_name: &str, path_len: u8) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "berth");
-    dn.push(DnType::CommonName, "berth development CA");
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
     params.name_constraints = Some(NameConstraints {
         permitted_subtrees: permitted_subtrees(hosts),
         excluded_subtrees: Vec::new(),
@@ -330,21 +336,32 @@ pub fn init(
     ensure_dir(dir)?;
     let ca_key_path = dir.join(CA_KEY);
     let ca_cert_path = dir.join(CA_CERT);
-    if !force && (ca_key_path.exists() || ca_cert_path.exists()) {
+    let issuer_path = dir.join(CA_ISSUER);
+    if !force && (ca_key_path.exists() || ca_cert_path.exists() || issuer_path.exists()) {
         return Err(CaError::CaExists(ca_cert_path));
     }
-    let ca_key = generate_key(key_type)?;
-    let ca_cert = ca_params(hosts).self_signed(&ca_key).map_err(crypto)?;
-    write_file(&ca_key_path, &ca_key.serialize_pem(), 0o600)?;
-    let ca_pem = ca_cert.pem();
-    write_file(&ca_cert_path, &ca_pem, 0o644)?;
+    // The root signs the issuer, then its key is dropped: it is never written anywhere.
+    let root_key = generate_key(key_type)?;
+    let root = ca_params(hosts, "berth development CA", 1)
+        .self_signed(&root_key)
+        .map_err(crypto)?;
+    let issuer_key = generate_key(key_type)?;
+    let issuer = ca_params(hosts, "berth development CA issuer", 0)
+        .signed_by(&issuer_key, &root, &root_key)
+        .map_err(crypto)?;
+    drop(root_key);
+    write_file(&ca_key_path, &issuer_key.serialize_pem(), 0o600)?;
+    let issuer_pem = issuer.pem();
+    write_file(&issuer_path, &issuer_pem, 0o644)?;
+    let root_pem = root.pem();
+    write_file(&ca_cert_path, &root_pem, 0o644)?;
     issue_with(
         dir,
         hosts,
         key_type,
-        &ca_cert,
-        &ca_key,
-        &ca_pem,
+        &issuer,
+        &issuer_key,
+        &format!("{issuer_pem}{root_pem}"),
         Duration::days(SERVER_DAYS),
     )
 }
@@ -371,7 +388,17 @@ pub fn issue_for(
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| CaError::Io(p.to_path_buf(), e));
     let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(crypto)?;
     let ca_pem = read(&ca_cert_path)?;
-    let params = CertificateParams::from_ca_cert_pem(&ca_pem).map_err(crypto)?;
+    // The signer: the issuer when there is one (the key is its key), else the CA itself (made before berth used
+    // an issuer). The chain sent to clients: the server certificate, the issuer if any, the CA.
+    let issuer_path = dir.join(CA_ISSUER);
+    let (signer_pem, chain_tail) = if issuer_path.exists() {
+        let issuer_pem = read(&issuer_path)?;
+        let tail = format!("{issuer_pem}{ca_pem}");
+        (issuer_pem, tail)
+    } else {
+        (ca_pem.clone(), ca_pem.clone())
+    };
+    let params = CertificateParams::from_ca_cert_pem(&signer_pem).map_err(crypto)?;
     if let Some(nc) = &params.name_constraints {
         let refused: Vec<String> = hosts
             .iter()
@@ -386,29 +413,37 @@ pub fn issue_for(
         }
     }
     // Re-signing the parsed parameters yields the same subject and key, which is all signing a leaf needs; the
-    // chain sent to clients carries the CA certificate exactly as in devdockerCA.crt.
-    let ca_cert = params.self_signed(&ca_key).map_err(crypto)?;
-    issue_with(dir, hosts, key_type, &ca_cert, &ca_key, &ca_pem, lifetime)
+    // chain sent to clients carries the certificates exactly as they are on disk.
+    let signer = params.self_signed(&ca_key).map_err(crypto)?;
+    issue_with(
+        dir,
+        hosts,
+        key_type,
+        &signer,
+        &ca_key,
+        &chain_tail,
+        lifetime,
+    )
 }
 
 fn issue_with(
     dir: &Path,
     hosts: &[String],
     key_type: KeyType,
-    ca_cert: &rcgen::Certificate,
-    ca_key: &KeyPair,
-    ca_pem: &str,
+    signer: &rcgen::Certificate,
+    signer_key: &KeyPair,
+    chain_tail: &str,
     lifetime: Duration,
 ) -> Result<Issued, CaError> {
     let key = generate_key(key_type)?;
     let cert = server_params(hosts, lifetime)?
-        .signed_by(&key, ca_cert, ca_key)
+        .signed_by(&key, signer, signer_key)
         .map_err(crypto)?;
     let server_key = dir.join(SERVER_KEY);
     let server_cert = dir.join(SERVER_CERT);
     write_file(&server_key, &key.serialize_pem(), 0o600)?;
-    // The chain clients receive: server certificate, then the CA.
-    write_file(&server_cert, &format!("{}{}", cert.pem(), ca_pem), 0o644)?;
+    // The chain clients receive: server certificate, then the issuer (if any) and the CA.
+    write_file(&server_cert, &format!("{}{chain_tail}", cert.pem()), 0o644)?;
     Ok(Issued {
         ca_cert: dir.join(CA_CERT),
         server_cert,
@@ -459,7 +494,9 @@ mod tests {
             let ca = std::fs::read_to_string(dir.path().join(CA_CERT)).unwrap();
             let chain = std::fs::read_to_string(dir.path().join(SERVER_CERT)).unwrap();
             assert!(chain.ends_with(&ca), "{chain}\n---\n{ca}");
-            assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+            assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 3);
+            let issuer = std::fs::read_to_string(dir.path().join(CA_ISSUER)).unwrap();
+            assert!(chain.ends_with(&format!("{issuer}{ca}")));
             issue(dir.path(), &hosts, KeyType::EcdsaP256).unwrap();
         }
     }
@@ -469,7 +506,7 @@ mod tests {
     fn forged_leaf(dir: &Path, name: &str) -> rustls_pki_types::CertificateDer<'static> {
         let ca_key =
             KeyPair::from_pem(&std::fs::read_to_string(dir.join(CA_KEY)).unwrap()).unwrap();
-        let ca_pem = std::fs::read_to_string(dir.join(CA_CERT)).unwrap();
+        let ca_pem = std::fs::read_to_string(dir.join(CA_ISSUER)).unwrap();
         let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
             .unwrap()
             .self_signed(&ca_key)
@@ -494,8 +531,15 @@ mod tests {
         .unwrap();
         let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
         use rustls::client::danger::ServerCertVerifier;
+        let issuer = rustls_pki_types::CertificateDer::from_pem_file(dir.join(CA_ISSUER)).unwrap();
         verifier
-            .verify_server_cert(leaf, &[], &name, &[], rustls_pki_types::UnixTime::now())
+            .verify_server_cert(
+                leaf,
+                &[issuer],
+                &name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
             .is_ok()
     }
 
@@ -566,6 +610,42 @@ mod tests {
         ));
     }
 
+    /// The key on disk is the issuer's, not the root's: the root (what clients trust) signed the issuer and its
+    /// key was thrown away, and both carry the same critical name constraints.
+    #[test]
+    fn only_the_constrained_issuer_s_key_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        init(
+            dir.path(),
+            &["reg.example".to_string()],
+            KeyType::EcdsaP256,
+            false,
+        )
+        .unwrap();
+        let key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.path().join(CA_KEY)).unwrap()).unwrap();
+        let der = |f: &str| {
+            let pem = std::fs::read(dir.path().join(f)).unwrap();
+            x509_parser::pem::parse_x509_pem(&pem).unwrap().1.contents
+        };
+        let (root_der, issuer_der) = (der(CA_CERT), der(CA_ISSUER));
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
+        let (_, issuer) = x509_parser::parse_x509_certificate(&issuer_der).unwrap();
+        let key_bits = key.public_key_raw();
+        assert_ne!(root.public_key().subject_public_key.data.as_ref(), key_bits);
+        assert_eq!(
+            issuer.public_key().subject_public_key.data.as_ref(),
+            key_bits
+        );
+        assert!(issuer.verify_signature(Some(root.public_key())).is_ok());
+        for (cert, path_len) in [(&root, 1), (&issuer, 0)] {
+            let bc = cert.basic_constraints().unwrap().unwrap().value;
+            assert!(bc.ca);
+            assert_eq!(bc.path_len_constraint, Some(path_len));
+            assert!(cert.name_constraints().unwrap().unwrap().critical);
+        }
+    }
+
     #[test]
     fn openssl_refuses_a_name_outside_the_constraints() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,6 +667,8 @@ mod tests {
             let out = std::process::Command::new("openssl")
                 .args(["verify", "-CAfile"])
                 .arg(dir.path().join(CA_CERT))
+                .arg("-untrusted")
+                .arg(dir.path().join(CA_ISSUER))
                 .args(["-verify_hostname", name])
                 .arg(&leaf_path)
                 .output()

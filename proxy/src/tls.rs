@@ -196,7 +196,13 @@ pub fn renew_if_due(
     let Some(leaf_der) = current.cert.first() else {
         return Ok(Renewal::NotOurs);
     };
-    let ca_path = certs_dir.join(ca::CA_CERT);
+    // What signs server certificates: the issuer when there is one, else the CA itself.
+    let issuer_path = certs_dir.join(ca::CA_ISSUER);
+    let ca_path = if issuer_path.exists() {
+        issuer_path
+    } else {
+        certs_dir.join(ca::CA_CERT)
+    };
     if !ca_path.exists() || !certs_dir.join(ca::CA_KEY).exists() {
         return Ok(Renewal::NotOurs);
     }
