@@ -501,6 +501,13 @@ mod tests {
         }
     }
 
+    /// A new CA (and server certificate) for `name` in a temporary directory.
+    fn ca_for(name: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &[name.to_string()], KeyType::EcdsaP256, false).unwrap();
+        dir
+    }
+
     /// A leaf for `name`, signed with the CA key in `dir` directly (what someone holding the key could make,
     /// bypassing `issue`'s check).
     fn forged_leaf(dir: &Path, name: &str) -> rustls_pki_types::CertificateDer<'static> {
@@ -614,14 +621,7 @@ mod tests {
     /// key was thrown away, and both carry the same critical name constraints.
     #[test]
     fn only_the_constrained_issuer_s_key_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        init(
-            dir.path(),
-            &["reg.example".to_string()],
-            KeyType::EcdsaP256,
-            false,
-        )
-        .unwrap();
+        let dir = ca_for("reg.example");
         let key =
             KeyPair::from_pem(&std::fs::read_to_string(dir.path().join(CA_KEY)).unwrap()).unwrap();
         let der = |f: &str| {
@@ -648,14 +648,7 @@ mod tests {
 
     #[test]
     fn openssl_refuses_a_name_outside_the_constraints() {
-        let dir = tempfile::tempdir().unwrap();
-        init(
-            dir.path(),
-            &["reg.example".to_string()],
-            KeyType::EcdsaP256,
-            false,
-        )
-        .unwrap();
+        let dir = ca_for("reg.example");
         for (name, accepted) in [("reg.example", true), ("www.paypal.com", false)] {
             let leaf = forged_leaf(dir.path(), name);
             let pem = format!(

@@ -525,7 +525,15 @@ async fn handle(
         .unwrap_or_default();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let (mut resp, user) = match stages(&state, peer, req, &user_agent, Arc::clone(&bytes_in)).await
+    let (mut resp, user) = match stages(
+        &state,
+        peer,
+        req,
+        &user_agent,
+        declared_length,
+        Arc::clone(&bytes_in),
+    )
+    .await
     {
         Ok(ok) => ok,
         Err(early) => {
@@ -652,6 +660,7 @@ async fn stages(
     peer: SocketAddr,
     req: Request<Incoming>,
     user_agent: &str,
+    declared_length: Option<u64>,
     bytes_in: Arc<AtomicU64>,
 ) -> StageResult {
     let cfg = &state.config;
@@ -677,7 +686,7 @@ async fn stages(
         // The ping bypass is for reads only; any other method on a ping path needs credentials like the API.
         Route::Ping if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {}
         Route::Ping if cfg.ping_local => return Ok((json_response(StatusCode::OK, "{}"), None)),
-        Route::Ping => return forward(state, peer, req, None, bytes_in).await,
+        Route::Ping => return forward(state, peer, req, None, declared_length, bytes_in).await,
         Route::Registry => {}
     }
     if state.filter.refuses(user_agent) {
@@ -709,7 +718,7 @@ async fn stages(
             return Err(Early::new(error, None, req));
         }
     };
-    forward(state, peer, req, Some(user), bytes_in).await
+    forward(state, peer, req, Some(user), declared_length, bytes_in).await
 }
 
 /// The client's address for throttling: the peer's, or the `X-Real-IP` a trusted front proxy set.
@@ -731,19 +740,13 @@ async fn forward(
     peer: SocketAddr,
     req: Request<Incoming>,
     user: Option<String>,
+    declared_length: Option<u64>,
     bytes_in: Arc<AtomicU64>,
 ) -> StageResult {
     let cfg = &state.config;
     let limit = (cfg.max_body_size > 0).then_some(cfg.max_body_size);
-    if let Some(max) = limit {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(Early::new(ProxyError::PayloadTooLarge, user, req));
-        }
+    if limit.is_some_and(|max| declared_length.is_some_and(|n| n > max)) {
+        return Err(Early::new(ProxyError::PayloadTooLarge, user, req));
     }
     let Some(host) = client_host(req.version(), req.uri(), req.headers()) else {
         // Without the name the client used, the registry would build its Location headers from the

@@ -256,16 +256,7 @@ async fn a_refused_user_agent_and_a_too_large_body_get_their_whole_answer() {
 async fn http2_ends_the_stream_and_keeps_the_connection_for_the_retry() {
     let registry = RealRegistry::start();
     let proxy = Proxy::start(vec![registry.url()], |_| {}).await;
-    let tls = tls_connect(proxy.addr, client_config(&proxy.ca, &[b"h2"]), "localhost")
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_client(&proxy).await;
     for size in [2, 3 * MIB, BIG] {
         let target = with_digest(&start_upload(&proxy, "early/h2").await, size);
         let uri = format!("https://localhost:{}{target}", proxy.addr.port());
@@ -504,16 +495,7 @@ async fn no_answer_to_head_has_a_body_over_http2() {
     let registry = RealRegistry::start();
     let proxy = Proxy::start(vec![registry.url()], |_| {}).await;
     let (blob, upload) = seed(&proxy).await;
-    let tls = tls_connect(proxy.addr, client_config(&proxy.ca, &[b"h2"]), "localhost")
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_client(&proxy).await;
     for path in routes(&blob, &upload) {
         for auth in [false, true] {
             let mut answers = Vec::new();

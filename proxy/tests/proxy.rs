@@ -192,16 +192,7 @@ async fn headers_are_rewritten_for_the_upstream() {
 async fn http2_uses_the_authority_as_host() {
     let up = Upstream::start().await;
     let proxy = Proxy::start(vec![up.url()], |_| {}).await;
-    let tls = tls_connect(proxy.addr, client_config(&proxy.ca, &[b"h2"]), "localhost")
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_client(&proxy).await;
     let uri = format!("https://localhost:{}/v2/", proxy.addr.port());
     let req = http::Request::builder()
         .uri(uri)
@@ -836,16 +827,7 @@ async fn connections_are_capped() {
 async fn idle_http2_connections_get_goaway() {
     let up = Upstream::start().await;
     let proxy = Proxy::start(vec![up.url()], |c| c.idle_timeout_secs = 1).await;
-    let tls = tls_connect(proxy.addr, client_config(&proxy.ca, &[b"h2"]), "localhost")
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2_client(&proxy).await;
     // A request in flight for longer than the idle timeout (a slow upload) is not cut.
     let uri = format!(
         "https://localhost:{}/v2/x/blobs/uploads/1",

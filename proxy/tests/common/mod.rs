@@ -280,6 +280,23 @@ pub async fn tls_connect(
         .await
 }
 
+/// An HTTP/2 connection over TLS to the proxy, and the task that drives it.
+pub async fn h2_client(
+    proxy: &Proxy,
+) -> (
+    hyper::client::conn::http2::SendRequest<TestBody>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tls = tls_connect(proxy.addr, client_config(&proxy.ca, &[b"h2"]), "localhost")
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    (send, tokio::spawn(conn))
+}
+
 /// An HTTP/1.1 connection over TLS to the proxy.
 pub struct Client {
     pub send: hyper::client::conn::http1::SendRequest<TestBody>,
