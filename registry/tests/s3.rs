@@ -367,6 +367,16 @@ impl Storage for CountingLists {
     async fn delete(&self, key: &str) -> Result<(), berth_registry::storage::StorageError> {
         self.inner.delete(key).await
     }
+    async fn create(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> Result<bool, berth_registry::storage::StorageError> {
+        self.inner.create(key, bytes).await
+    }
+    fn walk(&self, prefix: &str) -> berth_registry::storage::ObjectStream {
+        self.inner.walk(prefix)
+    }
 }
 
 /// A catalog page costs about one delimiter listing per repository on the page, plus one per folder level

@@ -26,6 +26,8 @@ pub async fn run_all(s: &dyn Storage) {
     delete_prefix(s).await;
     empty_objects(s).await;
     concurrent_puts_are_atomic(s).await;
+    create_only_when_absent(s).await;
+    walk_finds_every_object(s).await;
 }
 
 /// `put` then `read`, `read_small` and `stat` return what was written; a second `put` replaces it.
@@ -216,4 +218,70 @@ pub async fn concurrent_puts_are_atomic(s: &dyn Storage) {
         "no temporary file may be listed"
     );
     s.delete("conf-conc").await.unwrap();
+}
+
+/// `create` writes only where nothing is; of concurrent creators exactly one wins, and the object is whole.
+pub async fn create_only_when_absent(s: &dyn Storage) {
+    let k = "conf-create/lease";
+    assert!(s.create(k, Bytes::from_static(b"first")).await.unwrap());
+    assert!(!s.create(k, Bytes::from_static(b"second")).await.unwrap());
+    assert_eq!(s.read_small(k, 100).await.unwrap(), &b"first"[..]);
+    s.delete(k).await.unwrap();
+    for round in 0..3 {
+        let k = format!("conf-create/race{round}");
+        let results = futures_util::future::join_all(
+            (0..4u8).map(|i| s.create(&k, Bytes::from(vec![b'a' + i; 10_000]))),
+        )
+        .await;
+        let won: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| *r.as_ref().unwrap())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(won.len(), 1, "exactly one concurrent create must win");
+        let got = s.read_small(&k, 100_000).await.unwrap();
+        assert_eq!(got, vec![b'a' + won[0] as u8; 10_000], "the winner's bytes");
+    }
+    assert_eq!(
+        s.list("conf-create").await.unwrap(),
+        vec!["race0", "race1", "race2"],
+        "no temporary file may be listed"
+    );
+    s.delete("conf-create").await.unwrap();
+}
+
+/// `walk` finds every object under a prefix, at any depth, with its size and a modification time, and
+/// nothing beside the prefix.
+pub async fn walk_finds_every_object(s: &dyn Storage) {
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    let mut want = Vec::new();
+    for i in 0..300 {
+        let k = format!("conf-walk/in/{}/{i}/link", i % 7);
+        s.put(&k, Bytes::from(vec![b'x'; i % 5])).await.unwrap();
+        want.push((k, (i % 5) as u64));
+    }
+    s.put("conf-walk/in-not/x", Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    s.put("conf-walk/inx", Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    let mut got: Vec<(String, u64)> = s
+        .walk("conf-walk/in")
+        .map_ok(|(k, m)| {
+            let t = m.modified.expect("walk must give modification times");
+            assert!(t >= before, "{k}: modification time {t:?} in the past");
+            (k, m.size)
+        })
+        .try_collect()
+        .await
+        .unwrap();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    let absent: Vec<(String, super::ObjectMeta)> =
+        s.walk("conf-walk/none").try_collect().await.unwrap();
+    assert!(absent.is_empty(), "an absent prefix walks as empty");
+    s.delete("conf-walk").await.unwrap();
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream;
 
-use super::{AppendWriter, ByteStream, ObjectMeta, Storage, StorageError};
+use super::{AppendWriter, ByteStream, ObjectMeta, ObjectStream, Storage, StorageError};
 
 /// Prefix of temporary files; `list` hides them.
 const TMP_PREFIX: &str = ".tmp-";
@@ -305,7 +305,10 @@ impl Storage for FsStorage {
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         // On the request's own thread, as `read_small` (see there).
         match std::fs::metadata(self.path(key)) {
-            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { size: m.len() })),
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta {
+                size: m.len(),
+                modified: m.modified().ok(),
+            })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
                 Ok(None)
@@ -483,6 +486,102 @@ impl Storage for FsStorage {
         })
         .await
     }
+
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
+        let path = self.path(key);
+        self.listings.forget_above(&path);
+        blocking(key, move || create_exclusive(&path, &bytes)).await
+    }
+
+    fn walk(&self, prefix: &str) -> ObjectStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(WALK_QUEUE);
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        tokio::task::spawn_blocking(move || walk_tree(&root, &prefix, &tx));
+        Box::pin(stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    }
+}
+
+/// Objects a walk finds ahead of its consumer.
+const WALK_QUEUE: usize = 256;
+
+/// Sends every file under `root/prefix` (temporary files excepted) with its meta; stops early when the
+/// receiver is gone. A folder that vanishes during the walk is skipped.
+fn walk_tree(
+    root: &Path,
+    prefix: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<(String, ObjectMeta), StorageError>>,
+) {
+    let mut stack = vec![prefix.trim_end_matches('/').to_string()];
+    while let Some(key) = stack.pop() {
+        let dir = if key.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&key)
+        };
+        let names = match read_sorted(&dir) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(io_err(&key, e)));
+                return;
+            }
+        };
+        // Reversed onto the stack, so folders are walked in name order.
+        for name in names.into_iter().rev() {
+            let child = if key.is_empty() {
+                name
+            } else {
+                format!("{key}/{name}")
+            };
+            match std::fs::symlink_metadata(root.join(&child)) {
+                Ok(m) if m.is_dir() => stack.push(child),
+                Ok(m) if m.is_file() => {
+                    let meta = ObjectMeta {
+                        size: m.len(),
+                        modified: m.modified().ok(),
+                    };
+                    if tx.blocking_send(Ok((child, meta))).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(io_err(&child, e)));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to `path` only when no file is there, atomically (a complete temporary file is hard-linked
+/// into place, which fails when the name exists).
+fn create_exclusive(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
+    ensure_dir(dir)?;
+    let tmp = dir.join(tmp_name());
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {
+                fsync_dir(dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@
 //! - `list` returns the names of the direct children of a prefix (objects and "directories"), sorted,
 //!   without temporary files; an absent prefix lists as empty.
 //! - `delete` removes an object or everything under a prefix; deleting what is absent succeeds.
+//! - `create` writes an object only when none is there, atomically: of two racing creators exactly one wins.
+//! - `walk` streams every object under a prefix, recursively, with its size and modification time, in bounded
+//!   memory; append objects (upload data) may be left out.
 
 pub mod conformance;
 pub mod fs;
@@ -20,6 +23,7 @@ pub mod s3;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,6 +31,10 @@ use futures_util::Stream;
 
 /// A stream of object bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A stream of objects found by [`Storage::walk`]: each object's key (as the other methods take it) and meta.
+pub type ObjectStream =
+    Pin<Box<dyn Stream<Item = Result<(String, ObjectMeta), StorageError>> + Send>>;
 
 /// Storage failures.
 #[derive(Debug)]
@@ -63,6 +71,8 @@ impl StorageError {
 pub struct ObjectMeta {
     /// Size in bytes.
     pub size: u64,
+    /// When the object was last written, when the backend knows.
+    pub modified: Option<SystemTime>,
 }
 
 /// A writer appending to one object.
@@ -100,4 +110,10 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// Removes an object or a whole prefix.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Writes a small object only when no object is at `key`; returns whether this call created it. Of
+    /// several concurrent creators, exactly one gets `true`.
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError>;
+    /// Every object under `prefix`, recursively, in no particular order, streamed (memory does not grow with
+    /// the number of objects). Append objects may be left out.
+    fn walk(&self, prefix: &str) -> ObjectStream;
 }

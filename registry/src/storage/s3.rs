@@ -30,10 +30,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    WriteMultipart,
+};
 use tokio::task::JoinHandle;
 
-use super::{AppendWriter, ByteStream, ObjectMeta, Storage, StorageError};
+use super::{AppendWriter, ByteStream, ObjectMeta, ObjectStream, Storage, StorageError};
 
 /// Suffix of the folder holding an append object's parts.
 const PARTS_SUFFIX: &str = "!parts";
@@ -427,12 +430,20 @@ impl AppendWriter for S3Append {
 impl Storage for S3Storage {
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         match self.store.head(&self.path(key)).await {
-            Ok(m) => return Ok(Some(ObjectMeta { size: m.size })),
+            Ok(m) => {
+                return Ok(Some(ObjectMeta {
+                    size: m.size,
+                    modified: Some(m.last_modified.into()),
+                }))
+            }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(os_err(key, e)),
         }
         let parts = self.parts(key).await?;
-        Ok((!parts.run.is_empty()).then(|| ObjectMeta { size: parts.size() }))
+        Ok((!parts.run.is_empty()).then(|| ObjectMeta {
+            size: parts.size(),
+            modified: None,
+        }))
     }
 
     async fn read(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream, StorageError> {
@@ -603,6 +614,54 @@ impl Storage for S3Storage {
         all.sort();
         all.dedup();
         self.delete_paths(key, all).await
+    }
+
+    async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from_bytes(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(os_err(key, e)),
+        }
+    }
+
+    fn walk(&self, prefix: &str) -> ObjectStream {
+        let base = self.path(prefix.trim_end_matches('/'));
+        let skip = if self.root.is_empty() {
+            0
+        } else {
+            self.root.len() + 1
+        };
+        let key = prefix.to_string();
+        let listing = if base.as_ref().is_empty() {
+            self.store.list(None)
+        } else {
+            self.store.list(Some(&base))
+        };
+        Box::pin(listing.filter_map(move |r| {
+            let out = match r {
+                // Part objects of append objects (upload data) are left out.
+                Ok(m) if m.location.as_ref().contains(PARTS_SUFFIX) => None,
+                Ok(m) => m.location.as_ref().get(skip..).map(|k| {
+                    Ok((
+                        k.to_string(),
+                        ObjectMeta {
+                            size: m.size,
+                            modified: Some(m.last_modified.into()),
+                        },
+                    ))
+                }),
+                Err(e) => Some(Err(os_err(&key, e))),
+            };
+            std::future::ready(out)
+        }))
     }
 }
 

@@ -520,6 +520,12 @@ mod tests {
         async fn delete(&self, key: &str) -> Result<(), StorageError> {
             self.inner.delete(key).await
         }
+        async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
+            self.inner.create(key, bytes).await
+        }
+        fn walk(&self, prefix: &str) -> crate::storage::ObjectStream {
+            self.inner.walk(prefix)
+        }
     }
 
     /// A request dropped mid-body (the client went away) leaves batches queued for its writer. The next
