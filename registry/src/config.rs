@@ -15,6 +15,104 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Garbage collection.
+    pub gc: GcConfig,
+}
+
+/// `[gc]`: online garbage collection (docs/gc.md). Durations are written like `90s`, `10m`, `24h`, `7d` or
+/// `1h30m`; `0` is zero.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// Time between two collections run by the registry; `0` turns them off (env `BERTH_GC_INTERVAL`).
+    pub interval: String,
+    /// Nothing written within this long before a collection starts is swept (env `BERTH_GC_GRACE`).
+    pub grace: String,
+    /// Also remove manifests that no tag reaches (env `BERTH_GC_DELETE_UNTAGGED`).
+    pub delete_untagged: bool,
+    /// Upload sessions idle longer than this are removed
+    /// (env `REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE`).
+    pub upload_max_age: String,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: "1h".into(),
+            grace: "1h".into(),
+            delete_untagged: false,
+            upload_max_age: "168h".into(),
+        }
+    }
+}
+
+/// Parses a duration like `90s`, `10m`, `24h`, `7d`, `1h30m`, `500ms` or `0`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let bad = || format!("{text:?} is not a duration like 90s, 10m, 24h, 7d or 0");
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs_per = match &rest[..unit_len] {
+            "ms" => None,
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86400),
+            _ => return Err(bad()),
+        };
+        let part = match secs_per {
+            Some(k) => n.checked_mul(k).map(std::time::Duration::from_secs),
+            None => Some(std::time::Duration::from_millis(n)),
+        }
+        .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+impl GcConfig {
+    /// Time between collections; zero when off.
+    pub fn interval(&self) -> std::time::Duration {
+        parse_duration(&self.interval).unwrap_or_default()
+    }
+    /// The grace period.
+    pub fn grace(&self) -> std::time::Duration {
+        parse_duration(&self.grace).unwrap_or(std::time::Duration::from_secs(3600))
+    }
+    /// The idle age after which upload sessions are removed.
+    pub fn upload_max_age(&self) -> std::time::Duration {
+        parse_duration(&self.upload_max_age).unwrap_or(std::time::Duration::from_secs(7 * 86400))
+    }
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (key, v) in [
+            ("gc.interval", &self.interval),
+            ("gc.grace", &self.grace),
+            ("gc.upload_max_age", &self.upload_max_age),
+        ] {
+            if let Err(e) = parse_duration(v) {
+                p.push(format!("{key}: {e}"));
+            }
+        }
+        p
+    }
 }
 
 /// `[http]`
@@ -251,6 +349,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("AWS_ENDPOINT_URL", "storage.s3.region_endpoint when unset"),
     ("REGISTRY_LOG_LEVEL", "log.level"),
+    ("BERTH_GC_INTERVAL", "gc.interval"),
+    ("BERTH_GC_GRACE", "gc.grace"),
+    ("BERTH_GC_DELETE_UNTAGGED", "gc.delete_untagged"),
+    (
+        "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE",
+        "gc.upload_max_age",
+    ),
 ];
 
 fn parse_bool(key: &str, v: &str, problems: &mut Vec<String>) -> Option<bool> {
@@ -379,6 +484,20 @@ impl Config {
         if let Some(v) = env("REGISTRY_LOG_LEVEL") {
             config.log.level = v;
         }
+        if let Some(v) = non_empty(env("BERTH_GC_INTERVAL")) {
+            config.gc.interval = v;
+        }
+        if let Some(v) = non_empty(env("BERTH_GC_GRACE")) {
+            config.gc.grace = v;
+        }
+        if let Some(v) = non_empty(env("BERTH_GC_DELETE_UNTAGGED")) {
+            if let Some(b) = parse_bool("BERTH_GC_DELETE_UNTAGGED", &v, &mut problems) {
+                config.gc.delete_untagged = b;
+            }
+        }
+        if let Some(v) = non_empty(env("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE")) {
+            config.gc.upload_max_age = v;
+        }
         apply_s3_env(&mut config.storage, env, &mut problems);
         problems.extend(config.validate());
         if problems.is_empty() {
@@ -419,6 +538,7 @@ impl Config {
             }
             StorageDriver::S3 => p.extend(self.storage.s3.validate()),
         }
+        p.extend(self.gc.validate());
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -468,6 +588,28 @@ impl Config {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn durations_read_like_the_docs_say() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("168h"), Ok(Duration::from_secs(604800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604800)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "h", "10", "1x", "-1s", "1.5h", "99999999999999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let problems =
+            Config::load(None, &|k| (k == "BERTH_GC_GRACE").then(|| "soon".into())).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.starts_with("gc.grace:")),
+            "{problems:?}"
+        );
+    }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: HashMap<String, String> = pairs

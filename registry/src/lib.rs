@@ -35,3 +35,55 @@ pub fn build(config: Config) -> std::io::Result<Arc<App>> {
         config,
     }))
 }
+
+/// The collection options a configuration asks for.
+pub fn gc_options(config: &Config) -> store::gc::GcOptions {
+    store::gc::GcOptions {
+        grace: config.gc.grace(),
+        delete_untagged: config.gc.delete_untagged,
+        upload_max_age: config.gc.upload_max_age(),
+        dry_run: false,
+    }
+}
+
+/// Starts the scheduled collections (`gc.interval`; none when it is zero), logging what each freed.
+pub fn spawn_collector(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
+    let interval = app.config.gc.interval();
+    if interval.is_zero() {
+        tracing::info!("garbage collection off (gc.interval is 0)");
+        return None;
+    }
+    let opts = gc_options(&app.config);
+    let store = app.store.clone();
+    tracing::info!(
+        interval = ?interval,
+        grace = ?opts.grace,
+        delete_untagged = opts.delete_untagged,
+        "garbage collection scheduled"
+    );
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let began = std::time::Instant::now();
+            match store.collect_garbage(&opts).await {
+                Ok(r) => tracing::info!(
+                    blobs = r.blobs.len(),
+                    bytes = r.bytes,
+                    manifests = r.manifests.len(),
+                    links = r.links,
+                    uploads = r.uploads.len(),
+                    live = r.blobs_live,
+                    spared = r.spared,
+                    took_ms = began.elapsed().as_millis() as u64,
+                    "garbage collection done"
+                ),
+                Err(store::gc::GcError::Busy(owner)) => {
+                    tracing::info!(%owner, "garbage collection skipped: another collector runs")
+                }
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
+    }))
+}

@@ -25,6 +25,23 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print every problem, and exit.
     CheckConfig,
+    /// Collect garbage once in the configured storage and exit. Safe while registries serve it: pushes in
+    /// flight are never broken, and only one collector runs at a time (docs/gc.md).
+    Gc {
+        /// Report what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove manifests that no tag reaches (children of kept indexes and referrers of kept
+        /// manifests stay).
+        #[arg(long)]
+        delete_untagged: bool,
+        /// Print one JSON object (`blobs`, `bytes`, `manifests`, `links`, `uploads`, ...) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Grace period, like 90s, 10m, 1h or 0 (default: gc.grace, env BERTH_GC_GRACE).
+        #[arg(long, value_parser = berth_registry::config::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
 }
 
 fn env_help() -> String {
@@ -53,6 +70,79 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// `berth-registry gc`: one collection, reported on stdout.
+fn run_gc(config: Config, opts: berth_registry::store::gc::GcOptions, json: bool) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth-registry: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let root = config.storage_description();
+        let app = match build(config) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("berth-registry: storage {root}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match app.store.collect_garbage(&opts).await {
+            Ok(report) => {
+                if json {
+                    match serde_json::to_string(&report) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => {
+                            eprintln!("berth-registry: gc: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    let verb = if report.dry_run {
+                        "would delete"
+                    } else {
+                        "deleted"
+                    };
+                    for b in &report.blobs {
+                        println!("blob {b}");
+                    }
+                    for m in &report.manifests {
+                        println!("manifest {}@{}", m.repository, m.digest);
+                    }
+                    for u in &report.uploads {
+                        println!("upload {}/{}", u.repository, u.id);
+                    }
+                    println!(
+                        "{verb} {} blobs ({} bytes), {} manifest revisions, {} links, {} uploads; \
+                         {} of {} blobs live, {} spared",
+                        report.blobs.len(),
+                        report.bytes,
+                        report.manifests.len(),
+                        report.links,
+                        report.uploads.len(),
+                        report.blobs_live,
+                        report.blobs_seen,
+                        report.spared
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berth-registry: gc in {root}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), &|k| std::env::var(k).ok()) {
@@ -67,6 +157,21 @@ fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::CheckConfig)) {
         println!("configuration OK");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Gc {
+        dry_run,
+        delete_untagged,
+        json,
+        grace,
+    }) = cli.command
+    {
+        let mut opts = berth_registry::gc_options(&config);
+        opts.dry_run = dry_run;
+        opts.delete_untagged |= delete_untagged;
+        if let Some(g) = grace {
+            opts.grace = g;
+        }
+        return run_gc(config, opts, json);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -114,6 +219,7 @@ fn main() -> ExitCode {
         tracing::info!(listen = %local, storage = %root, "berth-registry listening");
         // Scripts and tests read this line to learn the bound port.
         println!("berth-registry listening on {local}");
+        berth_registry::spawn_collector(&app);
         server::serve(listener, app, shutdown_signal()).await;
         tracing::info!("berth-registry stopped");
         ExitCode::SUCCESS

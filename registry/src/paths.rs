@@ -133,6 +133,50 @@ pub fn upload_started_at(name: &RepoName, id: &UploadId) -> String {
     format!("{}/startedat", upload_dir(name, id))
 }
 
+/// Folder of one digest in a tag's history.
+pub fn tag_index_dir(name: &RepoName, tag: &Tag, d: &Digest) -> String {
+    format!(
+        "{}/index/{}/{}",
+        tag_dir(name, tag),
+        d.algorithm().as_str(),
+        d.hex()
+    )
+}
+
+/// Folder of a repository found in storage by a walk (its name is not parsed: the collector must clean the
+/// links of every folder it marked, whatever its name).
+pub fn stored_repo_dir(repo: &str) -> String {
+    format!("{ROOT}/repositories/{repo}")
+}
+
+/// The collector's own objects, beside (not inside) registry:2's tree.
+pub const GC_ROOT: &str = "_berth/gc";
+
+/// Folder of the collector leases, one object per epoch.
+pub fn gc_leases() -> String {
+    format!("{GC_ROOT}/lease")
+}
+
+/// The lease of one collector epoch (the number padded so names sort like numbers).
+pub fn gc_lease(epoch: u64) -> String {
+    format!("{GC_ROOT}/lease/{epoch:020}")
+}
+
+/// What a running collector is about to delete; manifest pushes read it.
+pub fn gc_sweep() -> String {
+    format!("{GC_ROOT}/sweep")
+}
+
+/// Folder of the pins: the digests each manifest push in flight depends on.
+pub fn gc_pins() -> String {
+    format!("{GC_ROOT}/pins")
+}
+
+/// One pin, named by a random id.
+pub fn gc_pin(id: &str) -> String {
+    format!("{GC_ROOT}/pins/{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

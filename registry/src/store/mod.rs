@@ -5,6 +5,7 @@
 //! of a repository, and a manifest's content and revision link before the tag that points at it. Every
 //! write of a link replaces it atomically.
 
+pub mod gc;
 mod uploads;
 
 use std::collections::HashSet;
@@ -277,23 +278,52 @@ impl RegistryStore {
             }
             None => Digest::sha256_of(&bytes),
         };
-        self.check_references(name, &manifest).await?;
-        if self.blob_size(&digest).await? != Some(bytes.len() as u64) {
-            self.storage.put(&paths::blob_data(&digest), bytes).await?;
-        }
-        self.write_link(&paths::revision_link(name, &digest), &digest)
-            .await?;
-        if let Some(tag) = tag {
-            self.write_link(&paths::tag_index_link(name, tag, &digest), &digest)
-                .await?;
-            self.write_link(&paths::tag_current_link(name, tag), &digest)
-                .await?;
-        }
+        // The pin keeps a running collector away from what this push depends on (docs/gc.md).
+        let mut deps = vec![digest.clone()];
+        deps.extend(
+            manifest
+                .config
+                .iter()
+                .chain(manifest.references.iter())
+                .filter_map(|d| Digest::parse(&d.digest).ok()),
+        );
+        let pin = gc::Pin::take(self.storage.as_ref(), &deps).await?;
+        let stored = self
+            .store_manifest(name, tag, &manifest, &digest, bytes, &pin)
+            .await;
+        pin.release(self.storage.as_ref()).await;
+        stored?;
         let subject = manifest
             .subject
             .as_ref()
             .and_then(|s| Digest::parse(&s.digest).ok());
         Ok(PushedManifest { digest, subject })
+    }
+
+    /// Checks a pinned manifest's references, then writes it: content, revision link, tag.
+    async fn store_manifest(
+        &self,
+        name: &RepoName,
+        tag: Option<&Tag>,
+        manifest: &Manifest,
+        digest: &Digest,
+        bytes: Bytes,
+        pin: &gc::Pin,
+    ) -> Result<(), RegistryError> {
+        self.check_references(name, manifest).await?;
+        pin.check_fresh()?;
+        if self.blob_size(digest).await? != Some(bytes.len() as u64) {
+            self.storage.put(&paths::blob_data(digest), bytes).await?;
+        }
+        self.write_link(&paths::revision_link(name, digest), digest)
+            .await?;
+        if let Some(tag) = tag {
+            self.write_link(&paths::tag_index_link(name, tag, digest), digest)
+                .await?;
+            self.write_link(&paths::tag_current_link(name, tag), digest)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn check_references(&self, name: &RepoName, m: &Manifest) -> Result<(), RegistryError> {

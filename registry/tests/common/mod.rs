@@ -20,7 +20,8 @@ pub type ReqBody = BoxBody<Bytes, std::io::Error>;
 
 /// A running registry process with its own data directory.
 pub struct Registry {
-    pub child: Child,
+    /// The process, when this one started it (none for a client of another registry).
+    pub child: Option<Child>,
     pub addr: String,
     pub root: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -118,7 +119,7 @@ impl Registry {
             .to_string();
         let client = Client::builder(TokioExecutor::new()).build_http();
         Registry {
-            child,
+            child: Some(child),
             addr,
             root: root.to_path_buf(),
             _dir: None,
@@ -126,8 +127,19 @@ impl Registry {
         }
     }
 
+    /// A client of a registry this test did not start (registry:2), with the same helpers.
+    pub fn remote(addr: &str) -> Registry {
+        Registry {
+            child: None,
+            addr: addr.to_string(),
+            root: PathBuf::new(),
+            _dir: None,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("a started registry").id()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -252,8 +264,10 @@ impl Registry {
 
     /// Kills the process with SIGKILL and waits for it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Stops with SIGTERM and waits (bounded) for a clean exit.
@@ -264,7 +278,13 @@ impl Registry {
             .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .expect("a started registry")
+                .try_wait()
+                .expect("wait")
+            {
                 return s;
             }
             assert!(
@@ -278,8 +298,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -1,0 +1,934 @@
+//! Online garbage collection: mark from the tags, sweep what nothing references, while pushes go on.
+//!
+//! The design, and why a manifest `PUT` that got 201 never points at a swept blob, is written down in
+//! `docs/gc.md`. In short:
+//!
+//! - **Mark** walks every repository: roots are the tags' current links (and every revision unless
+//!   `delete_untagged`), and every link or blob written within the grace period. Marking follows image
+//!   manifests to their config and layers, indexes to their children, and keeps referrers of live manifests.
+//! - **Sweep** deletes the unmarked blobs and every link to them, and (with `delete_untagged`) the revision
+//!   links of unmarked manifests, in batches. Before deleting a batch the collector *publishes* it in the
+//!   sweep marker, then reads the *pins*. A manifest push writes its pin (the digests it depends on) before
+//!   it reads the marker. Whichever of the two writes first, the other sees it: either the collector sees the
+//!   pin and spares those digests, or the push sees them doomed and fails with `MANIFEST_BLOB_UNKNOWN`.
+//! - **One collector at a time**, on any number of replicas: leases are objects created only when absent, one
+//!   per epoch; the holder of the highest epoch collects, and renews its lease before every batch.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{RegistryStore, LINK_LIMIT, STORED_MANIFEST_LIMIT};
+use crate::error::RegistryError;
+use crate::oci::{Algorithm, Digest};
+use crate::paths;
+use crate::storage::Storage;
+
+/// How long a lease, and the batch published with it, stays valid without renewal.
+const LEASE_TTL: Duration = Duration::from_secs(300);
+/// The lease is renewed this often while the collector walks and marks.
+const LEASE_RENEW: Duration = Duration::from_secs(60);
+/// A batch's deletions stop this long before the published batch expires.
+const LEASE_MARGIN: Duration = Duration::from_secs(60);
+/// Digests published and deleted at a time.
+const BATCH: usize = 256;
+/// A manifest push whose pin is older than this when it starts writing gives up (the collector removes pins
+/// older than [`PIN_STALE`], and only then).
+pub(super) const PIN_DEADLINE: Duration = Duration::from_secs(60);
+/// Pins older than this belong to pushes that are over (they gave up at [`PIN_DEADLINE`]).
+const PIN_STALE: Duration = Duration::from_secs(600);
+/// Largest pin or marker read (a pin lists a manifest's references; a marker one batch).
+const SMALL_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// What a collection does.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Nothing written within this long before the collection started is swept.
+    pub grace: Duration,
+    /// Also remove manifests no tag reaches (never children of a kept index, nor referrers of a kept manifest).
+    pub delete_untagged: bool,
+    /// Upload sessions idle longer than this are removed.
+    pub upload_max_age: Duration,
+    /// Report only; change nothing (and take no lease).
+    pub dry_run: bool,
+}
+
+/// A repository's manifest revision that a collection removed (or would remove).
+#[derive(Debug, Clone, Serialize)]
+pub struct UnlinkedManifest {
+    /// The repository folder.
+    pub repository: String,
+    /// The manifest digest.
+    pub digest: String,
+}
+
+/// An upload session a collection removed (or would remove).
+#[derive(Debug, Clone, Serialize)]
+pub struct PurgedUpload {
+    /// The repository folder.
+    pub repository: String,
+    /// The session id.
+    pub id: String,
+}
+
+/// What a collection did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Digests of the blobs deleted.
+    pub blobs: Vec<String>,
+    /// Their total size.
+    pub bytes: u64,
+    /// Manifest revisions removed from repositories (`delete_untagged`).
+    pub manifests: Vec<UnlinkedManifest>,
+    /// Links removed (repository links to deleted blobs, and links to blobs that were already missing).
+    pub links: u64,
+    /// Upload sessions removed.
+    pub uploads: Vec<PurgedUpload>,
+    /// Blobs seen in storage.
+    pub blobs_seen: u64,
+    /// Blobs marked live.
+    pub blobs_live: u64,
+    /// Candidates spared because a push in flight pinned them, or they were written again meanwhile.
+    pub spared: u64,
+    /// Repository folders walked.
+    pub repositories: u64,
+}
+
+/// A set of digests, compact for sha256 (32 bytes each): a mark set of a million blobs stays in tens of MB.
+#[derive(Default)]
+pub(crate) struct DigestSet {
+    sha256: HashSet<[u8; 32]>,
+    other: HashSet<String>,
+}
+
+fn sha256_key(d: &Digest) -> Option<[u8; 32]> {
+    if d.algorithm() != Algorithm::Sha256 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(d.hex(), &mut out).ok()?;
+    Some(out)
+}
+
+impl DigestSet {
+    /// Adds a digest; returns whether it was new.
+    pub(crate) fn insert(&mut self, d: &Digest) -> bool {
+        match sha256_key(d) {
+            Some(k) => self.sha256.insert(k),
+            None => self.other.insert(d.to_string()),
+        }
+    }
+    /// Whether the digest is in the set.
+    pub(crate) fn contains(&self, d: &Digest) -> bool {
+        match sha256_key(d) {
+            Some(k) => self.sha256.contains(&k),
+            None => self.other.contains(&d.to_string()),
+        }
+    }
+    fn len(&self) -> usize {
+        self.sha256.len() + self.other.len()
+    }
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The sweep marker: the batch a collector is deleting, valid until `expires` (seconds since the epoch).
+#[derive(Debug, Serialize, Deserialize)]
+struct SweepMarker {
+    epoch: u64,
+    expires: u64,
+    doomed: Vec<String>,
+}
+
+/// A pin: the digests a manifest push depends on, and when it was written.
+#[derive(Debug, Serialize, Deserialize)]
+struct PinBody {
+    created: u64,
+    digests: Vec<String>,
+}
+
+/// A lease object's content.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseBody {
+    owner: String,
+    expires: u64,
+    released: bool,
+}
+
+/// A manifest push's pin, written before the push reads the sweep marker and removed when the push is over.
+pub(super) struct Pin {
+    key: String,
+    written: std::time::Instant,
+}
+
+impl Pin {
+    /// Writes a pin for `digests`, then fails with `MANIFEST_BLOB_UNKNOWN` when a running collector has
+    /// published one of them for deletion.
+    pub(super) async fn take(
+        storage: &dyn Storage,
+        digests: &[Digest],
+    ) -> Result<Pin, RegistryError> {
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let body = PinBody {
+            created: unix_now(),
+            digests: digests.iter().map(|d| d.to_string()).collect(),
+        };
+        let key = paths::gc_pin(&id);
+        let json = serde_json::to_vec(&body).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        storage.put(&key, Bytes::from(json)).await?;
+        let pin = Pin {
+            key,
+            written: std::time::Instant::now(),
+        };
+        match read_marker(storage).await {
+            Ok(Some(m)) => {
+                let doomed: HashSet<&str> = m.doomed.iter().map(String::as_str).collect();
+                if let Some(d) = digests
+                    .iter()
+                    .find(|d| doomed.contains(d.to_string().as_str()))
+                {
+                    pin.release(storage).await;
+                    return Err(RegistryError::ManifestBlobUnknown(d.to_string()));
+                }
+                Ok(pin)
+            }
+            Ok(None) => Ok(pin),
+            Err(e) => {
+                pin.release(storage).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Fails when the pin is too old to be trusted (the push stalled): the collector may have removed it.
+    pub(super) fn check_fresh(&self) -> Result<(), RegistryError> {
+        if self.written.elapsed() > PIN_DEADLINE {
+            return Err(RegistryError::Internal(
+                "manifest push stalled past the garbage collector's pin deadline".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends the push: the pin is removed unless a collection is running (that collector removes it, once it
+    /// has read it). Failures are logged: a pin left behind is removed by the next collection.
+    pub(super) async fn release(self, storage: &dyn Storage) {
+        let running = match storage.stat(&paths::gc_sweep()).await {
+            Ok(m) => m.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the sweep marker; pin left for the collector");
+                true
+            }
+        };
+        if !running {
+            if let Err(e) = storage.delete(&self.key).await {
+                tracing::warn!(error = %e, "cannot remove a pin; the next collection will");
+            }
+        }
+    }
+}
+
+/// The sweep marker, when a collector is running and its published batch has not expired.
+async fn read_marker(storage: &dyn Storage) -> Result<Option<SweepMarker>, RegistryError> {
+    let bytes = match storage.read_small(&paths::gc_sweep(), SMALL_LIMIT).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match serde_json::from_slice::<SweepMarker>(&bytes) {
+        Ok(m) if m.expires > unix_now() => Ok(Some(m)),
+        Ok(_) => Ok(None),
+        // A marker being replaced is never partial (puts are atomic); an unreadable one is not ours to trust.
+        Err(e) => Err(RegistryError::Internal(format!(
+            "{}: unreadable sweep marker: {e}",
+            paths::gc_sweep()
+        ))),
+    }
+}
+
+/// The collector's lease on one epoch.
+struct Lease {
+    epoch: u64,
+    owner: String,
+}
+
+/// Why a collection did not run.
+#[derive(Debug)]
+pub enum GcError {
+    /// Another collector holds the lease.
+    Busy(String),
+    /// The lease was lost during the collection (another collector took over after it expired).
+    LeaseLost,
+    /// Storage or data failure.
+    Failed(RegistryError),
+}
+
+impl std::fmt::Display for GcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GcError::Busy(owner) => write!(f, "another collector is running ({owner})"),
+            GcError::LeaseLost => write!(f, "the collector lease was lost; stopped"),
+            GcError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for GcError {}
+
+impl<E: Into<RegistryError>> From<E> for GcError {
+    fn from(e: E) -> Self {
+        GcError::Failed(e.into())
+    }
+}
+
+impl Lease {
+    fn body(&self, released: bool) -> Result<Bytes, GcError> {
+        let b = LeaseBody {
+            owner: self.owner.clone(),
+            expires: unix_now() + LEASE_TTL.as_secs(),
+            released,
+        };
+        Ok(Bytes::from(
+            serde_json::to_vec(&b).map_err(|e| RegistryError::Internal(e.to_string()))?,
+        ))
+    }
+
+    async fn epochs(storage: &dyn Storage) -> Result<Vec<u64>, GcError> {
+        let mut e: Vec<u64> = storage
+            .list(&paths::gc_leases())
+            .await?
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        e.sort_unstable();
+        Ok(e)
+    }
+
+    /// Takes the next epoch when the current one is released or expired.
+    async fn acquire(storage: &dyn Storage) -> Result<Lease, GcError> {
+        let epochs = Self::epochs(storage).await?;
+        let next = match epochs.last() {
+            None => 1,
+            Some(&n) => {
+                let body = storage.read_small(&paths::gc_lease(n), SMALL_LIMIT).await?;
+                match serde_json::from_slice::<LeaseBody>(&body) {
+                    Ok(b) if !b.released && b.expires > unix_now() => {
+                        return Err(GcError::Busy(b.owner))
+                    }
+                    _ => n + 1,
+                }
+            }
+        };
+        let lease = Lease {
+            epoch: next,
+            owner: format!(
+                "{}/{}/{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 4]>())
+            ),
+        };
+        if !storage
+            .create(&paths::gc_lease(next), lease.body(false)?)
+            .await?
+        {
+            return Err(GcError::Busy(format!("epoch {next} taken meanwhile")));
+        }
+        for old in epochs {
+            storage.delete(&paths::gc_lease(old)).await?;
+        }
+        Ok(lease)
+    }
+
+    /// Checks that no later epoch exists, and extends the lease.
+    async fn renew(&self, storage: &dyn Storage) -> Result<(), GcError> {
+        if Self::epochs(storage).await?.last() != Some(&self.epoch) {
+            return Err(GcError::LeaseLost);
+        }
+        storage
+            .put(&paths::gc_lease(self.epoch), self.body(false)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, storage: &dyn Storage) {
+        if Self::epochs(storage)
+            .await
+            .ok()
+            .and_then(|e| e.last().copied())
+            == Some(self.epoch)
+        {
+            if let Ok(b) = self.body(true) {
+                let _ = storage.put(&paths::gc_lease(self.epoch), b).await;
+            }
+        }
+    }
+}
+
+/// What the walk of one repository folder found.
+#[derive(Default)]
+struct RepoRecord {
+    /// `_layers` links: digest, modification time.
+    layers: Vec<(Digest, Option<SystemTime>)>,
+    /// Manifest revision links.
+    revisions: Vec<(Digest, Option<SystemTime>)>,
+    /// Keys of the tags' current links.
+    tag_links: Vec<String>,
+    /// Tag history entries: tag folder name, digest.
+    tag_index: Vec<(String, Digest)>,
+    /// Upload sessions: id, newest modification time seen.
+    uploads: HashMap<String, Option<SystemTime>>,
+}
+
+/// A key under `repositories/`, split into the repository folder and the part from its first `_` segment.
+fn split_repo_key(rel: &str) -> Option<(&str, &str)> {
+    let mut at = 0;
+    for seg in rel.split('/') {
+        if seg.starts_with('_') {
+            return (at > 0).then(|| (&rel[..at - 1], &rel[at..]));
+        }
+        at += seg.len() + 1;
+    }
+    None
+}
+
+fn digest_of(alg: &str, hex: &str) -> Option<Digest> {
+    Digest::parse(&format!("{alg}:{hex}")).ok()
+}
+
+impl RepoRecord {
+    fn add(&mut self, key: &str, rest: &str, modified: Option<SystemTime>) {
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            ["_layers", alg, hex, "link"] => {
+                if let Some(d) = digest_of(alg, hex) {
+                    self.layers.push((d, modified));
+                }
+            }
+            ["_manifests", "revisions", alg, hex, "link"] => {
+                if let Some(d) = digest_of(alg, hex) {
+                    self.revisions.push((d, modified));
+                }
+            }
+            ["_manifests", "tags", _tag, "current", "link"] => self.tag_links.push(key.to_string()),
+            ["_manifests", "tags", tag, "index", alg, hex, "link"] => {
+                if let Some(d) = digest_of(alg, hex) {
+                    self.tag_index.push((tag.to_string(), d));
+                }
+            }
+            ["_uploads", id, ..] => {
+                let e = self.uploads.entry(id.to_string()).or_insert(modified);
+                if modified > *e {
+                    *e = modified;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a stored manifest refers to, read leniently (whatever registry:2 accepted is followed).
+#[derive(Default)]
+struct References {
+    blobs: Vec<Digest>,
+    children: Vec<Digest>,
+    subject: Option<Digest>,
+}
+
+fn references(bytes: &[u8]) -> References {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let digest_at = |d: &serde_json::Value, field: &str| {
+        d.get(field)
+            .and_then(|s| s.as_str())
+            .and_then(|s| Digest::parse(s).ok())
+    };
+    let list = |name: &str, field: &str| -> Vec<Digest> {
+        v.get(name)
+            .and_then(|l| l.as_array())
+            .map(|l| l.iter().filter_map(|d| digest_at(d, field)).collect())
+            .unwrap_or_default()
+    };
+    let mut r = References {
+        children: list("manifests", "digest"),
+        subject: v.get("subject").and_then(|s| digest_at(s, "digest")),
+        ..References::default()
+    };
+    r.blobs
+        .extend(v.get("config").and_then(|c| digest_at(c, "digest")));
+    r.blobs.extend(list("layers", "digest"));
+    r.blobs.extend(list("blobs", "digest"));
+    r.blobs.extend(list("fsLayers", "blobSum"));
+    r
+}
+
+/// A deletion the sweep may do, keyed by the digest it concerns.
+enum Removal {
+    /// The blob (content and every link to it).
+    Blob(u64),
+    /// Links to a blob that is already missing.
+    Dangling,
+    /// A manifest's revision link (and history entries) in some repositories; its content stays.
+    Unlink,
+}
+
+fn recent(t: Option<SystemTime>, cutoff: SystemTime) -> bool {
+    // An unknown time counts as recent: never sweep what cannot be dated.
+    t.is_none_or(|t| t >= cutoff)
+}
+
+impl RegistryStore {
+    /// Runs one collection. See the module documentation.
+    pub async fn collect_garbage(&self, opts: &GcOptions) -> Result<GcReport, GcError> {
+        let storage = self.storage().as_ref();
+        let lease = if opts.dry_run {
+            None
+        } else {
+            Some(Lease::acquire(storage).await?)
+        };
+        let result = self.collect_with(opts, lease.as_ref()).await;
+        if let Some(lease) = &lease {
+            // Whatever happened, pushes stop treating a batch as doomed.
+            let _ = storage.delete(&paths::gc_sweep()).await;
+            lease.release(storage).await;
+        }
+        result
+    }
+
+    async fn collect_with(
+        &self,
+        opts: &GcOptions,
+        lease: Option<&Lease>,
+    ) -> Result<GcReport, GcError> {
+        let storage = self.storage().as_ref();
+        let started = SystemTime::now();
+        let cutoff = started.checked_sub(opts.grace).unwrap_or(UNIX_EPOCH);
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
+        if let Some(lease) = lease {
+            // From here until the end, pushes keep their pins for this collector to read.
+            write_marker(storage, lease, &[]).await?;
+        }
+
+        // 1. Walk the repositories.
+        let root = paths::repositories_root();
+        let mut repos: HashMap<String, RepoRecord> = HashMap::new();
+        let mut renewed = std::time::Instant::now();
+        let mut walk = storage.walk(&root);
+        while let Some((key, meta)) = walk.try_next().await? {
+            if let Some(lease) = lease {
+                if renewed.elapsed() > LEASE_RENEW {
+                    lease.renew(storage).await?;
+                    write_marker(storage, lease, &[]).await?;
+                    renewed = std::time::Instant::now();
+                }
+            }
+            let Some(rel) = key.strip_prefix(&root).and_then(|r| r.strip_prefix('/')) else {
+                continue;
+            };
+            if let Some((repo, rest)) = split_repo_key(rel) {
+                repos
+                    .entry(repo.to_string())
+                    .or_default()
+                    .add(&key, rest, meta.modified);
+            }
+        }
+        report.repositories = repos.len() as u64;
+
+        // 2. Mark, one repository at a time.
+        let mut live = DigestSet::default();
+        let mut unlink: HashMap<String, Vec<Digest>> = HashMap::new();
+        for (repo, rec) in &repos {
+            if let Some(lease) = lease {
+                if renewed.elapsed() > LEASE_RENEW {
+                    lease.renew(storage).await?;
+                    write_marker(storage, lease, &[]).await?;
+                    renewed = std::time::Instant::now();
+                }
+            }
+            let dead = self.mark_repository(rec, opts, cutoff, &mut live).await?;
+            if !dead.is_empty() {
+                unlink.insert(repo.clone(), dead);
+            }
+            for (d, t) in &rec.layers {
+                if recent(*t, cutoff) {
+                    live.insert(d);
+                }
+            }
+        }
+        report.blobs_live = live.len() as u64;
+
+        // 3. Candidates: blobs present, unmarked and older than the grace period; links to missing blobs.
+        let mut linked = DigestSet::default();
+        for rec in repos.values() {
+            for (d, _) in rec.layers.iter().chain(rec.revisions.iter()) {
+                if !live.contains(d) {
+                    linked.insert(d);
+                }
+            }
+        }
+        let mut present_linked = DigestSet::default();
+        let mut removals: Vec<(Digest, Removal)> = Vec::new();
+        let blobs_root = paths::blobs_root();
+        let mut walk = storage.walk(&blobs_root);
+        while let Some((key, meta)) = walk.try_next().await? {
+            let rel = key.strip_prefix(&blobs_root).unwrap_or(&key);
+            let parts: Vec<&str> = rel.trim_start_matches('/').split('/').collect();
+            let [alg, _, hex, "data"] = parts.as_slice() else {
+                continue;
+            };
+            let Some(d) = digest_of(alg, hex) else {
+                continue;
+            };
+            report.blobs_seen += 1;
+            if linked.contains(&d) {
+                present_linked.insert(&d);
+            }
+            if !live.contains(&d) && !recent(meta.modified, cutoff) {
+                removals.push((d, Removal::Blob(meta.size)));
+            }
+        }
+        drop(linked);
+        let mut dangling = DigestSet::default();
+        for rec in repos.values() {
+            for (d, _) in rec.layers.iter().chain(rec.revisions.iter()) {
+                if !live.contains(d) && !present_linked.contains(d) && dangling.insert(d) {
+                    removals.push((d.clone(), Removal::Dangling));
+                }
+            }
+        }
+        let mut unlinked_once = DigestSet::default();
+        for dead in unlink.values() {
+            for d in dead {
+                if live.contains(d) && unlinked_once.insert(d) {
+                    // Live elsewhere: only this repository's revision link goes.
+                    removals.push((d.clone(), Removal::Unlink));
+                }
+            }
+        }
+        drop((present_linked, dangling, unlinked_once));
+
+        // Where each digest to remove is linked.
+        let doomed: HashSet<Digest> = removals.iter().map(|(d, _)| d.clone()).collect();
+        let mut links: HashMap<Digest, Vec<String>> = HashMap::new();
+        for (repo, rec) in &repos {
+            let dir = paths::stored_repo_dir(repo);
+            let unlinked: HashSet<&Digest> = unlink.get(repo).into_iter().flatten().collect();
+            for (d, _) in &rec.layers {
+                if doomed.contains(d) && !live.contains(d) {
+                    links.entry(d.clone()).or_default().push(format!(
+                        "{dir}/_layers/{}/{}",
+                        d.algorithm().as_str(),
+                        d.hex()
+                    ));
+                }
+            }
+            for (d, _) in &rec.revisions {
+                if doomed.contains(d) && (!live.contains(d) || unlinked.contains(d)) {
+                    links.entry(d.clone()).or_default().push(format!(
+                        "{dir}/_manifests/revisions/{}/{}",
+                        d.algorithm().as_str(),
+                        d.hex()
+                    ));
+                }
+            }
+            for (tag, d) in &rec.tag_index {
+                if doomed.contains(d) && (!live.contains(d) || unlinked.contains(d)) {
+                    links.entry(d.clone()).or_default().push(format!(
+                        "{dir}/_manifests/tags/{tag}/index/{}/{}",
+                        d.algorithm().as_str(),
+                        d.hex()
+                    ));
+                }
+            }
+        }
+        drop(doomed);
+
+        // 4. Sweep in batches: publish, read the pins, delete what no push pinned.
+        for batch in removals.chunks(BATCH) {
+            let spared = match lease {
+                Some(lease) => {
+                    lease.renew(storage).await?;
+                    let digests: Vec<&Digest> = batch.iter().map(|(d, _)| d).collect();
+                    write_marker(storage, lease, &digests).await?;
+                    pinned(storage).await?
+                }
+                None => DigestSet::default(),
+            };
+            let published = std::time::Instant::now();
+            for (d, removal) in batch {
+                if spared.contains(d) {
+                    report.spared += 1;
+                    continue;
+                }
+                if lease.is_some() && published.elapsed() > LEASE_TTL - LEASE_MARGIN {
+                    return Err(GcError::LeaseLost);
+                }
+                let data = paths::blob_data(d);
+                let now = storage.stat(&data).await?;
+                match removal {
+                    Removal::Blob(_) | Removal::Dangling => {
+                        // Written again since the walk (a new upload of the same content): not garbage.
+                        if now.is_some_and(|m| recent(m.modified, cutoff)) {
+                            report.spared += 1;
+                            continue;
+                        }
+                    }
+                    Removal::Unlink => {}
+                }
+                let keys = links.get(d).map(Vec::as_slice).unwrap_or_default();
+                for k in keys {
+                    if !opts.dry_run {
+                        storage.delete(k).await?;
+                    }
+                    report.links += 1;
+                }
+                match removal {
+                    Removal::Blob(size) => {
+                        if !opts.dry_run {
+                            storage.delete(&paths::blob_dir(d)).await?;
+                        }
+                        report.blobs.push(d.to_string());
+                        report.bytes += size;
+                    }
+                    Removal::Dangling => {}
+                    Removal::Unlink => {}
+                }
+                for k in keys.iter().filter(|k| k.contains("/_manifests/revisions/")) {
+                    if let Some(repo) = k
+                        .strip_prefix(&root)
+                        .and_then(|r| r.strip_prefix('/'))
+                        .and_then(|r| r.split("/_manifests/").next())
+                    {
+                        report.manifests.push(UnlinkedManifest {
+                            repository: repo.to_string(),
+                            digest: d.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(lease) = lease {
+            lease.renew(storage).await?;
+            write_marker(storage, lease, &[]).await?;
+            remove_stale_pins(storage).await?;
+        }
+
+        // 5. Abandoned uploads.
+        let upload_cutoff = started
+            .checked_sub(opts.upload_max_age)
+            .unwrap_or(UNIX_EPOCH);
+        for (repo, rec) in &repos {
+            for (id, seen) in &rec.uploads {
+                if recent(*seen, upload_cutoff) {
+                    continue;
+                }
+                let dir = format!("{}/_uploads/{id}", paths::stored_repo_dir(repo));
+                // Appended data on some backends is not in the walk: ask for it.
+                let data = storage.stat(&format!("{dir}/data")).await?;
+                if data.is_some_and(|m| recent(m.modified, upload_cutoff)) {
+                    continue;
+                }
+                if !opts.dry_run {
+                    storage.delete(&dir).await?;
+                }
+                report.uploads.push(PurgedUpload {
+                    repository: repo.clone(),
+                    id: id.clone(),
+                });
+            }
+        }
+        report.blobs.sort();
+        report
+            .manifests
+            .sort_by(|a, b| (&a.repository, &a.digest).cmp(&(&b.repository, &b.digest)));
+        report
+            .uploads
+            .sort_by(|a, b| (&a.repository, &a.id).cmp(&(&b.repository, &b.id)));
+        Ok(report)
+    }
+
+    /// Marks what one repository keeps alive; returns its revisions that no root reaches (only with
+    /// `delete_untagged`, else none).
+    async fn mark_repository(
+        &self,
+        rec: &RepoRecord,
+        opts: &GcOptions,
+        cutoff: SystemTime,
+        live: &mut DigestSet,
+    ) -> Result<Vec<Digest>, GcError> {
+        let storage = self.storage().as_ref();
+        let mut roots: Vec<Digest> = Vec::new();
+        for key in &rec.tag_links {
+            match storage.read_small(key, LINK_LIMIT).await {
+                Ok(b) => {
+                    if let Ok(d) = Digest::parse(String::from_utf8_lossy(&b).trim()) {
+                        roots.push(d);
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (d, t) in &rec.revisions {
+            if !opts.delete_untagged || recent(*t, cutoff) {
+                roots.push(d.clone());
+            }
+        }
+        let mut kept: HashSet<Digest> = HashSet::new();
+        let mut parsed: HashMap<Digest, References> = HashMap::new();
+        let mut queue = roots;
+        loop {
+            while let Some(m) = queue.pop() {
+                if !kept.insert(m.clone()) {
+                    continue;
+                }
+                live.insert(&m);
+                let refs = self.read_references(&m).await?;
+                for b in &refs.blobs {
+                    live.insert(b);
+                }
+                queue.extend(refs.children.iter().cloned());
+                parsed.insert(m, refs);
+            }
+            if !opts.delete_untagged {
+                break;
+            }
+            // Referrers of kept manifests are kept too (to a fixed point: a signature of a signature).
+            for (d, _) in &rec.revisions {
+                if kept.contains(d) {
+                    continue;
+                }
+                if !parsed.contains_key(d) {
+                    let refs = self.read_references(d).await?;
+                    parsed.insert(d.clone(), refs);
+                }
+                if parsed[d].subject.as_ref().is_some_and(|s| kept.contains(s)) {
+                    queue.push(d.clone());
+                }
+            }
+            if queue.is_empty() {
+                break;
+            }
+        }
+        Ok(rec
+            .revisions
+            .iter()
+            .filter(|(d, _)| !kept.contains(d))
+            .map(|(d, _)| d.clone())
+            .collect())
+    }
+
+    async fn read_references(&self, d: &Digest) -> Result<References, GcError> {
+        match self
+            .storage()
+            .read_small(&paths::blob_data(d), STORED_MANIFEST_LIMIT)
+            .await
+        {
+            Ok(b) => Ok(references(&b)),
+            // A revision whose content is missing, or too large to be a manifest: nothing to follow.
+            Err(e) if e.is_not_found() => Ok(References::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+async fn write_marker(
+    storage: &dyn Storage,
+    lease: &Lease,
+    doomed: &[&Digest],
+) -> Result<(), GcError> {
+    let m = SweepMarker {
+        epoch: lease.epoch,
+        expires: unix_now() + LEASE_TTL.as_secs(),
+        doomed: doomed.iter().map(|d| d.to_string()).collect(),
+    };
+    let json = serde_json::to_vec(&m).map_err(|e| RegistryError::Internal(e.to_string()))?;
+    storage.put(&paths::gc_sweep(), Bytes::from(json)).await?;
+    Ok(())
+}
+
+/// Every digest pinned by a push in flight.
+async fn pinned(storage: &dyn Storage) -> Result<DigestSet, GcError> {
+    let mut set = DigestSet::default();
+    for name in storage.list(&paths::gc_pins()).await? {
+        let body = match storage.read_small(&paths::gc_pin(&name), SMALL_LIMIT).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Ok(pin) = serde_json::from_slice::<PinBody>(&body) {
+            for d in pin.digests.iter().filter_map(|d| Digest::parse(d).ok()) {
+                set.insert(&d);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Removes the pins of pushes that are over: older than [`PIN_STALE`], or unreadable.
+async fn remove_stale_pins(storage: &dyn Storage) -> Result<(), GcError> {
+    let now = unix_now();
+    for name in storage.list(&paths::gc_pins()).await? {
+        let key = paths::gc_pin(&name);
+        let stale = match storage.read_small(&key, SMALL_LIMIT).await {
+            Ok(b) => serde_json::from_slice::<PinBody>(&b)
+                .map_or(true, |p| p.created + PIN_STALE.as_secs() < now),
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if stale {
+            storage.delete(&key).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_keys_split_at_the_first_underscore_segment() {
+        assert_eq!(
+            split_repo_key("a/b/_layers/sha256/x/link"),
+            Some(("a/b", "_layers/sha256/x/link"))
+        );
+        assert_eq!(
+            split_repo_key("a/_uploads/u/data"),
+            Some(("a", "_uploads/u/data"))
+        );
+        assert_eq!(split_repo_key("_layers/x"), None);
+        assert_eq!(split_repo_key("a/b"), None);
+    }
+
+    #[test]
+    fn references_follow_every_kind_of_manifest() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let image = serde_json::json!({
+            "config": {"digest": d('a')},
+            "layers": [{"digest": d('b')}, {"digest": d('c')}],
+            "subject": {"digest": d('d')},
+        });
+        let r = references(image.to_string().as_bytes());
+        assert_eq!(r.blobs.len(), 3);
+        assert_eq!(r.subject.unwrap().to_string(), d('d'));
+        let index = serde_json::json!({"manifests": [{"digest": d('e')}]});
+        assert_eq!(references(index.to_string().as_bytes()).children.len(), 1);
+        let schema1 = serde_json::json!({"fsLayers": [{"blobSum": d('f')}]});
+        assert_eq!(references(schema1.to_string().as_bytes()).blobs.len(), 1);
+        assert!(references(b"not json").blobs.is_empty());
+    }
+}

@@ -1,0 +1,648 @@
+//! Garbage collection on the real binary: what a collection removes, what it must keep (tagged images, index
+//! children, referrers), that clients still pull everything byte for byte, that registry:2 serves and
+//! collects the result, and that pushes racing a collector every second never end up with a broken image.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use bytes::Bytes;
+use common::tools::{blob_bytes, oci_layout, pull_to_oci, run, skopeo, Distribution};
+use common::{files_under, full, sha256, Registry};
+use http::{Method, StatusCode};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Runs `berth-registry gc --json` with `args` over the data directory `root`; returns the report.
+fn gc(root: &Path, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
+    cmd.env_clear()
+        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", root)
+        .args(["gc", "--json"])
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    serde_json::from_str(run(&mut cmd).trim()).expect("gc --json prints one JSON object")
+}
+
+fn digests(report: &serde_json::Value, field: &str) -> BTreeSet<String> {
+    report[field]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_str().expect("digest").to_string())
+        .collect()
+}
+
+/// PUTs a manifest under `reference` (a tag), or by its digest when `None`; returns its digest.
+async fn put_manifest(
+    reg: &Registry,
+    repo: &str,
+    reference: Option<&str>,
+    media_type: &str,
+    json: &serde_json::Value,
+) -> String {
+    let bytes = serde_json::to_vec(json).unwrap();
+    let d = sha256(&bytes);
+    let r = reg
+        .send(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{}", reference.unwrap_or(&d)),
+            &[("content-type", media_type)],
+            full(bytes),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "PUT manifest: {:?}", r.body);
+    d
+}
+
+/// An OCI image manifest over blobs already pushed.
+fn image(config: (&str, usize), layers: &[(&str, usize)]) -> serde_json::Value {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1},
+        "layers": layers.iter().map(|(d, n)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n})).collect::<Vec<_>>(),
+    })
+}
+
+/// Every blob in the data directory.
+fn blobs_on_disk(root: &Path) -> BTreeSet<String> {
+    files_under(&root.join("docker/registry/v2/blobs"))
+        .into_iter()
+        .filter_map(|f| {
+            let parts: Vec<&str> = f.split('/').collect();
+            match parts.as_slice() {
+                [alg, _, hex, "data"] => Some(format!("{alg}:{hex}")),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Every link in every repository names a blob that is in the blob store.
+fn assert_no_dangling_link(root: &Path) {
+    let blobs = blobs_on_disk(root);
+    let repos = root.join("docker/registry/v2/repositories");
+    for f in files_under(&repos) {
+        if !f.ends_with("/link") || f.contains("/_uploads/") {
+            continue;
+        }
+        let target = std::fs::read_to_string(repos.join(&f)).unwrap();
+        assert!(
+            blobs.contains(target.trim()),
+            "{f} points at {target}, which is not in the blob store"
+        );
+    }
+}
+
+/// Builds repositories with everything a collection must tell apart, collects (dry run, then for real, then
+/// with `--delete-untagged`), and checks exactly what went; every tag, index child and referrer still pulls
+/// byte for byte; registry:2 serves the result and its own collector finds nothing to remove.
+#[tokio::test(flavor = "multi_thread")]
+async fn collection_removes_exactly_the_garbage() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&[
+        ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+        ("BERTH_GC_INTERVAL", "0"),
+    ]);
+    let root = reg.root.clone();
+
+    // A tagged image pushed by skopeo.
+    let layout = work.path().join("a");
+    let a_layers = oci_layout(&layout, "v1", &[3000, 70_000]);
+    run(skopeo()
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{}/app/one:v1", reg.addr)));
+    let m_a = common::tools::digest_of(&reg.addr, "app/one:v1");
+
+    // A tag pushed twice: the first image becomes untagged.
+    let (m_b, _) = reg
+        .push_image("app/one", "latest", &[b"layer only b has"])
+        .await;
+    let l_b = sha256(b"layer only b has");
+    let (m_c, _) = reg
+        .push_image("app/one", "latest", &[b"layer only c has"])
+        .await;
+
+    // A multi-arch index with two children pushed by digest.
+    let cfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cfg_d = reg.push_blob("multi", cfg).await;
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let layer = format!("layer for {arch}");
+        let l = reg.push_blob("multi", layer.as_bytes()).await;
+        let m = image((&cfg_d, cfg.len()), &[(&l, layer.len())]);
+        let d = put_manifest(&reg, "multi", None, OCI_MANIFEST, &m).await;
+        let size = serde_json::to_vec(&m).unwrap().len();
+        children.push((d, size, arch, l));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": children.iter().map(|(d, n, arch, _)| serde_json::json!({
+            "mediaType": OCI_MANIFEST, "digest": d, "size": n,
+            "platform": {"architecture": arch, "os": "linux"}})).collect::<Vec<_>>(),
+    });
+    let m_x = put_manifest(&reg, "multi", Some("v1"), OCI_INDEX, &index).await;
+
+    // An artifact whose subject is the skopeo image, pushed by digest only (a signature, untagged).
+    let empty = reg.push_blob("app/one", b"{}").await;
+    let sig = reg.push_blob("app/one", b"signature bytes").await;
+    let a_bytes = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/app/one:v1", reg.addr)));
+    let mut referrer = image((&empty, 2), &[(&sig, 15)]);
+    referrer["artifactType"] = "application/vnd.example.signature".into();
+    referrer["config"]["mediaType"] = "application/vnd.oci.empty.v1+json".into();
+    referrer["subject"] =
+        serde_json::json!({"mediaType": OCI_MANIFEST, "digest": m_a, "size": a_bytes.len()});
+    let m_r = put_manifest(&reg, "app/one", None, OCI_MANIFEST, &referrer).await;
+
+    // Orphan blobs, never referenced.
+    let o1 = reg.push_blob("app/one", b"orphan one").await;
+    let o2 = reg.push_blob("other", b"orphan two").await;
+
+    // An image deleted by digest: its manifest and its own layer become garbage.
+    let (m_d, _) = reg
+        .push_image("gone", "v1", &[b"layer of a deleted image"])
+        .await;
+    let l_d = sha256(b"layer of a deleted image");
+    let r = reg.delete(&format!("/v2/gone/manifests/{m_d}")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+
+    // An abandoned upload.
+    let r = reg.post("/v2/app/one/blobs/uploads/").await;
+    let loc = r.header("location").unwrap().to_string();
+    let r = reg
+        .send(
+            Method::PATCH,
+            &loc,
+            &[],
+            full(Bytes::from_static(b"half of a layer")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+
+    let garbage: BTreeSet<String> = [o1.clone(), o2.clone(), l_d.clone(), m_d.clone()].into();
+    let before = blobs_on_disk(&root);
+    let grace0 = ["--grace", "0"];
+    let purge = [("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "0")];
+
+    // Dry run: the report names exactly the garbage, and nothing is removed.
+    let dry = gc(&root, &["--dry-run", "--grace", "0"], &purge);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(digests(&dry, "blobs"), garbage, "dry run: {dry}");
+    assert_eq!(dry["uploads"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(blobs_on_disk(&root), before, "a dry run removes nothing");
+
+    // The default grace (1h) keeps everything just written.
+    let graced = gc(&root, &["--dry-run"], &[]);
+    assert!(digests(&graced, "blobs").is_empty(), "{graced}");
+
+    // For real, while the registry serves.
+    let done = gc(&root, &grace0, &purge);
+    assert_eq!(digests(&done, "blobs"), garbage, "{done}");
+    let bytes: u64 = [
+        b"orphan one".len(),
+        b"orphan two".len(),
+        b"layer of a deleted image".len(),
+    ]
+    .iter()
+    .map(|n| *n as u64)
+    .sum::<u64>();
+    assert!(done["bytes"].as_u64().unwrap() > bytes, "{done}");
+    let after: BTreeSet<String> = before.difference(&garbage).cloned().collect();
+    assert_eq!(blobs_on_disk(&root), after);
+    assert_eq!(done["uploads"].as_array().unwrap().len(), 1);
+    assert!(
+        reg.get(&loc).await.status == StatusCode::NOT_FOUND,
+        "upload purged"
+    );
+    assert_no_dangling_link(&root);
+    for (repo, d) in [("app/one", &o1), ("other", &o2), ("gone", &l_d)] {
+        let r = reg.head(&format!("/v2/{repo}/blobs/{d}")).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{repo}@{d} after collection"
+        );
+    }
+    // Nothing left to collect.
+    let again = gc(&root, &grace0, &[]);
+    assert!(digests(&again, "blobs").is_empty(), "{again}");
+
+    // Untagged manifests go only on request; index children and referrers stay.
+    let untagged = gc(&root, &["--grace", "0", "--delete-untagged"], &[]);
+    assert_eq!(
+        digests(&untagged, "blobs"),
+        [m_b.clone(), l_b.clone()].into(),
+        "{untagged}"
+    );
+    let manifests: Vec<(String, String)> = untagged["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["repository"].as_str().unwrap().to_string(),
+                m["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(manifests, vec![("app/one".to_string(), m_b.clone())]);
+    assert_no_dangling_link(&root);
+
+    // Everything that is kept still pulls, byte for byte.
+    let out = work.path().join("pulled-a");
+    pull_to_oci(&reg.addr, "app/one:v1", &out);
+    for l in &a_layers {
+        assert_eq!(blob_bytes(&out, l), blob_bytes(&layout, l), "layer {l}");
+    }
+    assert_eq!(common::tools::digest_of(&reg.addr, "app/one:latest"), m_c);
+    let all = work.path().join("pulled-multi");
+    run(skopeo()
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{}/multi:v1", reg.addr))
+        .arg(format!("oci:{}:v1", all.display())));
+    let pulled = files_under(&all.join("blobs/sha256"));
+    for (d, _, arch, l) in &children {
+        let layer = format!("layer for {arch}");
+        assert!(
+            pulled.contains(&d["sha256:".len()..].to_string()),
+            "child {d} pulled: {pulled:?}"
+        );
+        assert_eq!(blob_bytes(&all, l), layer.as_bytes(), "layer of {arch}");
+        let r = reg.get(&format!("/v2/multi/manifests/{d}")).await;
+        assert_eq!(r.status, StatusCode::OK, "index child {d}");
+    }
+    assert_eq!(common::tools::digest_of(&reg.addr, "multi:v1"), m_x);
+    let r = reg.get(&format!("/v2/app/one/referrers/{m_a}")).await;
+    assert_eq!(r.json()["manifests"][0]["digest"], m_r.as_str());
+    for (d, want) in [(&sig, &b"signature bytes"[..]), (&empty, &b"{}"[..])] {
+        let r = reg.get(&format!("/v2/app/one/blobs/{d}")).await;
+        assert_eq!(r.body, want, "referrer blob {d}");
+    }
+    assert_eq!(
+        reg.get(&format!("/v2/app/one/manifests/{m_b}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // registry:2 serves the collected directory, and its own collector finds nothing berth should have
+    // removed, and no dangling link.
+    let dist = Distribution::start(&root, work.path());
+    for image in ["app/one:v1", "app/one:latest", "multi:v1"] {
+        let out = work
+            .path()
+            .join(format!("r2-{}", image.replace([':', '/'], "-")));
+        pull_to_oci(&dist.addr, image, &out);
+    }
+    let cfg = work.path().join("r2-gc.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new("docker-registry")
+        .args(["garbage-collect", "--dry-run"])
+        .arg(&cfg));
+    assert!(
+        out.contains("0 blobs and 0 manifests eligible for deletion"),
+        "registry:2 garbage-collect --dry-run after berth's collection:\n{out}"
+    );
+}
+
+/// Both collectors on copies of one directory written by registry:2 (tagged images, a tag pushed twice, a
+/// manifest deleted by digest, an orphan blob) delete the same blobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn berth_and_registry2_collect_the_same_blobs() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("r2-data");
+    std::fs::create_dir_all(&src).unwrap();
+    {
+        let dist = Distribution::start(&src, work.path());
+        // Pushes through the registry:2 API with the same helpers (a berth `Registry` pointed at it).
+        let client = Registry::remote(&dist.addr);
+        let (_, _) = client.push_image("lib/kept", "v1", &[b"kept layer"]).await;
+        client
+            .push_image("lib/kept", "latest", &[b"first latest"])
+            .await;
+        client
+            .push_image("lib/kept", "latest", &[b"second latest"])
+            .await;
+        let (gone, _) = client
+            .push_image("lib/gone", "v1", &[b"deleted layer"])
+            .await;
+        let r = client
+            .delete(&format!("/v2/lib/gone/manifests/{gone}"))
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "registry:2 delete");
+        client.push_blob("lib/kept", b"an orphan").await;
+    }
+    let copy = |name: &str| {
+        let dst = work.path().join(name);
+        run(Command::new("cp").arg("-a").arg(&src).arg(&dst));
+        dst
+    };
+    let (ours, theirs) = (copy("berth"), copy("registry2"));
+    let report = gc(&ours, &["--grace", "0"], &[]);
+    let cfg = work.path().join("r2-gc.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            theirs.display()
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new("docker-registry")
+        .arg("garbage-collect")
+        .arg(&cfg));
+    let before = blobs_on_disk(&src);
+    let ours_gone: BTreeSet<String> = before.difference(&blobs_on_disk(&ours)).cloned().collect();
+    let theirs_gone: BTreeSet<String> = before
+        .difference(&blobs_on_disk(&theirs))
+        .cloned()
+        .collect();
+    assert_eq!(digests(&report, "blobs"), ours_gone, "{report}");
+    assert_eq!(
+        ours_gone.len(),
+        3,
+        "orphan, deleted manifest, its layer: {report}"
+    );
+    assert_eq!(
+        ours_gone, theirs_gone,
+        "registry:2 garbage-collect said:\n{out}"
+    );
+    assert_no_dangling_link(&ours);
+}
+
+/// One image push with its own error handling (a race may fail it; the pusher then starts over).
+struct Pushed {
+    repo: String,
+    manifest: String,
+    bytes: Vec<u8>,
+    blobs: Vec<String>,
+}
+
+async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> Result<String, String> {
+    let d = sha256(data);
+    let r = reg.post(&format!("/v2/{repo}/blobs/uploads/")).await;
+    if r.status != StatusCode::ACCEPTED {
+        return Err(format!("POST {}", r.status));
+    }
+    let loc = r.header("location").unwrap_or_default().to_string();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = reg
+        .send(
+            Method::PUT,
+            &format!("{loc}{sep}digest={d}"),
+            &[],
+            full(Bytes::copy_from_slice(data)),
+        )
+        .await;
+    if r.status != StatusCode::CREATED {
+        return Err(format!("PUT blob {}: {}", r.status, r.code()));
+    }
+    Ok(d)
+}
+
+/// Pushes a small random image (sharing a layer with others) to `repo:tag`. `Ok(None)` when the registry
+/// said a blob is unknown (swept before the manifest landed): the caller pushes again.
+async fn try_push_image(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    shared: &[u8],
+) -> Result<Option<Pushed>, String> {
+    let (config, own): (String, Vec<Vec<u8>>) = {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","n":{}}}"#,
+            rng.gen::<u64>()
+        );
+        let own = (0..rng.gen_range(1..3))
+            .map(|_| {
+                let mut l = vec![0u8; rng.gen_range(1..20_000)];
+                rng.fill(&mut l[..]);
+                l
+            })
+            .collect();
+        (config, own)
+    };
+    let cd = try_push_blob(reg, repo, config.as_bytes()).await?;
+    let mut layers = vec![(try_push_blob(reg, repo, shared).await?, shared.len())];
+    for l in &own {
+        layers.push((try_push_blob(reg, repo, l).await?, l.len()));
+    }
+    let refs: Vec<(&str, usize)> = layers.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let m = image((&cd, config.len()), &refs);
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let r = reg
+        .send(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("content-type", OCI_MANIFEST)],
+            full(bytes.clone()),
+        )
+        .await;
+    match r.status {
+        StatusCode::CREATED => Ok(Some(Pushed {
+            repo: repo.to_string(),
+            manifest: sha256(&bytes),
+            bytes,
+            blobs: std::iter::once(cd)
+                .chain(layers.into_iter().map(|(d, _)| d))
+                .collect(),
+        })),
+        StatusCode::BAD_REQUEST if r.code() == "MANIFEST_BLOB_UNKNOWN" => Ok(None),
+        s => Err(format!("PUT manifest {s}: {:?}", r.body)),
+    }
+}
+
+fn count_collections(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("garbage collection done")
+        .count()
+}
+
+/// Waits until the log shows `n` finished collections.
+async fn wait_for_collections(log: &Path, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while count_collections(log) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collections did not go on: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks every pushed manifest and blob, byte for byte, and that no orphan is left.
+async fn check_race_outcome(reg: &Registry, pushed: &[Pushed], orphans: &[(String, String)]) {
+    for p in pushed {
+        let r = reg
+            .get(&format!("/v2/{}/manifests/{}", p.repo, p.manifest))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "manifest {} got 201", p.manifest);
+        assert_eq!(&r.body[..], &p.bytes[..]);
+        for b in &p.blobs {
+            let r = reg.get(&format!("/v2/{}/blobs/{b}", p.repo)).await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "blob {b} of {} ({})",
+                p.manifest,
+                p.repo
+            );
+            assert_eq!(sha256(&r.body), *b, "blob content hashes to its name");
+        }
+    }
+    for (repo, d) in orphans {
+        let r = reg.head(&format!("/v2/{repo}/blobs/{d}")).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "orphan {d} still in {repo}"
+        );
+    }
+}
+
+/// What the pushers of a race did.
+#[derive(Default)]
+struct RaceLog {
+    pushed: Vec<Pushed>,
+    orphans: Vec<(String, String)>,
+    abandoned: usize,
+    retried: usize,
+}
+
+/// Several pushers for a while (`BERTH_GC_RACE_SECS`, default 60) against `regs` (round robin): images with
+/// shared layers, tags pushed again, orphan blobs, abandoned uploads.
+async fn race(regs: Vec<std::sync::Arc<Registry>>, pushers: usize) -> RaceLog {
+    let secs: u64 = std::env::var("BERTH_GC_RACE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..pushers)
+        .map(|i| {
+            let regs = regs.clone();
+            tokio::spawn(async move {
+                use rand::Rng;
+                let mut log = RaceLog::default();
+                let shared = format!("layer shared by pusher {i}").into_bytes();
+                let mut n = 0usize;
+                while std::time::Instant::now() < until {
+                    n += 1;
+                    let reg = &regs[n % regs.len()];
+                    let repo = format!("race/p{i}");
+                    let roll = rand::thread_rng().gen_range(0..10);
+                    if roll == 0 {
+                        let mut o = vec![0u8; 1000];
+                        rand::thread_rng().fill(&mut o[..]);
+                        let d = try_push_blob(reg, &repo, &o).await.expect("orphan push");
+                        log.orphans.push((repo, d));
+                    } else if roll == 1 {
+                        let r = reg.post(&format!("/v2/{repo}/blobs/uploads/")).await;
+                        let loc = r.header("location").expect("Location").to_string();
+                        let r = reg
+                            .send(
+                                Method::PATCH,
+                                &loc,
+                                &[],
+                                full(Bytes::from_static(b"abandoned")),
+                            )
+                            .await;
+                        assert_eq!(r.status, StatusCode::ACCEPTED);
+                        log.abandoned += 1;
+                    } else {
+                        let tag = format!("t{}", n % 3);
+                        loop {
+                            match try_push_image(reg, &repo, &tag, &shared).await {
+                                Ok(Some(p)) => {
+                                    log.pushed.push(p);
+                                    break;
+                                }
+                                Ok(None) => log.retried += 1,
+                                Err(e) => panic!("push failed: {e}"),
+                            }
+                        }
+                    }
+                }
+                log
+            })
+        })
+        .collect();
+    let mut all = RaceLog::default();
+    for t in tasks {
+        let log = t.await.expect("pusher");
+        all.pushed.extend(log.pushed);
+        all.orphans.extend(log.orphans);
+        all.abandoned += log.abandoned;
+        all.retried += log.retried;
+    }
+    all
+}
+
+/// Pushers race a collector that runs every second with a grace of 0: every manifest that got 201 pulls
+/// completely and every blob hashes to its name; the orphans are gone once collections have run after the
+/// pushes stopped; abandoned uploads are purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_racing_a_collector_every_second_never_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let log = dir.path().join("registry.log");
+    let reg = std::sync::Arc::new(Registry::start_logged(
+        &root,
+        &[
+            ("BERTH_GC_INTERVAL", "1s"),
+            ("BERTH_GC_GRACE", "0"),
+            ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2s"),
+            ("REGISTRY_LOG_LEVEL", "info"),
+        ],
+        Some(&log),
+    ));
+    let out = race(vec![reg.clone()], 4).await;
+    let stopped = std::time::Instant::now();
+    let during = count_collections(&log);
+    assert!(during >= 5, "only {during} collections ran during the race");
+    // Abandoned uploads age past the purge age; then two whole collections run.
+    tokio::time::sleep(std::time::Duration::from_secs(2).saturating_sub(stopped.elapsed())).await;
+    let n = count_collections(&log);
+    wait_for_collections(&log, n + 2).await;
+    check_race_outcome(&reg, &out.pushed, &out.orphans).await;
+    let uploads: Vec<String> = files_under(&root.join("docker/registry/v2/repositories"))
+        .into_iter()
+        .filter(|f| f.contains("/_uploads/"))
+        .collect();
+    assert!(uploads.is_empty(), "abandoned uploads left: {uploads:?}");
+    assert_no_dangling_link(&root);
+    eprintln!(
+        "race: {} images pushed, {} pushes retried after MANIFEST_BLOB_UNKNOWN, {} orphans, {} abandoned uploads, {} collections during",
+        out.pushed.len(),
+        out.retried,
+        out.orphans.len(),
+        out.abandoned,
+        during
+    );
+    assert!(out.pushed.len() > 50 && !out.orphans.is_empty() && out.abandoned > 0);
+}
