@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
+use common::s3::{check_bucket, Moto};
 use common::tools::{blob_bytes, oci_layout, pull_to_oci, run, skopeo, Distribution};
 use common::{files_under, full, sha256, Registry};
 use http::{Method, StatusCode};
@@ -16,13 +17,66 @@ use http::{Method, StatusCode};
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// Runs `berth-registry gc --json` with `args` over the data directory `root`; returns the report.
-fn gc(root: &Path, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+/// Where a registry under test keeps its data, as the `gc` command and the checks reach it.
+enum Place<'a> {
+    Fs(std::path::PathBuf),
+    S3 {
+        moto: &'a Moto,
+        bucket: &'a str,
+        root: &'a str,
+    },
+}
+
+impl Place<'_> {
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Place::Fs(root) => vec![(
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".into(),
+                root.display().to_string(),
+            )],
+            Place::S3 { moto, bucket, root } => moto.registry_env(bucket, root),
+        }
+    }
+
+    /// Every blob in the store.
+    fn blobs(&self) -> BTreeSet<String> {
+        match self {
+            Place::Fs(root) => blobs_on_disk(root),
+            Place::S3 { moto, bucket, root } => {
+                let prefix = format!("{root}/docker/registry/v2/blobs/");
+                moto.keys(bucket)
+                    .iter()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .filter_map(|k| {
+                        let p: Vec<&str> = k.split('/').collect();
+                        match p.as_slice() {
+                            [alg, _, hex, "data"] => Some(format!("{alg}:{hex}")),
+                            _ => None,
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// No link points at a missing blob (on S3 also: every blob hashes to its name, no upload is left).
+    async fn check(&self) {
+        match self {
+            Place::Fs(root) => assert_no_dangling_link(root),
+            Place::S3 { moto, bucket, root } => {
+                check_bucket(moto, bucket, root, false).await;
+            }
+        }
+    }
+}
+
+/// Runs `berth-registry gc --json` with `args` against `place`; returns the report.
+fn gc(place: &Place, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
-    cmd.env_clear()
-        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", root)
-        .args(["gc", "--json"])
-        .args(args);
+    cmd.env_clear().args(["gc", "--json"]).args(args);
+    for (k, v) in place.env() {
+        cmd.env(k, v);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -102,19 +156,11 @@ fn assert_no_dangling_link(root: &Path) {
 }
 
 /// Builds repositories with everything a collection must tell apart, collects (dry run, then for real, then
-/// with `--delete-untagged`), and checks exactly what went; every tag, index child and referrer still pulls
-/// byte for byte; registry:2 serves the result and its own collector finds nothing to remove.
-#[tokio::test(flavor = "multi_thread")]
-async fn collection_removes_exactly_the_garbage() {
-    let work = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&[
-        ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
-        ("BERTH_GC_INTERVAL", "0"),
-    ]);
-    let root = reg.root.clone();
-
+/// with `--delete-untagged`) while `reg` serves, and checks exactly what went; every tag, index child and
+/// referrer still pulls byte for byte.
+async fn exact_garbage(reg: &Registry, place: &Place<'_>, work: &Path) {
     // A tagged image pushed by skopeo.
-    let layout = work.path().join("a");
+    let layout = work.join("a");
     let a_layers = oci_layout(&layout, "v1", &[3000, 70_000]);
     run(skopeo()
         .args(["copy", "--dest-tls-verify=false"])
@@ -139,7 +185,7 @@ async fn collection_removes_exactly_the_garbage() {
         let layer = format!("layer for {arch}");
         let l = reg.push_blob("multi", layer.as_bytes()).await;
         let m = image((&cfg_d, cfg.len()), &[(&l, layer.len())]);
-        let d = put_manifest(&reg, "multi", None, OCI_MANIFEST, &m).await;
+        let d = put_manifest(reg, "multi", None, OCI_MANIFEST, &m).await;
         let size = serde_json::to_vec(&m).unwrap().len();
         children.push((d, size, arch, l));
     }
@@ -149,7 +195,7 @@ async fn collection_removes_exactly_the_garbage() {
             "mediaType": OCI_MANIFEST, "digest": d, "size": n,
             "platform": {"architecture": arch, "os": "linux"}})).collect::<Vec<_>>(),
     });
-    let m_x = put_manifest(&reg, "multi", Some("v1"), OCI_INDEX, &index).await;
+    let m_x = put_manifest(reg, "multi", Some("v1"), OCI_INDEX, &index).await;
 
     // An artifact whose subject is the skopeo image, pushed by digest only (a signature, untagged).
     let empty = reg.push_blob("app/one", b"{}").await;
@@ -162,7 +208,7 @@ async fn collection_removes_exactly_the_garbage() {
     referrer["config"]["mediaType"] = "application/vnd.oci.empty.v1+json".into();
     referrer["subject"] =
         serde_json::json!({"mediaType": OCI_MANIFEST, "digest": m_a, "size": a_bytes.len()});
-    let m_r = put_manifest(&reg, "app/one", None, OCI_MANIFEST, &referrer).await;
+    let m_r = put_manifest(reg, "app/one", None, OCI_MANIFEST, &referrer).await;
 
     // Orphan blobs, never referenced.
     let o1 = reg.push_blob("app/one", b"orphan one").await;
@@ -190,23 +236,23 @@ async fn collection_removes_exactly_the_garbage() {
     assert_eq!(r.status, StatusCode::ACCEPTED);
 
     let garbage: BTreeSet<String> = [o1.clone(), o2.clone(), l_d.clone(), m_d.clone()].into();
-    let before = blobs_on_disk(&root);
+    let before = place.blobs();
     let grace0 = ["--grace", "0"];
     let purge = [("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "0")];
 
     // Dry run: the report names exactly the garbage, and nothing is removed.
-    let dry = gc(&root, &["--dry-run", "--grace", "0"], &purge);
+    let dry = gc(place, &["--dry-run", "--grace", "0"], &purge);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(digests(&dry, "blobs"), garbage, "dry run: {dry}");
     assert_eq!(dry["uploads"].as_array().unwrap().len(), 1, "{dry}");
-    assert_eq!(blobs_on_disk(&root), before, "a dry run removes nothing");
+    assert_eq!(place.blobs(), before, "a dry run removes nothing");
 
     // The default grace (1h) keeps everything just written.
-    let graced = gc(&root, &["--dry-run"], &[]);
+    let graced = gc(place, &["--dry-run"], &[]);
     assert!(digests(&graced, "blobs").is_empty(), "{graced}");
 
     // For real, while the registry serves.
-    let done = gc(&root, &grace0, &purge);
+    let done = gc(place, &grace0, &purge);
     assert_eq!(digests(&done, "blobs"), garbage, "{done}");
     let bytes: u64 = [
         b"orphan one".len(),
@@ -218,13 +264,13 @@ async fn collection_removes_exactly_the_garbage() {
     .sum::<u64>();
     assert!(done["bytes"].as_u64().unwrap() > bytes, "{done}");
     let after: BTreeSet<String> = before.difference(&garbage).cloned().collect();
-    assert_eq!(blobs_on_disk(&root), after);
+    assert_eq!(place.blobs(), after);
     assert_eq!(done["uploads"].as_array().unwrap().len(), 1);
     assert!(
         reg.get(&loc).await.status == StatusCode::NOT_FOUND,
         "upload purged"
     );
-    assert_no_dangling_link(&root);
+    place.check().await;
     for (repo, d) in [("app/one", &o1), ("other", &o2), ("gone", &l_d)] {
         let r = reg.head(&format!("/v2/{repo}/blobs/{d}")).await;
         assert_eq!(
@@ -234,11 +280,11 @@ async fn collection_removes_exactly_the_garbage() {
         );
     }
     // Nothing left to collect.
-    let again = gc(&root, &grace0, &[]);
+    let again = gc(place, &grace0, &[]);
     assert!(digests(&again, "blobs").is_empty(), "{again}");
 
     // Untagged manifests go only on request; index children and referrers stay.
-    let untagged = gc(&root, &["--grace", "0", "--delete-untagged"], &[]);
+    let untagged = gc(place, &["--grace", "0", "--delete-untagged"], &[]);
     assert_eq!(
         digests(&untagged, "blobs"),
         [m_b.clone(), l_b.clone()].into(),
@@ -256,16 +302,16 @@ async fn collection_removes_exactly_the_garbage() {
         })
         .collect();
     assert_eq!(manifests, vec![("app/one".to_string(), m_b.clone())]);
-    assert_no_dangling_link(&root);
+    place.check().await;
 
     // Everything that is kept still pulls, byte for byte.
-    let out = work.path().join("pulled-a");
+    let out = work.join("pulled-a");
     pull_to_oci(&reg.addr, "app/one:v1", &out);
     for l in &a_layers {
         assert_eq!(blob_bytes(&out, l), blob_bytes(&layout, l), "layer {l}");
     }
     assert_eq!(common::tools::digest_of(&reg.addr, "app/one:latest"), m_c);
-    let all = work.path().join("pulled-multi");
+    let all = work.join("pulled-multi");
     run(skopeo()
         .args([
             "copy",
@@ -299,9 +345,19 @@ async fn collection_removes_exactly_the_garbage() {
             .status,
         StatusCode::NOT_FOUND
     );
+}
 
-    // registry:2 serves the collected directory, and its own collector finds nothing berth should have
-    // removed, and no dangling link.
+/// On the filesystem; then registry:2 serves the collected directory, and its own collector finds nothing
+/// berth should have removed, and no dangling link.
+#[tokio::test(flavor = "multi_thread")]
+async fn collection_removes_exactly_the_garbage() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&[
+        ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+        ("BERTH_GC_INTERVAL", "0"),
+    ]);
+    let root = reg.root.clone();
+    exact_garbage(&reg, &Place::Fs(root.clone()), work.path()).await;
     let dist = Distribution::start(&root, work.path());
     for image in ["app/one:v1", "app/one:latest", "multi:v1"] {
         let out = work
@@ -325,6 +381,25 @@ async fn collection_removes_exactly_the_garbage() {
         out.contains("0 blobs and 0 manifests eligible for deletion"),
         "registry:2 garbage-collect --dry-run after berth's collection:\n{out}"
     );
+}
+
+/// The same on S3 (moto_server), with the registry and the `gc` command on one bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_s3_collection_removes_exactly_the_garbage() {
+    let work = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    moto.create_bucket("collect");
+    let place = Place::S3 {
+        moto: &moto,
+        bucket: "collect",
+        root: "reg",
+    };
+    let mut env = place.env();
+    env.push(("REGISTRY_STORAGE_DELETE_ENABLED".into(), "true".into()));
+    env.push(("BERTH_GC_INTERVAL".into(), "0".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let reg = Registry::start(&env);
+    exact_garbage(&reg, &place, work.path()).await;
 }
 
 /// Both collectors on copies of one directory written by registry:2 (tagged images, a tag pushed twice, a
@@ -360,7 +435,7 @@ async fn berth_and_registry2_collect_the_same_blobs() {
         dst
     };
     let (ours, theirs) = (copy("berth"), copy("registry2"));
-    let report = gc(&ours, &["--grace", "0"], &[]);
+    let report = gc(&Place::Fs(ours.clone()), &["--grace", "0"], &[]);
     let cfg = work.path().join("r2-gc.yml");
     std::fs::write(
         &cfg,
@@ -400,7 +475,7 @@ struct Pushed {
     blobs: Vec<String>,
 }
 
-async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> Result<String, String> {
+async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> Result<Option<String>, String> {
     let d = sha256(data);
     let r = reg.post(&format!("/v2/{repo}/blobs/uploads/")).await;
     if r.status != StatusCode::ACCEPTED {
@@ -416,14 +491,19 @@ async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> Result<String
             full(Bytes::copy_from_slice(data)),
         )
         .await;
+    if r.status == StatusCode::BAD_REQUEST && r.code() == "BLOB_UPLOAD_INVALID" {
+        // Collected while it was committed (grace 0): the client uploads again.
+        return Ok(None);
+    }
     if r.status != StatusCode::CREATED {
         return Err(format!("PUT blob {}: {}", r.status, r.code()));
     }
-    Ok(d)
+    Ok(Some(d))
 }
 
 /// Pushes a small random image (sharing a layer with others) to `repo:tag`. `Ok(None)` when the registry
-/// said a blob is unknown (swept before the manifest landed): the caller pushes again.
+/// said a blob is unknown (swept before the manifest landed), or collected one during its commit: the caller
+/// pushes again.
 async fn try_push_image(
     reg: &Registry,
     repo: &str,
@@ -446,10 +526,15 @@ async fn try_push_image(
             .collect();
         (config, own)
     };
-    let cd = try_push_blob(reg, repo, config.as_bytes()).await?;
-    let mut layers = vec![(try_push_blob(reg, repo, shared).await?, shared.len())];
-    for l in &own {
-        layers.push((try_push_blob(reg, repo, l).await?, l.len()));
+    let Some(cd) = try_push_blob(reg, repo, config.as_bytes()).await? else {
+        return Ok(None);
+    };
+    let mut layers = Vec::new();
+    for l in std::iter::once(shared).chain(own.iter().map(Vec::as_slice)) {
+        let Some(d) = try_push_blob(reg, repo, l).await? else {
+            return Ok(None);
+        };
+        layers.push((d, l.len()));
     }
     let refs: Vec<(&str, usize)> = layers.iter().map(|(d, n)| (d.as_str(), *n)).collect();
     let m = image((&cd, config.len()), &refs);
@@ -555,12 +640,18 @@ async fn race(regs: Vec<std::sync::Arc<Registry>>, pushers: usize) -> RaceLog {
                     n += 1;
                     let reg = &regs[n % regs.len()];
                     let repo = format!("race/p{i}");
-                    let roll = rand::thread_rng().gen_range(0..10);
+                    // Each pusher leaves an orphan and an abandoned upload first, then picks at random.
+                    let roll = if n <= 2 {
+                        n - 1
+                    } else {
+                        rand::thread_rng().gen_range(0..10)
+                    };
                     if roll == 0 {
                         let mut o = vec![0u8; 1000];
                         rand::thread_rng().fill(&mut o[..]);
-                        let d = try_push_blob(reg, &repo, &o).await.expect("orphan push");
-                        log.orphans.push((repo, d));
+                        if let Some(d) = try_push_blob(reg, &repo, &o).await.expect("orphan push") {
+                            log.orphans.push((repo, d));
+                        }
                     } else if roll == 1 {
                         let r = reg.post(&format!("/v2/{repo}/blobs/uploads/")).await;
                         let loc = r.header("location").expect("Location").to_string();
@@ -644,5 +735,63 @@ async fn pushes_racing_a_collector_every_second_never_break() {
         out.abandoned,
         during
     );
-    assert!(out.pushed.len() > 50 && !out.orphans.is_empty() && out.abandoned > 0);
+    assert!(out.pushed.len() >= 50, "too few pushes to mean anything");
+}
+
+/// The race on S3 with two replicas, both collecting every second (one at a time, by lease) while pushers go
+/// through either replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_s3_two_replicas_race_pushes_and_collections() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    moto.create_bucket("race");
+    let mut env = moto.registry_env("race", "reg");
+    for (k, v) in [
+        ("BERTH_GC_INTERVAL", "1s"),
+        ("BERTH_GC_GRACE", "0"),
+        ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2s"),
+        ("REGISTRY_LOG_LEVEL", "info"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let unused = dir.path().join("unused");
+    let regs: Vec<_> = logs
+        .iter()
+        .map(|l| std::sync::Arc::new(Registry::start_logged(&unused, &env, Some(l))))
+        .collect();
+    let total = || logs.iter().map(|l| count_collections(l)).sum::<usize>();
+    let out = race(regs.clone(), 4).await;
+    let stopped = std::time::Instant::now();
+    let during = total();
+    assert!(during >= 3, "only {during} collections ran during the race");
+    let skipped: usize = logs
+        .iter()
+        .map(|l| {
+            std::fs::read_to_string(l)
+                .unwrap_or_default()
+                .matches("another collector runs")
+                .count()
+        })
+        .sum();
+    tokio::time::sleep(std::time::Duration::from_secs(2).saturating_sub(stopped.elapsed())).await;
+    let n = total();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while total() < n + 2 {
+        assert!(std::time::Instant::now() < deadline, "collections stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for reg in &regs {
+        check_race_outcome(reg, &out.pushed, &out.orphans).await;
+    }
+    check_bucket(&moto, "race", "reg", false).await;
+    eprintln!(
+        "s3 race: {} images pushed, {} retried, {} orphans, {} abandoned uploads, {during} collections, {skipped} skipped for the lease",
+        out.pushed.len(),
+        out.retried,
+        out.orphans.len(),
+        out.abandoned,
+    );
+    assert!(out.pushed.len() >= 10, "too few pushes to mean anything");
 }

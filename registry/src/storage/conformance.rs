@@ -280,6 +280,18 @@ pub async fn walk_finds_every_object(s: &dyn Storage) {
     got.sort();
     want.sort();
     assert_eq!(got, want);
+    let mut w = s.append("conf-walk/appended").await.unwrap();
+    w.write(Bytes::from_static(b"abc")).await.unwrap();
+    w.finish().await.unwrap();
+    let t = s
+        .stat("conf-walk/appended")
+        .await
+        .unwrap()
+        .and_then(|m| m.modified);
+    assert!(
+        t.is_some_and(|t| t >= before),
+        "stat of an append object must give its modification time: {t:?}"
+    );
     let absent: Vec<(String, super::ObjectMeta)> =
         s.walk("conf-walk/none").try_collect().await.unwrap();
     assert!(absent.is_empty(), "an absent prefix walks as empty");

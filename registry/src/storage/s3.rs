@@ -118,6 +118,7 @@ struct Part {
     location: Path,
     offset: u64,
     size: u64,
+    modified: std::time::SystemTime,
 }
 
 /// The parts of an append object: the contiguous run from offset 0, and what lies after a gap.
@@ -130,6 +131,10 @@ struct Parts {
 impl Parts {
     fn size(&self) -> u64 {
         self.run.last().map(|p| p.offset + p.size).unwrap_or(0)
+    }
+    /// When the object was last appended to.
+    fn modified(&self) -> Option<std::time::SystemTime> {
+        self.run.iter().map(|p| p.modified).max()
     }
 }
 
@@ -203,6 +208,7 @@ impl S3Storage {
                     location: m.location,
                     offset,
                     size: m.size,
+                    modified: m.last_modified.into(),
                 }))
             })
             .try_collect()
@@ -442,7 +448,7 @@ impl Storage for S3Storage {
         let parts = self.parts(key).await?;
         Ok((!parts.run.is_empty()).then(|| ObjectMeta {
             size: parts.size(),
-            modified: None,
+            modified: parts.modified(),
         }))
     }
 

@@ -156,6 +156,9 @@ struct SweepMarker {
 struct PinBody {
     created: u64,
     digests: Vec<String>,
+    /// The push is over: the collection that starts next sees its writes and removes the pin.
+    #[serde(default)]
+    done: bool,
 }
 
 /// A lease object's content.
@@ -169,44 +172,81 @@ struct LeaseBody {
 /// A manifest push's pin, written before the push reads the sweep marker and removed when the push is over.
 pub(super) struct Pin {
     key: String,
+    body: PinBody,
     written: std::time::Instant,
 }
 
 impl Pin {
-    /// Writes a pin for `digests`, then fails with `MANIFEST_BLOB_UNKNOWN` when a running collector has
-    /// published one of them for deletion.
-    pub(super) async fn take(
+    /// Writes a pin for `digests`, then reads the sweep marker; returns the pin and the first of `digests` a
+    /// running collector has published for deletion, if any (the pin is then already removed).
+    async fn write(
         storage: &dyn Storage,
         digests: &[Digest],
-    ) -> Result<Pin, RegistryError> {
+    ) -> Result<(Pin, Option<Digest>), RegistryError> {
         let id = hex::encode(rand::random::<[u8; 16]>());
         let body = PinBody {
             created: unix_now(),
             digests: digests.iter().map(|d| d.to_string()).collect(),
+            done: false,
         };
         let key = paths::gc_pin(&id);
         let json = serde_json::to_vec(&body).map_err(|e| RegistryError::Internal(e.to_string()))?;
         storage.put(&key, Bytes::from(json)).await?;
         let pin = Pin {
             key,
+            body,
             written: std::time::Instant::now(),
         };
-        match read_marker(storage).await {
+        let doomed = match read_marker(storage).await {
             Ok(Some(m)) => {
                 let doomed: HashSet<&str> = m.doomed.iter().map(String::as_str).collect();
-                if let Some(d) = digests
+                digests
                     .iter()
                     .find(|d| doomed.contains(d.to_string().as_str()))
-                {
-                    pin.release(storage).await;
-                    return Err(RegistryError::ManifestBlobUnknown(d.to_string()));
-                }
-                Ok(pin)
+                    .cloned()
             }
-            Ok(None) => Ok(pin),
+            Ok(None) => None,
             Err(e) => {
-                pin.release(storage).await;
-                Err(e)
+                let _ = storage.delete(&pin.key).await;
+                return Err(e);
+            }
+        };
+        if doomed.is_some() {
+            storage.delete(&pin.key).await?;
+        }
+        Ok((pin, doomed))
+    }
+
+    /// Pins what a manifest push depends on; fails with `MANIFEST_BLOB_UNKNOWN` when a running collector has
+    /// published one of them for deletion (the client uploads again).
+    pub(super) async fn take(
+        storage: &dyn Storage,
+        digests: &[Digest],
+    ) -> Result<Pin, RegistryError> {
+        match Pin::write(storage, digests).await? {
+            (pin, None) => Ok(pin),
+            (_, Some(d)) => Err(RegistryError::ManifestBlobUnknown(d.to_string())),
+        }
+    }
+
+    /// Pins a blob about to be linked into a repository. While a running collector's published batch dooms
+    /// it, waits for that batch to be over (the caller then finds the blob gone, or spared).
+    pub(super) async fn take_waiting(
+        storage: &dyn Storage,
+        d: &Digest,
+    ) -> Result<Pin, RegistryError> {
+        let give_up = std::time::Instant::now() + LEASE_TTL;
+        loop {
+            match Pin::write(storage, std::slice::from_ref(d)).await? {
+                (pin, None) => return Ok(pin),
+                (_, Some(_)) if std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                (_, Some(d)) => {
+                    return Err(RegistryError::Internal(format!(
+                        "{d} stayed in a garbage collector's published batch for too long"
+                    )))
+                }
             }
         }
     }
@@ -221,20 +261,29 @@ impl Pin {
         Ok(())
     }
 
-    /// Ends the push: the pin is removed unless a collection is running (that collector removes it, once it
-    /// has read it). Failures are logged: a pin left behind is removed by the next collection.
-    pub(super) async fn release(self, storage: &dyn Storage) {
+    /// Ends the push. Without a collection running, the pin is removed. During one, it stays for that
+    /// collector (whose walk may have missed this push's writes), marked done: the next collection removes it
+    /// when it starts, as its walk comes after these writes. Failures are logged: the pin is then left for a
+    /// later collection, which removes it once it is [`PIN_STALE`].
+    pub(super) async fn release(mut self, storage: &dyn Storage) {
         let running = match storage.stat(&paths::gc_sweep()).await {
             Ok(m) => m.is_some(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the sweep marker; pin left for the collector");
-                true
+                return;
             }
         };
-        if !running {
-            if let Err(e) = storage.delete(&self.key).await {
-                tracing::warn!(error = %e, "cannot remove a pin; the next collection will");
+        let result = if running {
+            self.body.done = true;
+            match serde_json::to_vec(&self.body) {
+                Ok(json) => storage.put(&self.key, Bytes::from(json)).await,
+                Err(_) => Ok(()),
             }
+        } else {
+            storage.delete(&self.key).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot update a pin; a later collection removes it");
         }
     }
 }
@@ -518,8 +567,10 @@ impl RegistryStore {
             ..GcReport::default()
         };
         if let Some(lease) = lease {
-            // From here until the end, pushes keep their pins for this collector to read.
+            // From here until the end, pushes keep their pins for this collector to read; pins of pushes
+            // that were over before now are not needed (the walk below sees their writes).
             write_marker(storage, lease, &[]).await?;
+            remove_finished_pins(storage).await?;
         }
 
         // 1. Walk the repositories.
@@ -723,7 +774,6 @@ impl RegistryStore {
         if let Some(lease) = lease {
             lease.renew(storage).await?;
             write_marker(storage, lease, &[]).await?;
-            remove_stale_pins(storage).await?;
         }
 
         // 5. Abandoned uploads.
@@ -878,18 +928,18 @@ async fn pinned(storage: &dyn Storage) -> Result<DigestSet, GcError> {
     Ok(set)
 }
 
-/// Removes the pins of pushes that are over: older than [`PIN_STALE`], or unreadable.
-async fn remove_stale_pins(storage: &dyn Storage) -> Result<(), GcError> {
+/// Removes the pins of pushes that are over: marked done, older than [`PIN_STALE`], or unreadable.
+async fn remove_finished_pins(storage: &dyn Storage) -> Result<(), GcError> {
     let now = unix_now();
     for name in storage.list(&paths::gc_pins()).await? {
         let key = paths::gc_pin(&name);
-        let stale = match storage.read_small(&key, SMALL_LIMIT).await {
+        let finished = match storage.read_small(&key, SMALL_LIMIT).await {
             Ok(b) => serde_json::from_slice::<PinBody>(&b)
-                .map_or(true, |p| p.created + PIN_STALE.as_secs() < now),
+                .map_or(true, |p| p.done || p.created + PIN_STALE.as_secs() < now),
             Err(e) if e.is_not_found() => false,
             Err(e) => return Err(e.into()),
         };
-        if stale {
+        if finished {
             storage.delete(&key).await?;
         }
     }

@@ -161,9 +161,20 @@ impl RegistryStore {
         }
     }
 
-    /// Makes a blob part of a repository.
-    pub async fn link_blob(&self, name: &RepoName, d: &Digest) -> Result<(), RegistryError> {
-        self.write_link(&paths::layer_link(name, d), d).await
+    /// Makes a blob part of a repository if its content is present; returns whether it was. The link is
+    /// written under a pin, so a running collector never leaves it pointing at deleted content (docs/gc.md).
+    pub async fn link_blob(&self, name: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
+        let pin = gc::Pin::take_waiting(self.storage.as_ref(), d).await?;
+        let linked = async {
+            if self.blob_size(d).await?.is_none() {
+                return Ok(false);
+            }
+            self.write_link(&paths::layer_link(name, d), d).await?;
+            Ok(true)
+        }
+        .await;
+        pin.release(self.storage.as_ref()).await;
+        linked
     }
 
     /// Mounts a blob into `name` from `from` (or from anywhere when `from` is `None`). Returns whether it did.
@@ -177,10 +188,7 @@ impl RegistryStore {
             Some(from) => self.repo_blob_size(from, d).await?.is_some(),
             None => self.blob_size(d).await?.is_some(),
         };
-        if present {
-            self.link_blob(name, d).await?;
-        }
-        Ok(present)
+        Ok(present && self.link_blob(name, d).await?)
     }
 
     /// Removes a blob from a repository (the content stays for other repositories until garbage collection).

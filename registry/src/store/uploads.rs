@@ -388,10 +388,19 @@ impl RegistryStore {
                 .rename(&data_key, &paths::blob_data(digest))
                 .await?;
         }
-        self.link_blob(&s.name, digest).await?;
+        let linked = self.link_blob(&s.name, digest).await?;
         self.storage
             .delete(&paths::upload_dir(&s.name, &s.id))
             .await?;
+        if !linked {
+            // Only with a collector sweeping this very content at this very moment (a grace period of 0).
+            drop(state);
+            self.uploads.forget(&s.key());
+            return Err(RegistryError::BlobUploadInvalid(
+                "the blob was garbage collected while the upload was committed; upload it again"
+                    .into(),
+            ));
+        }
         drop(state);
         self.uploads.forget(&s.key());
         Ok(size)
