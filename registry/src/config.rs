@@ -33,6 +33,22 @@ pub struct GcConfig {
     /// Upload sessions idle longer than this are removed
     /// (env `REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE`).
     pub upload_max_age: String,
+    /// `[[gc.retention]]`: tag retention rules applied before each collection; none by default.
+    pub retention: Vec<RetentionRule>,
+}
+
+/// `[[gc.retention]]`: which tags of the matching repositories a collection removes (docs/gc.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Repositories the rule applies to: a glob (`*` within a path segment, `**` across, `?` one character).
+    pub repositories: String,
+    /// Keep this many most recently pushed tags.
+    pub keep_last: Option<usize>,
+    /// Always keep tags matching this regular expression.
+    pub keep_tags: Option<String>,
+    /// Remove (unprotected) tags pushed longer ago than this.
+    pub older_than: Option<String>,
 }
 
 impl Default for GcConfig {
@@ -42,6 +58,7 @@ impl Default for GcConfig {
             grace: "1h".into(),
             delete_untagged: false,
             upload_max_age: "168h".into(),
+            retention: Vec::new(),
         }
     }
 }
@@ -110,6 +127,9 @@ impl GcConfig {
             if let Err(e) = parse_duration(v) {
                 p.push(format!("{key}: {e}"));
             }
+        }
+        if let Err(e) = crate::store::retention::Retention::compile(&self.retention) {
+            p.extend(e);
         }
         p
     }

@@ -43,6 +43,9 @@ pub fn gc_options(config: &Config) -> store::gc::GcOptions {
         delete_untagged: config.gc.delete_untagged,
         upload_max_age: config.gc.upload_max_age(),
         dry_run: false,
+        retention: Arc::new(
+            store::retention::Retention::compile(&config.gc.retention).unwrap_or_default(),
+        ),
     }
 }
 
@@ -69,6 +72,7 @@ pub fn spawn_collector(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
             let began = std::time::Instant::now();
             match store.collect_garbage(&opts).await {
                 Ok(r) => tracing::info!(
+                    tags = r.tags.len(),
                     blobs = r.blobs.len(),
                     bytes = r.bytes,
                     manifests = r.manifests.len(),

@@ -120,9 +120,13 @@ fn run_gc(config: Config, opts: berth_registry::store::gc::GcOptions, json: bool
                     for u in &report.uploads {
                         println!("upload {}/{}", u.repository, u.id);
                     }
+                    for t in &report.tags {
+                        println!("tag {}:{} ({})", t.repository, t.tag, t.digest);
+                    }
                     println!(
-                        "{verb} {} blobs ({} bytes), {} manifest revisions, {} links, {} uploads; \
+                        "{verb} {} tags, {} blobs ({} bytes), {} manifest revisions, {} links, {} uploads; \
                          {} of {} blobs live, {} spared",
+                        report.tags.len(),
                         report.blobs.len(),
                         report.bytes,
                         report.manifests.len(),

@@ -795,3 +795,105 @@ async fn on_s3_two_replicas_race_pushes_and_collections() {
     );
     assert!(out.pushed.len() >= 10, "too few pushes to mean anything");
 }
+
+/// Retention rules from the config file: the oldest tags of matching repositories go (dry run first), with
+/// the manifests only they needed and those manifests' layers; protected tags, the newest tags, index children
+/// still needed by a kept index, and other repositories stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_rules_remove_old_tags_and_what_only_they_needed() {
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&[("BERTH_GC_INTERVAL", "0")]);
+    let place = Place::Fs(reg.root.clone());
+    let config = work.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        "[[gc.retention]]\nrepositories = \"team/*\"\nkeep_last = 2\nkeep_tags = \"^(latest|multi)$\"\n",
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let mut images = std::collections::BTreeMap::new();
+    for tag in ["latest", "v1", "multi", "v2", "v3", "v4", "v5"] {
+        if tag == "multi" {
+            let v1 = &images["v1"];
+            let (_, bytes): &(String, Vec<u8>) = v1;
+            let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                "manifests": [{"mediaType": OCI_MANIFEST, "digest": v1.0, "size": bytes.len()}]});
+            let d = put_manifest(&reg, "team/app", Some("multi"), OCI_INDEX, &index).await;
+            images.insert(tag, (d, Vec::new()));
+        } else {
+            let layer = format!("layer of {tag}");
+            images.insert(
+                tag,
+                reg.push_image("team/app", tag, &[layer.as_bytes()]).await,
+            );
+        }
+        reg.push_image("other/app", tag, &[format!("other {tag}").as_bytes()])
+            .await;
+    }
+    let tags = |r: &serde_json::Value| -> Vec<String> {
+        r["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}:{}",
+                    t["repository"].as_str().unwrap(),
+                    t["tag"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let want = ["team/app:v1", "team/app:v2", "team/app:v3"];
+    let dry = gc(&place, &["--config", cfg, "--dry-run", "--grace", "0"], &[]);
+    assert_eq!(tags(&dry), want, "{dry}");
+    assert_eq!(
+        reg.get("/v2/team/app/manifests/v1").await.status,
+        StatusCode::OK
+    );
+
+    let done = gc(&place, &["--config", cfg, "--grace", "0"], &[]);
+    assert_eq!(tags(&done), want, "{done}");
+    // v2 and v3 go with their own layers; v1's manifest stays (the kept index needs it).
+    let gone: BTreeSet<String> = ["v2", "v3"]
+        .iter()
+        .flat_map(|t| {
+            [
+                images[t].0.clone(),
+                sha256(format!("layer of {t}").as_bytes()),
+            ]
+        })
+        .collect();
+    assert_eq!(digests(&done, "blobs"), gone, "{done}");
+    for t in ["v1", "v2", "v3"] {
+        let r = reg.get(&format!("/v2/team/app/manifests/{t}")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "tag {t} removed");
+    }
+    for t in ["v2", "v3"] {
+        let r = reg
+            .get(&format!("/v2/team/app/manifests/{}", images[t].0))
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "manifest of {t} removed");
+    }
+    let r = reg
+        .get(&format!("/v2/team/app/manifests/{}", images["v1"].0))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "the index child stays");
+    for t in ["latest", "multi", "v4", "v5"] {
+        let r = reg.get(&format!("/v2/team/app/manifests/{t}")).await;
+        assert_eq!(r.status, StatusCode::OK, "tag {t} kept");
+    }
+    let r = reg.get("/v2/other/app/tags/list").await;
+    assert_eq!(
+        r.json()["tags"].as_array().unwrap().len(),
+        7,
+        "other repositories untouched"
+    );
+    place.check().await;
+    // Applied again, the rule finds nothing more to remove.
+    let again = gc(&place, &["--config", cfg, "--grace", "0"], &[]);
+    assert!(
+        tags(&again).is_empty() && digests(&again, "blobs").is_empty(),
+        "{again}"
+    );
+}

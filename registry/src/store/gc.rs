@@ -54,6 +54,8 @@ pub struct GcOptions {
     pub upload_max_age: Duration,
     /// Report only; change nothing (and take no lease).
     pub dry_run: bool,
+    /// Tag retention rules, applied before marking.
+    pub retention: std::sync::Arc<super::retention::Retention>,
 }
 
 /// A repository's manifest revision that a collection removed (or would remove).
@@ -62,6 +64,17 @@ pub struct UnlinkedManifest {
     /// The repository folder.
     pub repository: String,
     /// The manifest digest.
+    pub digest: String,
+}
+
+/// A tag a retention rule removed (or would remove).
+#[derive(Debug, Clone, Serialize)]
+pub struct RemovedTag {
+    /// The repository folder.
+    pub repository: String,
+    /// The tag.
+    pub tag: String,
+    /// The manifest it pointed at.
     pub digest: String,
 }
 
@@ -89,6 +102,8 @@ pub struct GcReport {
     pub links: u64,
     /// Upload sessions removed.
     pub uploads: Vec<PurgedUpload>,
+    /// Tags removed by retention rules.
+    pub tags: Vec<RemovedTag>,
     /// Blobs seen in storage.
     pub blobs_seen: u64,
     /// Blobs marked live.
@@ -432,8 +447,8 @@ struct RepoRecord {
     layers: Vec<(Digest, Option<SystemTime>)>,
     /// Manifest revision links.
     revisions: Vec<(Digest, Option<SystemTime>)>,
-    /// Keys of the tags' current links.
-    tag_links: Vec<String>,
+    /// The tags' current links: tag, key, modification time (when it was last pushed).
+    tag_links: Vec<(String, String, Option<SystemTime>)>,
     /// Tag history entries: tag folder name, digest.
     tag_index: Vec<(String, Digest)>,
     /// Upload sessions: id, newest modification time seen.
@@ -470,7 +485,10 @@ impl RepoRecord {
                     self.revisions.push((d, modified));
                 }
             }
-            ["_manifests", "tags", _tag, "current", "link"] => self.tag_links.push(key.to_string()),
+            ["_manifests", "tags", tag, "current", "link"] => {
+                self.tag_links
+                    .push((tag.to_string(), key.to_string(), modified))
+            }
             ["_manifests", "tags", tag, "index", alg, hex, "link"] => {
                 if let Some(d) = digest_of(alg, hex) {
                     self.tag_index.push((tag.to_string(), d));
@@ -485,6 +503,14 @@ impl RepoRecord {
             _ => {}
         }
     }
+}
+
+/// What marking one repository found.
+struct Marked {
+    /// Revisions no root reaches.
+    dead: Vec<Digest>,
+    /// Tags a retention rule removes: tag, current link key, digest.
+    untag: Vec<(String, String, Digest)>,
 }
 
 /// What a stored manifest refers to, read leniently (whatever registry:2 accepted is followed).
@@ -601,6 +627,7 @@ impl RegistryStore {
         // 2. Mark, one repository at a time.
         let mut live = DigestSet::default();
         let mut unlink: HashMap<String, Vec<Digest>> = HashMap::new();
+        let mut untag: Vec<(String, String, String, Digest)> = Vec::new();
         for (repo, rec) in &repos {
             if let Some(lease) = lease {
                 if renewed.elapsed() > LEASE_RENEW {
@@ -609,10 +636,32 @@ impl RegistryStore {
                     renewed = std::time::Instant::now();
                 }
             }
-            let dead = self.mark_repository(rec, opts, cutoff, &mut live).await?;
-            if !dead.is_empty() {
-                unlink.insert(repo.clone(), dead);
+            let removed = match opts.retention.is_empty() {
+                true => HashSet::new(),
+                false => {
+                    let tags: Vec<(String, Option<SystemTime>)> = rec
+                        .tag_links
+                        .iter()
+                        .map(|(t, _, when)| (t.clone(), *when))
+                        .collect();
+                    opts.retention
+                        .select(repo, &tags, started)
+                        .into_iter()
+                        .collect()
+                }
+            };
+            let marked = self
+                .mark_repository(rec, opts, cutoff, &mut live, &removed)
+                .await?;
+            if !marked.dead.is_empty() {
+                unlink.insert(repo.clone(), marked.dead);
             }
+            untag.extend(
+                marked
+                    .untag
+                    .into_iter()
+                    .map(|(t, k, d)| (repo.clone(), t, k, d)),
+            );
             for (d, t) in &rec.layers {
                 if recent(*t, cutoff) {
                     live.insert(d);
@@ -706,6 +755,28 @@ impl RegistryStore {
             }
         }
         drop(doomed);
+
+        // Tags removed by retention go before anything they pointed at. A tag pushed again since the walk
+        // (its link changed) is kept.
+        for (repo, tag, key, d) in untag {
+            let now = match storage.read_small(&key, LINK_LIMIT).await {
+                Ok(b) => Digest::parse(String::from_utf8_lossy(&b).trim()).ok(),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
+            if now.as_ref() != Some(&d) {
+                continue;
+            }
+            if !opts.dry_run {
+                let dir = key.trim_end_matches("/current/link");
+                storage.delete(dir).await?;
+            }
+            report.tags.push(RemovedTag {
+                repository: repo,
+                tag,
+                digest: d.to_string(),
+            });
+        }
 
         // 4. Sweep in batches: publish, read the pins, delete what no push pinned.
         for batch in removals.chunks(BATCH) {
@@ -818,25 +889,38 @@ impl RegistryStore {
         opts: &GcOptions,
         cutoff: SystemTime,
         live: &mut DigestSet,
-    ) -> Result<Vec<Digest>, GcError> {
+        removed_tags: &HashSet<String>,
+    ) -> Result<Marked, GcError> {
         let storage = self.storage().as_ref();
         let mut roots: Vec<Digest> = Vec::new();
-        for key in &rec.tag_links {
-            match storage.read_small(key, LINK_LIMIT).await {
-                Ok(b) => {
-                    if let Ok(d) = Digest::parse(String::from_utf8_lossy(&b).trim()) {
-                        roots.push(d);
-                    }
-                }
-                Err(e) if e.is_not_found() => {}
+        let mut retired: HashSet<Digest> = HashSet::new();
+        let mut untag = Vec::new();
+        for (tag, key, _) in &rec.tag_links {
+            let d = match storage.read_small(key, LINK_LIMIT).await {
+                Ok(b) => match Digest::parse(String::from_utf8_lossy(&b).trim()) {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
+            };
+            if removed_tags.contains(tag) {
+                retired.insert(d.clone());
+                untag.push((tag.clone(), key.clone(), d));
+            } else {
+                roots.push(d);
             }
         }
+        // A manifest a removed tag pointed at goes too, unless a kept tag (or index, or subject) needs it.
+        for d in &roots {
+            retired.remove(d);
+        }
         for (d, t) in &rec.revisions {
-            if !opts.delete_untagged || recent(*t, cutoff) {
+            if (!opts.delete_untagged && !retired.contains(d)) || recent(*t, cutoff) {
                 roots.push(d.clone());
             }
         }
+        let unrooted = opts.delete_untagged || !retired.is_empty();
         let mut kept: HashSet<Digest> = HashSet::new();
         let mut parsed: HashMap<Digest, References> = HashMap::new();
         let mut queue = roots;
@@ -853,7 +937,7 @@ impl RegistryStore {
                 queue.extend(refs.children.iter().cloned());
                 parsed.insert(m, refs);
             }
-            if !opts.delete_untagged {
+            if !unrooted {
                 break;
             }
             // Referrers of kept manifests are kept too (to a fixed point: a signature of a signature).
@@ -873,12 +957,15 @@ impl RegistryStore {
                 break;
             }
         }
-        Ok(rec
-            .revisions
-            .iter()
-            .filter(|(d, _)| !kept.contains(d))
-            .map(|(d, _)| d.clone())
-            .collect())
+        Ok(Marked {
+            dead: rec
+                .revisions
+                .iter()
+                .filter(|(d, _)| !kept.contains(d))
+                .map(|(d, _)| d.clone())
+                .collect(),
+            untag,
+        })
     }
 
     async fn read_references(&self, d: &Digest) -> Result<References, GcError> {

@@ -6,6 +6,7 @@
 //! write of a link replaces it atomically.
 
 pub mod gc;
+pub mod retention;
 mod uploads;
 
 use std::collections::HashSet;
