@@ -63,6 +63,39 @@ impl Default for GcConfig {
     }
 }
 
+/// Parses `storage.min_free`: `auto`, a size (`0`, `1048576`, `512MiB`, `2GB`, `1G`), or a share (`5%`).
+pub fn parse_min_free(text: &str) -> Result<crate::storage::fs::MinFree, String> {
+    use crate::storage::fs::MinFree;
+    let t = text.trim();
+    let bad = || format!("{text:?} is not auto, a size like 512MiB or 2GB, or a share like 5%");
+    if t.eq_ignore_ascii_case("auto") {
+        return Ok(MinFree::Auto);
+    }
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        return if (0.0..=100.0).contains(&p) {
+            Ok(MinFree::Percent(p))
+        } else {
+            Err(bad())
+        };
+    }
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let unit: u64 = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        "t" | "tib" => 1 << 40,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).map(MinFree::Bytes).ok_or_else(bad)
+}
+
 /// Parses a duration like `90s`, `10m`, `24h`, `7d`, `1h30m`, `500ms` or `0`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
@@ -160,6 +193,9 @@ pub struct StorageConfig {
     pub root_directory: PathBuf,
     /// Allow DELETE of blobs, manifests and tags (env `REGISTRY_STORAGE_DELETE_ENABLED`).
     pub delete_enabled: bool,
+    /// Free space uploads must leave on the filesystem: `auto` (1 GiB or 2 %, whichever is smaller), a size
+    /// like `512MiB` or `2GB`, a share like `5%`, or `0` (env `BERTH_STORAGE_MIN_FREE`).
+    pub min_free: String,
     /// `[storage.s3]`: the bucket, when `driver = "s3"`.
     pub s3: S3Config,
 }
@@ -318,6 +354,7 @@ impl Default for StorageConfig {
             driver: StorageDriver::Filesystem,
             root_directory: PathBuf::from("data"),
             delete_enabled: false,
+            min_free: "auto".into(),
             s3: S3Config::default(),
         }
     }
@@ -341,6 +378,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "storage.root_directory",
     ),
     ("REGISTRY_STORAGE_DELETE_ENABLED", "storage.delete_enabled"),
+    ("BERTH_STORAGE_MIN_FREE", "storage.min_free"),
     ("REGISTRY_STORAGE", "storage.driver"),
     ("REGISTRY_STORAGE_S3_BUCKET", "storage.s3.bucket"),
     ("REGISTRY_STORAGE_S3_REGION", "storage.s3.region"),
@@ -504,6 +542,9 @@ impl Config {
         if let Some(v) = env("REGISTRY_LOG_LEVEL") {
             config.log.level = v;
         }
+        if let Some(v) = non_empty(env("BERTH_STORAGE_MIN_FREE")) {
+            config.storage.min_free = v;
+        }
         if let Some(v) = non_empty(env("BERTH_GC_INTERVAL")) {
             config.gc.interval = v;
         }
@@ -559,6 +600,9 @@ impl Config {
             StorageDriver::S3 => p.extend(self.storage.s3.validate()),
         }
         p.extend(self.gc.validate());
+        if let Err(e) = parse_min_free(&self.storage.min_free) {
+            p.push(format!("storage.min_free: {e}"));
+        }
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -620,6 +664,17 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604800)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        use crate::storage::fs::MinFree;
+        assert_eq!(parse_min_free("auto"), Ok(MinFree::Auto));
+        assert_eq!(parse_min_free("0"), Ok(MinFree::Bytes(0)));
+        assert_eq!(parse_min_free("512MiB"), Ok(MinFree::Bytes(512 << 20)));
+        assert_eq!(parse_min_free("2GB"), Ok(MinFree::Bytes(2_000_000_000)));
+        assert_eq!(parse_min_free("5%"), Ok(MinFree::Percent(5.0)));
+        for bad in ["", "x", "101%", "5 parsecs", "-1"] {
+            assert!(parse_min_free(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(MinFree::Auto.bytes(10 << 30), (10u64 << 30) / 50);
+        assert_eq!(MinFree::Auto.bytes(1 << 40), 1 << 30);
         for bad in ["", "h", "10", "1x", "-1s", "1.5h", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }

@@ -49,6 +49,8 @@ pub enum RegistryError {
     NotFound,
     /// Method not allowed on an existing route (405).
     MethodNotAllowed,
+    /// The storage is full (507); the message says how much is free.
+    StorageFull(String),
     /// Anything else (500); the cause is logged.
     Internal(String),
 }
@@ -119,6 +121,11 @@ impl RegistryError {
                 "UNSUPPORTED",
                 "method not allowed".into(),
             ),
+            StorageFull(m) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "DENIED",
+                format!("{m}; uploads are refused until space is freed (delete images, then collect garbage)"),
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "UNKNOWN",
@@ -149,7 +156,10 @@ impl std::error::Error for RegistryError {}
 
 impl From<StorageError> for RegistryError {
     fn from(e: StorageError) -> Self {
-        RegistryError::Internal(e.to_string())
+        match e {
+            StorageError::Full(m) => RegistryError::StorageFull(m),
+            e => RegistryError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -22,9 +22,12 @@ pub use config::Config;
 /// Builds the application for a configuration: opens the storage and the store over it.
 pub fn build(config: Config) -> std::io::Result<Arc<App>> {
     let storage: Arc<dyn storage::Storage> = match config.storage.driver {
-        config::StorageDriver::Filesystem => {
-            Arc::new(storage::fs::FsStorage::new(&config.storage.root_directory)?)
-        }
+        config::StorageDriver::Filesystem => Arc::new(
+            storage::fs::FsStorage::new(&config.storage.root_directory)?.with_min_free(
+                config::parse_min_free(&config.storage.min_free)
+                    .unwrap_or(storage::fs::MinFree::Auto),
+            ),
+        ),
         config::StorageDriver::S3 => Arc::new(
             storage::s3::S3Storage::new(&config.storage.s3.options())
                 .map_err(std::io::Error::other)?,

@@ -223,6 +223,15 @@ fn main() -> ExitCode {
         tracing::info!(listen = %local, storage = %root, "berth-registry listening");
         // Scripts and tests read this line to learn the bound port.
         println!("berth-registry listening on {local}");
+        match app.store.storage().space().await {
+            Ok(Some(sp)) => tracing::info!(
+                free = %berth_registry::storage::human_bytes(sp.available),
+                reserve = %berth_registry::storage::human_bytes(sp.reserve),
+                "free space (uploads are refused below the reserve)"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the free space"),
+        }
         berth_registry::spawn_collector(&app);
         server::serve(listener, app, shutdown_signal()).await;
         tracing::info!("berth-registry stopped");

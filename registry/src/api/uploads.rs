@@ -149,8 +149,12 @@ impl App {
         let (parts, body) = req.into_parts();
         let (start, len) = chunk_bounds(&parts.headers)?;
         let appended = self
-            .store
-            .append_upload(&s, start, len, body_stream(body))
+            .fail_full(
+                &s,
+                self.store
+                    .append_upload(&s, start, len, body_stream(body))
+                    .await,
+            )
             .await?;
         Ok(self.progress(StatusCode::ACCEPTED, &parts.headers, &s, appended.size))
     }
@@ -174,8 +178,24 @@ impl App {
         } else {
             Some((start, len, body_stream(body)))
         };
-        self.store.commit_upload(&s, &d, final_chunk).await?;
+        self.fail_full(&s, self.store.commit_upload(&s, &d, final_chunk).await)
+            .await?;
         Ok(self.created_blob(&parts.headers, &s.name, &d))
+    }
+
+    /// A session that ran out of space is removed before the answer, so nothing partial stays on the disk;
+    /// the client starts again once space is freed.
+    async fn fail_full<T>(
+        &self,
+        s: &UploadSession,
+        r: Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        if let Err(RegistryError::StorageFull(_)) = &r {
+            if let Err(e) = self.store.cancel_upload(s).await {
+                tracing::warn!(error = ?e, "cannot remove an upload that ran out of space");
+            }
+        }
+        r
     }
 
     pub(super) async fn cancel_upload(

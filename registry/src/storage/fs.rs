@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream;
 
-use super::{AppendWriter, ByteStream, ObjectMeta, ObjectStream, Storage, StorageError};
+use super::{
+    human_bytes, AppendWriter, ByteStream, ObjectMeta, ObjectStream, Space, Storage, StorageError,
+};
 
 /// Prefix of temporary files; `list` hides them.
 const TMP_PREFIX: &str = ".tmp-";
@@ -26,6 +28,98 @@ const READ_CHUNK: usize = 128 * 1024;
 pub struct FsStorage {
     root: PathBuf,
     listings: Arc<ListingCache>,
+    space: Arc<SpaceGuard>,
+}
+
+/// How much free space appended data (uploads) must leave on the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    /// 1 GiB or 2 % of the filesystem, whichever is smaller.
+    Auto,
+    /// A number of bytes (0: no reserve; a full device still fails writes cleanly).
+    Bytes(u64),
+    /// A share of the filesystem's size, in percent.
+    Percent(f64),
+}
+
+impl MinFree {
+    /// The reserve on a filesystem of `total` bytes.
+    pub fn bytes(&self, total: u64) -> u64 {
+        match *self {
+            MinFree::Auto => (1u64 << 30).min(total / 50),
+            MinFree::Bytes(n) => n,
+            MinFree::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+/// The free-space check of appended data, and whether the last check found the reserve crossed (logged
+/// when that changes).
+#[derive(Debug)]
+struct SpaceGuard {
+    root: PathBuf,
+    min_free: MinFree,
+    below: std::sync::atomic::AtomicBool,
+}
+
+impl SpaceGuard {
+    fn space(&self) -> io::Result<Space> {
+        let st = rustix::fs::statvfs(&self.root)?;
+        let total = st.f_blocks.saturating_mul(st.f_frsize);
+        Ok(Space {
+            available: st.f_bavail.saturating_mul(st.f_frsize),
+            total,
+            reserve: self.min_free.bytes(total),
+        })
+    }
+
+    /// Fails with `Full` when writing `len` more bytes would leave less than the reserve.
+    fn check(&self, len: u64) -> Result<(), StorageError> {
+        let sp = self
+            .space()
+            .map_err(|e| io_err(&self.root.display().to_string(), e))?;
+        let below = sp.available.saturating_sub(len) < sp.reserve;
+        if self.below.swap(below, std::sync::atomic::Ordering::Relaxed) != below {
+            if below {
+                tracing::warn!(
+                    free = %human_bytes(sp.available),
+                    reserve = %human_bytes(sp.reserve),
+                    "free space reached the reserve: uploads are refused"
+                );
+            } else {
+                tracing::info!(
+                    free = %human_bytes(sp.available),
+                    reserve = %human_bytes(sp.reserve),
+                    "free space above the reserve again: uploads accepted"
+                );
+            }
+        }
+        if below {
+            return Err(full_message(&sp));
+        }
+        Ok(())
+    }
+}
+
+impl SpaceGuard {
+    /// A `Full` error from the device (ENOSPC) restated with the free space, as the reserve check says it.
+    fn restate<T>(&self, r: Result<T, StorageError>) -> Result<T, StorageError> {
+        match r {
+            Err(StorageError::Full(m)) => match self.space() {
+                Ok(sp) => Err(full_message(&sp)),
+                Err(_) => Err(StorageError::Full(m)),
+            },
+            r => r,
+        }
+    }
+}
+
+fn full_message(sp: &Space) -> StorageError {
+    StorageError::Full(format!(
+        "storage full: {} free, {} kept in reserve",
+        human_bytes(sp.available),
+        human_bytes(sp.reserve)
+    ))
 }
 
 /// Directories with at least this many entries have their sorted listing kept in memory, and so have those
@@ -123,9 +217,24 @@ impl FsStorage {
         let root = root.into();
         std::fs::create_dir_all(&root)?;
         Ok(FsStorage {
+            space: Arc::new(SpaceGuard {
+                root: root.clone(),
+                min_free: MinFree::Auto,
+                below: Default::default(),
+            }),
             root,
             listings: Arc::default(),
         })
+    }
+
+    /// The same storage with another free-space reserve for uploads.
+    pub fn with_min_free(mut self, min_free: MinFree) -> FsStorage {
+        self.space = Arc::new(SpaceGuard {
+            root: self.root.clone(),
+            min_free,
+            below: Default::default(),
+        });
+        self
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -141,10 +250,12 @@ impl FsStorage {
 }
 
 fn io_err(key: &str, e: io::Error) -> StorageError {
-    if e.kind() == ErrorKind::NotFound {
-        StorageError::NotFound(key.to_string())
-    } else {
-        StorageError::Io(key.to_string(), e)
+    match e.kind() {
+        ErrorKind::NotFound => StorageError::NotFound(key.to_string()),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            StorageError::Full(format!("storage full: {key}: {e}"))
+        }
+        _ => StorageError::Io(key.to_string(), e),
     }
 }
 
@@ -233,6 +344,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 struct FsAppend {
     key: String,
+    space: Arc<SpaceGuard>,
     file: Option<std::fs::File>,
     size: u64,
     /// Bytes written since the last `sync_data` started.
@@ -266,11 +378,17 @@ impl AppendWriter for FsAppend {
             StorageError::Io(self.key.clone(), io::Error::other("writer failed earlier"))
         })?;
         let len = bytes.len() as u64;
-        let file = blocking(&self.key, move || {
-            file.write_all(&bytes)?;
-            Ok(file)
+        let (space, key) = (self.space.clone(), self.key.clone());
+        let file = match tokio::task::spawn_blocking(move || {
+            space.check(len)?;
+            space.restate(file.write_all(&bytes).map_err(|e| io_err(&key, e)))?;
+            Ok::<_, StorageError>(file)
         })
-        .await?;
+        .await
+        {
+            Ok(r) => r?,
+            Err(e) => return Err(StorageError::Io(self.key.clone(), io::Error::other(e))),
+        };
         self.size += len;
         self.unsynced += len;
         if self.unsynced >= SYNC_EVERY {
@@ -291,7 +409,10 @@ impl AppendWriter for FsAppend {
         self.wait_sync().await?;
         let key = self.key.clone();
         match self.file.take() {
-            Some(f) => blocking(&key, move || f.sync_all()).await,
+            Some(f) => {
+                let r = blocking(&key, move || f.sync_all()).await;
+                self.space.restate(r)
+            }
             None => Err(StorageError::Io(
                 key,
                 io::Error::other("writer failed earlier"),
@@ -387,7 +508,8 @@ impl Storage for FsStorage {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         let path = self.path(key);
         self.listings.forget_above(&path);
-        blocking(key, move || write_atomic(&path, &bytes)).await
+        let r = blocking(key, move || write_atomic(&path, &bytes)).await;
+        self.space.restate(r)
     }
 
     async fn append(&self, key: &str) -> Result<Box<dyn AppendWriter>, StorageError> {
@@ -406,6 +528,7 @@ impl Storage for FsStorage {
         let size = file.metadata().map_err(|e| io_err(key, e))?.len();
         Ok(Box::new(FsAppend {
             key: key.to_string(),
+            space: self.space.clone(),
             file: Some(file),
             size,
             unsynced: 0,
@@ -490,7 +613,13 @@ impl Storage for FsStorage {
     async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
         let path = self.path(key);
         self.listings.forget_above(&path);
-        blocking(key, move || create_exclusive(&path, &bytes)).await
+        let r = blocking(key, move || create_exclusive(&path, &bytes)).await;
+        self.space.restate(r)
+    }
+
+    async fn space(&self) -> Result<Option<Space>, StorageError> {
+        let guard = self.space.clone();
+        blocking("", move || guard.space()).await.map(Some)
     }
 
     fn walk(&self, prefix: &str) -> ObjectStream {

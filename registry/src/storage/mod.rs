@@ -45,6 +45,9 @@ pub enum StorageError {
     InvalidRange,
     /// I/O or backend failure.
     Io(String, std::io::Error),
+    /// No room: the write would leave less free space than the reserve, or the device is full. The message
+    /// says how much is free.
+    Full(String),
 }
 
 impl fmt::Display for StorageError {
@@ -53,6 +56,7 @@ impl fmt::Display for StorageError {
             StorageError::NotFound(k) => write!(f, "not found: {k}"),
             StorageError::InvalidRange => write!(f, "invalid range"),
             StorageError::Io(k, e) => write!(f, "{k}: {e}"),
+            StorageError::Full(m) => write!(f, "{m}"),
         }
     }
 }
@@ -73,6 +77,32 @@ pub struct ObjectMeta {
     pub size: u64,
     /// When the object was last written, when the backend knows.
     pub modified: Option<SystemTime>,
+}
+
+/// Free space where a backend writes, and the reserve it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes available to the registry.
+    pub available: u64,
+    /// Size of the filesystem.
+    pub total: u64,
+    /// Free space uploads never use.
+    pub reserve: u64,
+}
+
+/// Bytes as a person reads them: `512 B`, `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// A writer appending to one object.
@@ -116,4 +146,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Every object under `prefix`, recursively, in no particular order, streamed (memory does not grow with
     /// the number of objects). Append objects may be left out.
     fn walk(&self, prefix: &str) -> ObjectStream;
+    /// Free space and the reserve, for backends that can run out of it (`None`: unbounded, as a bucket).
+    async fn space(&self) -> Result<Option<Space>, StorageError> {
+        Ok(None)
+    }
 }

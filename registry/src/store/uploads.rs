@@ -141,6 +141,15 @@ pub struct Appended {
 impl RegistryStore {
     /// Starts an upload session in `name`.
     pub async fn start_upload(&self, name: &RepoName) -> Result<UploadSession, RegistryError> {
+        if let Some(sp) = self.storage.space().await? {
+            if sp.available < sp.reserve {
+                return Err(RegistryError::StorageFull(format!(
+                    "storage full: {} free, {} kept in reserve",
+                    crate::storage::human_bytes(sp.available),
+                    crate::storage::human_bytes(sp.reserve)
+                )));
+            }
+        }
         let session = UploadSession {
             name: name.clone(),
             id: UploadId::generate(),
