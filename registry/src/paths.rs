@@ -162,9 +162,14 @@ pub fn gc_lease(epoch: u64) -> String {
     format!("{GC_ROOT}/lease/{epoch:020}")
 }
 
-/// What a running collector is about to delete; manifest pushes read it.
-pub fn gc_sweep() -> String {
+/// Folder of the sweep markers, one per collector epoch.
+pub fn gc_sweeps() -> String {
     format!("{GC_ROOT}/sweep")
+}
+
+/// What the collector of one epoch is about to delete; pushes read every marker.
+pub fn gc_sweep(epoch: u64) -> String {
+    format!("{GC_ROOT}/sweep/{epoch:020}")
 }
 
 /// Folder of the pins: the digests each manifest push in flight depends on.

@@ -473,6 +473,8 @@ struct Pushed {
     manifest: String,
     bytes: Vec<u8>,
     blobs: Vec<String>,
+    /// An index's children.
+    children: Vec<Pushed>,
 }
 
 async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> Result<Option<String>, String> {
@@ -507,7 +509,7 @@ async fn try_push_blob(reg: &Registry, repo: &str, data: &[u8]) -> Result<Option
 async fn try_push_image(
     reg: &Registry,
     repo: &str,
-    tag: &str,
+    tag: Option<&str>,
     shared: &[u8],
 ) -> Result<Option<Pushed>, String> {
     let (config, own): (String, Vec<Vec<u8>>) = {
@@ -538,27 +540,79 @@ async fn try_push_image(
     }
     let refs: Vec<(&str, usize)> = layers.iter().map(|(d, n)| (d.as_str(), *n)).collect();
     let m = image((&cd, config.len()), &refs);
-    let bytes = serde_json::to_vec(&m).unwrap();
+    let blobs = std::iter::once(cd)
+        .chain(layers.into_iter().map(|(d, _)| d))
+        .collect();
+    try_put_manifest(reg, repo, tag, OCI_MANIFEST, &m, blobs, Vec::new()).await
+}
+
+/// PUTs a manifest (by tag, or by digest); `Ok(None)` on `MANIFEST_BLOB_UNKNOWN`.
+async fn try_put_manifest(
+    reg: &Registry,
+    repo: &str,
+    tag: Option<&str>,
+    media_type: &str,
+    m: &serde_json::Value,
+    blobs: Vec<String>,
+    children: Vec<Pushed>,
+) -> Result<Option<Pushed>, String> {
+    let bytes = serde_json::to_vec(m).unwrap();
+    let d = sha256(&bytes);
     let r = reg
         .send(
             Method::PUT,
-            &format!("/v2/{repo}/manifests/{tag}"),
-            &[("content-type", OCI_MANIFEST)],
+            &format!("/v2/{repo}/manifests/{}", tag.unwrap_or(&d)),
+            &[("content-type", media_type)],
             full(bytes.clone()),
         )
         .await;
     match r.status {
         StatusCode::CREATED => Ok(Some(Pushed {
             repo: repo.to_string(),
-            manifest: sha256(&bytes),
+            manifest: d,
             bytes,
-            blobs: std::iter::once(cd)
-                .chain(layers.into_iter().map(|(d, _)| d))
-                .collect(),
+            blobs,
+            children,
         })),
         StatusCode::BAD_REQUEST if r.code() == "MANIFEST_BLOB_UNKNOWN" => Ok(None),
         s => Err(format!("PUT manifest {s}: {:?}", r.body)),
     }
+}
+
+/// Pushes two images by digest (untagged until the index lands), then an index of them under `tag`.
+async fn try_push_index(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    shared: &[u8],
+) -> Result<Option<Pushed>, String> {
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        match try_push_image(reg, repo, None, shared).await? {
+            Some(c) => children.push(c),
+            None => return Ok(None),
+        }
+    }
+    // The children wait, untagged, for a while (up to about a collection) before the index names them: a
+    // collection may find them garbage meanwhile, with their layers.
+    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..1500);
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": children.iter().map(|c| serde_json::json!({
+            "mediaType": OCI_MANIFEST, "digest": c.manifest, "size": c.bytes.len(),
+            "platform": {"architecture": "amd64", "os": "linux"}})).collect::<Vec<_>>(),
+    });
+    try_put_manifest(
+        reg,
+        repo,
+        Some(tag),
+        OCI_INDEX,
+        &index,
+        Vec::new(),
+        children,
+    )
+    .await
 }
 
 fn count_collections(log: &Path) -> usize {
@@ -583,7 +637,8 @@ async fn wait_for_collections(log: &Path, n: usize) {
 
 /// Checks every pushed manifest and blob, byte for byte, and that no orphan is left.
 async fn check_race_outcome(reg: &Registry, pushed: &[Pushed], orphans: &[(String, String)]) {
-    for p in pushed {
+    let mut all: Vec<&Pushed> = pushed.iter().collect();
+    while let Some(p) = all.pop() {
         let r = reg
             .get(&format!("/v2/{}/manifests/{}", p.repo, p.manifest))
             .await;
@@ -600,6 +655,7 @@ async fn check_race_outcome(reg: &Registry, pushed: &[Pushed], orphans: &[(Strin
             );
             assert_eq!(sha256(&r.body), *b, "blob content hashes to its name");
         }
+        all.extend(p.children.iter());
     }
     for (repo, d) in orphans {
         let r = reg.head(&format!("/v2/{repo}/blobs/{d}")).await;
@@ -615,6 +671,8 @@ async fn check_race_outcome(reg: &Registry, pushed: &[Pushed], orphans: &[(Strin
 #[derive(Default)]
 struct RaceLog {
     pushed: Vec<Pushed>,
+    /// What each tag points at in the end (the last push that got 201).
+    current: Vec<Pushed>,
     orphans: Vec<(String, String)>,
     abandoned: usize,
     retried: usize,
@@ -634,6 +692,7 @@ async fn race(regs: Vec<std::sync::Arc<Registry>>, pushers: usize) -> RaceLog {
             tokio::spawn(async move {
                 use rand::Rng;
                 let mut log = RaceLog::default();
+                let mut current: std::collections::BTreeMap<String, usize> = Default::default();
                 let shared = format!("layer shared by pusher {i}").into_bytes();
                 let mut n = 0usize;
                 while std::time::Instant::now() < until {
@@ -668,8 +727,14 @@ async fn race(regs: Vec<std::sync::Arc<Registry>>, pushers: usize) -> RaceLog {
                     } else {
                         let tag = format!("t{}", n % 3);
                         loop {
-                            match try_push_image(reg, &repo, &tag, &shared).await {
+                            let pushed = if roll == 2 {
+                                try_push_index(reg, &repo, &tag, &shared).await
+                            } else {
+                                try_push_image(reg, &repo, Some(&tag), &shared).await
+                            };
+                            match pushed {
                                 Ok(Some(p)) => {
+                                    current.insert(tag.clone(), log.pushed.len());
                                     log.pushed.push(p);
                                     break;
                                 }
@@ -679,6 +744,14 @@ async fn race(regs: Vec<std::sync::Arc<Registry>>, pushers: usize) -> RaceLog {
                         }
                     }
                 }
+                // Split what the tags point at now from the rest.
+                let last: std::collections::BTreeSet<usize> = current.into_values().collect();
+                let (now, before): (Vec<_>, Vec<_>) = std::mem::take(&mut log.pushed)
+                    .into_iter()
+                    .enumerate()
+                    .partition(|(k, _)| last.contains(k));
+                log.current = now.into_iter().map(|(_, p)| p).collect();
+                log.pushed = before.into_iter().map(|(_, p)| p).collect();
                 log
             })
         })
@@ -686,6 +759,7 @@ async fn race(regs: Vec<std::sync::Arc<Registry>>, pushers: usize) -> RaceLog {
     let mut all = RaceLog::default();
     for t in tasks {
         let log = t.await.expect("pusher");
+        all.current.extend(log.current);
         all.pushed.extend(log.pushed);
         all.orphans.extend(log.orphans);
         all.abandoned += log.abandoned;
@@ -694,11 +768,12 @@ async fn race(regs: Vec<std::sync::Arc<Registry>>, pushers: usize) -> RaceLog {
     all
 }
 
-/// Pushers race a collector that runs every second with a grace of 0: every manifest that got 201 pulls
-/// completely and every blob hashes to its name; the orphans are gone once collections have run after the
-/// pushes stopped; abandoned uploads are purged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pushes_racing_a_collector_every_second_never_break() {
+/// Pushers (images and multi-arch indexes, tags pushed again) race a collector that runs every second with a
+/// grace of 0 on the filesystem. Every manifest that got 201 pulls completely (with `delete_untagged`: every
+/// manifest a tag points at, index children included, while the ones tags left are gone), every blob hashes to
+/// its name, the orphans are gone once collections have run after the pushes stopped, and abandoned uploads
+/// are purged.
+async fn race_on_fs(delete_untagged: bool) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     let log = dir.path().join("registry.log");
@@ -707,6 +782,10 @@ async fn pushes_racing_a_collector_every_second_never_break() {
         &[
             ("BERTH_GC_INTERVAL", "1s"),
             ("BERTH_GC_GRACE", "0"),
+            (
+                "BERTH_GC_DELETE_UNTAGGED",
+                if delete_untagged { "true" } else { "false" },
+            ),
             ("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE", "2s"),
             ("REGISTRY_LOG_LEVEL", "info"),
         ],
@@ -720,22 +799,56 @@ async fn pushes_racing_a_collector_every_second_never_break() {
     tokio::time::sleep(std::time::Duration::from_secs(2).saturating_sub(stopped.elapsed())).await;
     let n = count_collections(&log);
     wait_for_collections(&log, n + 2).await;
-    check_race_outcome(&reg, &out.pushed, &out.orphans).await;
+    check_race_outcome(&reg, &out.current, &out.orphans).await;
+    if delete_untagged {
+        for p in &out.pushed {
+            let r = reg
+                .get(&format!("/v2/{}/manifests/{}", p.repo, p.manifest))
+                .await;
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "untagged {} collected",
+                p.manifest
+            );
+        }
+    } else {
+        check_race_outcome(&reg, &out.pushed, &[]).await;
+    }
     let uploads: Vec<String> = files_under(&root.join("docker/registry/v2/repositories"))
         .into_iter()
         .filter(|f| f.contains("/_uploads/"))
         .collect();
     assert!(uploads.is_empty(), "abandoned uploads left: {uploads:?}");
     assert_no_dangling_link(&root);
+    let indexes = out
+        .current
+        .iter()
+        .chain(out.pushed.iter())
+        .filter(|p| !p.children.is_empty())
+        .count();
     eprintln!(
-        "race: {} images pushed, {} pushes retried after MANIFEST_BLOB_UNKNOWN, {} orphans, {} abandoned uploads, {} collections during",
-        out.pushed.len(),
+        "race (delete_untagged {delete_untagged}): {} manifests pushed ({indexes} indexes), {} pushes retried after MANIFEST_BLOB_UNKNOWN, {} orphans, {} abandoned uploads, {} collections during",
+        out.pushed.len() + out.current.len(),
         out.retried,
         out.orphans.len(),
         out.abandoned,
         during
     );
-    assert!(out.pushed.len() >= 50, "too few pushes to mean anything");
+    assert!(
+        out.pushed.len() + out.current.len() >= 50 && indexes > 0,
+        "too few pushes to mean anything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_racing_a_collector_every_second_never_break() {
+    race_on_fs(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_racing_a_collector_that_deletes_untagged_keep_every_tag_whole() {
+    race_on_fs(true).await;
 }
 
 /// The race on S3 with two replicas, both collecting every second (one at a time, by lease) while pushers go
@@ -784,16 +897,20 @@ async fn on_s3_two_replicas_race_pushes_and_collections() {
     }
     for reg in &regs {
         check_race_outcome(reg, &out.pushed, &out.orphans).await;
+        check_race_outcome(reg, &out.current, &[]).await;
     }
     check_bucket(&moto, "race", "reg", false).await;
     eprintln!(
         "s3 race: {} images pushed, {} retried, {} orphans, {} abandoned uploads, {during} collections, {skipped} skipped for the lease",
-        out.pushed.len(),
+        out.pushed.len() + out.current.len(),
         out.retried,
         out.orphans.len(),
         out.abandoned,
     );
-    assert!(out.pushed.len() >= 10, "too few pushes to mean anything");
+    assert!(
+        out.pushed.len() + out.current.len() >= 10,
+        "too few pushes to mean anything"
+    );
 }
 
 /// Retention rules from the config file: the oldest tags of matching repositories go (dry run first), with

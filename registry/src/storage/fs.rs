@@ -541,7 +541,11 @@ impl Storage for FsStorage {
         self.listings.forget_above(&src);
         self.listings.forget_above(&dst);
         blocking(from, move || {
-            std::fs::File::open(&src)?.sync_all()?;
+            let f = std::fs::OpenOptions::new().write(true).open(&src)?;
+            // The object is new at its destination: its time says so (the collector's grace period counts
+            // from it), not when the source was last appended to.
+            f.set_modified(SystemTime::now())?;
+            f.sync_all()?;
             let dir = dst
                 .parent()
                 .ok_or_else(|| io::Error::other("no parent directory"))?;

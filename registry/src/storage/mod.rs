@@ -7,7 +7,7 @@
 //! - Append writers (upload data) write to the end of one object; `finish` makes what was written durable.
 //!   A writer dropped without `finish` keeps what reached storage (an upload can be resumed from `stat`).
 //! - `rename` moves an object atomically and durably, replacing any object at the destination; it is how an
-//!   upload is committed into the blob store.
+//!   upload is committed into the blob store. The destination's modification time is the time of the rename.
 //! - `read` streams, optionally a byte range, and never loads a whole object in memory.
 //! - `list` returns the names of the direct children of a prefix (objects and "directories"), sorted,
 //!   without temporary files; an absent prefix lists as empty.

@@ -212,15 +212,17 @@ impl Pin {
             body,
             written: std::time::Instant::now(),
         };
-        let doomed = match read_marker(storage).await {
-            Ok(Some(m)) => {
-                let doomed: HashSet<&str> = m.doomed.iter().map(String::as_str).collect();
+        let doomed = match read_markers(storage).await {
+            Ok(markers) => {
+                let doomed: HashSet<&str> = markers
+                    .iter()
+                    .flat_map(|m| m.doomed.iter().map(String::as_str))
+                    .collect();
                 digests
                     .iter()
                     .find(|d| doomed.contains(d.to_string().as_str()))
                     .cloned()
             }
-            Ok(None) => None,
             Err(e) => {
                 let _ = storage.delete(&pin.key).await;
                 return Err(e);
@@ -270,7 +272,7 @@ impl Pin {
     pub(super) fn check_fresh(&self) -> Result<(), RegistryError> {
         if self.written.elapsed() > PIN_DEADLINE {
             return Err(RegistryError::Internal(
-                "manifest push stalled past the garbage collector's pin deadline".into(),
+                "push stalled past the garbage collector's pin deadline; push again".into(),
             ));
         }
         Ok(())
@@ -281,8 +283,8 @@ impl Pin {
     /// when it starts, as its walk comes after these writes. Failures are logged: the pin is then left for a
     /// later collection, which removes it once it is [`PIN_STALE`].
     pub(super) async fn release(mut self, storage: &dyn Storage) {
-        let running = match storage.stat(&paths::gc_sweep()).await {
-            Ok(m) => m.is_some(),
+        let running = match read_markers(storage).await {
+            Ok(m) => !m.is_empty(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the sweep marker; pin left for the collector");
                 return;
@@ -303,22 +305,35 @@ impl Pin {
     }
 }
 
-/// The sweep marker, when a collector is running and its published batch has not expired.
-async fn read_marker(storage: &dyn Storage) -> Result<Option<SweepMarker>, RegistryError> {
-    let bytes = match storage.read_small(&paths::gc_sweep(), SMALL_LIMIT).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    match serde_json::from_slice::<SweepMarker>(&bytes) {
-        Ok(m) if m.expires > unix_now() => Ok(Some(m)),
-        Ok(_) => Ok(None),
-        // A marker being replaced is never partial (puts are atomic); an unreadable one is not ours to trust.
-        Err(e) => Err(RegistryError::Internal(format!(
-            "{}: unreadable sweep marker: {e}",
-            paths::gc_sweep()
-        ))),
+/// The sweep markers of running collectors (those not expired). A marker that cannot be read (written by a
+/// later version, say) counts as a collection running with an unknown batch until it is as old as a marker can
+/// live: pushes fail meanwhile rather than risk a reference to something being deleted.
+async fn read_markers(storage: &dyn Storage) -> Result<Vec<SweepMarker>, RegistryError> {
+    let mut out = Vec::new();
+    for name in storage.list(&paths::gc_sweeps()).await? {
+        let key = format!("{}/{name}", paths::gc_sweeps());
+        let bytes = match storage.read_small(&key, SMALL_LIMIT).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match serde_json::from_slice::<SweepMarker>(&bytes) {
+            Ok(m) if m.expires > unix_now() => out.push(m),
+            Ok(_) => {}
+            Err(e) => {
+                let young = storage.stat(&key).await?.is_some_and(|m| {
+                    m.modified
+                        .is_none_or(|t| t.elapsed().unwrap_or_default() < LEASE_TTL)
+                });
+                if young {
+                    return Err(RegistryError::Internal(format!(
+                        "{key}: unreadable sweep marker: {e}"
+                    )));
+                }
+            }
+        }
     }
+    Ok(out)
 }
 
 /// The collector's lease on one epoch.
@@ -509,19 +524,24 @@ impl RepoRecord {
 struct Marked {
     /// Revisions no root reaches.
     dead: Vec<Digest>,
-    /// Tags a retention rule removes: tag, current link key, digest.
-    untag: Vec<(String, String, Digest)>,
+    /// Tags a retention rule removes: tag, current link key, digest, the link's time in the walk.
+    untag: Vec<(String, String, Digest, Option<SystemTime>)>,
 }
 
 /// What a stored manifest refers to, read leniently (whatever registry:2 accepted is followed).
 #[derive(Default)]
-struct References {
-    blobs: Vec<Digest>,
-    children: Vec<Digest>,
-    subject: Option<Digest>,
+pub(super) struct References {
+    /// Config and layers (every one named, stored or not).
+    pub(super) blobs: Vec<Digest>,
+    /// Layers the registry does not store (foreign layers), among `blobs`.
+    pub(super) foreign: Vec<Digest>,
+    /// Child manifests of an index.
+    pub(super) children: Vec<Digest>,
+    /// The manifest this one refers to.
+    pub(super) subject: Option<Digest>,
 }
 
-fn references(bytes: &[u8]) -> References {
+pub(super) fn references(bytes: &[u8]) -> References {
     let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
     let digest_at = |d: &serde_json::Value, field: &str| {
         d.get(field)
@@ -544,6 +564,18 @@ fn references(bytes: &[u8]) -> References {
     r.blobs.extend(list("layers", "digest"));
     r.blobs.extend(list("blobs", "digest"));
     r.blobs.extend(list("fsLayers", "blobSum"));
+    r.foreign = v
+        .get("layers")
+        .and_then(|l| l.as_array())
+        .map(|l| {
+            l.iter()
+                .filter(|d| {
+                    d.get("mediaType").and_then(|m| m.as_str()) == Some(super::FOREIGN_LAYER)
+                })
+                .filter_map(|d| digest_at(d, "digest"))
+                .collect()
+        })
+        .unwrap_or_default();
     r
 }
 
@@ -566,16 +598,21 @@ impl RegistryStore {
     /// Runs one collection. See the module documentation.
     pub async fn collect_garbage(&self, opts: &GcOptions) -> Result<GcReport, GcError> {
         let storage = self.storage().as_ref();
-        let lease = if opts.dry_run {
+        let mut hold = if opts.dry_run {
             None
         } else {
-            Some(Lease::acquire(storage).await?)
+            Some(Hold {
+                storage,
+                lease: Lease::acquire(storage).await?,
+                marked: std::time::Instant::now(),
+                pins: HashMap::new(),
+            })
         };
-        let result = self.collect_with(opts, lease.as_ref()).await;
-        if let Some(lease) = &lease {
-            // Whatever happened, pushes stop treating a batch as doomed.
-            let _ = storage.delete(&paths::gc_sweep()).await;
-            lease.release(storage).await;
+        let result = self.collect_with(opts, hold.as_mut()).await;
+        if let Some(hold) = &hold {
+            // Whatever happened, pushes stop treating this collector's batch as doomed.
+            let _ = storage.delete(&paths::gc_sweep(hold.lease.epoch)).await;
+            hold.lease.release(storage).await;
         }
         result
     }
@@ -583,7 +620,7 @@ impl RegistryStore {
     async fn collect_with(
         &self,
         opts: &GcOptions,
-        lease: Option<&Lease>,
+        mut hold: Option<&mut Hold<'_>>,
     ) -> Result<GcReport, GcError> {
         let storage = self.storage().as_ref();
         let started = SystemTime::now();
@@ -592,25 +629,20 @@ impl RegistryStore {
             dry_run: opts.dry_run,
             ..GcReport::default()
         };
-        if let Some(lease) = lease {
+        if let Some(hold) = hold.as_deref_mut() {
             // From here until the end, pushes keep their pins for this collector to read; pins of pushes
             // that were over before now are not needed (the walk below sees their writes).
-            write_marker(storage, lease, &[]).await?;
+            hold.publish(&[]).await?;
             remove_finished_pins(storage).await?;
         }
 
         // 1. Walk the repositories.
         let root = paths::repositories_root();
         let mut repos: HashMap<String, RepoRecord> = HashMap::new();
-        let mut renewed = std::time::Instant::now();
         let mut walk = storage.walk(&root);
         while let Some((key, meta)) = walk.try_next().await? {
-            if let Some(lease) = lease {
-                if renewed.elapsed() > LEASE_RENEW {
-                    lease.renew(storage).await?;
-                    write_marker(storage, lease, &[]).await?;
-                    renewed = std::time::Instant::now();
-                }
+            if let Some(hold) = hold.as_deref_mut() {
+                hold.keep_alive().await?;
             }
             let Some(rel) = key.strip_prefix(&root).and_then(|r| r.strip_prefix('/')) else {
                 continue;
@@ -627,14 +659,10 @@ impl RegistryStore {
         // 2. Mark, one repository at a time.
         let mut live = DigestSet::default();
         let mut unlink: HashMap<String, Vec<Digest>> = HashMap::new();
-        let mut untag: Vec<(String, String, String, Digest)> = Vec::new();
+        let mut untag: Vec<(String, String, String, Digest, Option<SystemTime>)> = Vec::new();
         for (repo, rec) in &repos {
-            if let Some(lease) = lease {
-                if renewed.elapsed() > LEASE_RENEW {
-                    lease.renew(storage).await?;
-                    write_marker(storage, lease, &[]).await?;
-                    renewed = std::time::Instant::now();
-                }
+            if let Some(hold) = hold.as_deref_mut() {
+                hold.keep_alive().await?;
             }
             let removed = match opts.retention.is_empty() {
                 true => HashSet::new(),
@@ -660,7 +688,7 @@ impl RegistryStore {
                 marked
                     .untag
                     .into_iter()
-                    .map(|(t, k, d)| (repo.clone(), t, k, d)),
+                    .map(|(t, k, d, when)| (repo.clone(), t, k, d, when)),
             );
             for (d, t) in &rec.layers {
                 if recent(*t, cutoff) {
@@ -684,6 +712,9 @@ impl RegistryStore {
         let blobs_root = paths::blobs_root();
         let mut walk = storage.walk(&blobs_root);
         while let Some((key, meta)) = walk.try_next().await? {
+            if let Some(hold) = hold.as_deref_mut() {
+                hold.keep_alive().await?;
+            }
             let rel = key.strip_prefix(&blobs_root).unwrap_or(&key);
             let parts: Vec<&str> = rel.trim_start_matches('/').split('/').collect();
             let [alg, _, hex, "data"] = parts.as_slice() else {
@@ -758,13 +789,10 @@ impl RegistryStore {
 
         // Tags removed by retention go before anything they pointed at. A tag pushed again since the walk
         // (its link changed) is kept.
-        for (repo, tag, key, d) in untag {
-            let now = match storage.read_small(&key, LINK_LIMIT).await {
-                Ok(b) => Digest::parse(String::from_utf8_lossy(&b).trim()).ok(),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e.into()),
-            };
-            if now.as_ref() != Some(&d) {
+        for (repo, tag, key, d, seen) in untag {
+            // Pushed again since the walk (its link rewritten, whatever digest): kept.
+            let now = storage.stat(&key).await?;
+            if now.is_none_or(|m| m.modified != seen) {
                 continue;
             }
             if !opts.dry_run {
@@ -780,23 +808,18 @@ impl RegistryStore {
 
         // 4. Sweep in batches: publish, read the pins, delete what no push pinned.
         for batch in removals.chunks(BATCH) {
-            let spared = match lease {
-                Some(lease) => {
-                    lease.renew(storage).await?;
+            let spared = match hold.as_deref_mut() {
+                Some(hold) => {
                     let digests: Vec<&Digest> = batch.iter().map(|(d, _)| d).collect();
-                    write_marker(storage, lease, &digests).await?;
-                    pinned(storage).await?
+                    hold.publish(&digests).await?;
+                    hold.pinned().await?
                 }
                 None => DigestSet::default(),
             };
-            let published = std::time::Instant::now();
             for (d, removal) in batch {
                 if spared.contains(d) {
                     report.spared += 1;
                     continue;
-                }
-                if lease.is_some() && published.elapsed() > LEASE_TTL - LEASE_MARGIN {
-                    return Err(GcError::LeaseLost);
                 }
                 let data = paths::blob_data(d);
                 let now = storage.stat(&data).await?;
@@ -812,14 +835,16 @@ impl RegistryStore {
                 }
                 let keys = links.get(d).map(Vec::as_slice).unwrap_or_default();
                 for k in keys {
-                    if !opts.dry_run {
+                    if let Some(hold) = hold.as_deref() {
+                        hold.check_deadline()?;
                         storage.delete(k).await?;
                     }
                     report.links += 1;
                 }
                 match removal {
                     Removal::Blob(size) => {
-                        if !opts.dry_run {
+                        if let Some(hold) = hold.as_deref() {
+                            hold.check_deadline()?;
                             storage.delete(&paths::blob_dir(d)).await?;
                         }
                         report.blobs.push(d.to_string());
@@ -842,9 +867,8 @@ impl RegistryStore {
                 }
             }
         }
-        if let Some(lease) = lease {
-            lease.renew(storage).await?;
-            write_marker(storage, lease, &[]).await?;
+        if let Some(hold) = hold.as_deref_mut() {
+            hold.publish(&[]).await?;
         }
 
         // 5. Abandoned uploads.
@@ -855,6 +879,9 @@ impl RegistryStore {
             for (id, seen) in &rec.uploads {
                 if recent(*seen, upload_cutoff) {
                     continue;
+                }
+                if let Some(hold) = hold.as_deref_mut() {
+                    hold.keep_alive().await?;
                 }
                 let dir = format!("{}/_uploads/{id}", paths::stored_repo_dir(repo));
                 // Appended data on some backends is not in the walk: ask for it.
@@ -895,7 +922,7 @@ impl RegistryStore {
         let mut roots: Vec<Digest> = Vec::new();
         let mut retired: HashSet<Digest> = HashSet::new();
         let mut untag = Vec::new();
-        for (tag, key, _) in &rec.tag_links {
+        for (tag, key, when) in &rec.tag_links {
             let d = match storage.read_small(key, LINK_LIMIT).await {
                 Ok(b) => match Digest::parse(String::from_utf8_lossy(&b).trim()) {
                     Ok(d) => d,
@@ -906,7 +933,7 @@ impl RegistryStore {
             };
             if removed_tags.contains(tag) {
                 retired.insert(d.clone());
-                untag.push((tag.clone(), key.clone(), d));
+                untag.push((tag.clone(), key.clone(), d, *when));
             } else {
                 roots.push(d);
             }
@@ -915,6 +942,39 @@ impl RegistryStore {
         for d in &roots {
             retired.remove(d);
         }
+        let mut parsed: HashMap<Digest, References> = HashMap::new();
+        if !retired.is_empty() {
+            // With them go the children of a retired index and the referrers of a retired manifest (to a
+            // fixed point), unless marking from what stays reaches them again.
+            for (d, _) in &rec.revisions {
+                let refs = self.read_references(d).await?;
+                parsed.insert(d.clone(), refs);
+            }
+            loop {
+                let mut more: Vec<Digest> = Vec::new();
+                for r in &retired {
+                    if let Some(refs) = parsed.get(r) {
+                        more.extend(
+                            refs.children
+                                .iter()
+                                .filter(|c| !retired.contains(*c))
+                                .cloned(),
+                        );
+                    }
+                }
+                for (d, refs) in &parsed {
+                    if !retired.contains(d)
+                        && refs.subject.as_ref().is_some_and(|s| retired.contains(s))
+                    {
+                        more.push(d.clone());
+                    }
+                }
+                if more.is_empty() {
+                    break;
+                }
+                retired.extend(more);
+            }
+        }
         for (d, t) in &rec.revisions {
             if (!opts.delete_untagged && !retired.contains(d)) || recent(*t, cutoff) {
                 roots.push(d.clone());
@@ -922,7 +982,6 @@ impl RegistryStore {
         }
         let unrooted = opts.delete_untagged || !retired.is_empty();
         let mut kept: HashSet<Digest> = HashSet::new();
-        let mut parsed: HashMap<Digest, References> = HashMap::new();
         let mut queue = roots;
         loop {
             while let Some(m) = queue.pop() {
@@ -930,7 +989,10 @@ impl RegistryStore {
                     continue;
                 }
                 live.insert(&m);
-                let refs = self.read_references(&m).await?;
+                let refs = match parsed.remove(&m) {
+                    Some(r) => r,
+                    None => self.read_references(&m).await?,
+                };
                 for b in &refs.blobs {
                     live.insert(b);
                 }
@@ -969,50 +1031,105 @@ impl RegistryStore {
     }
 
     async fn read_references(&self, d: &Digest) -> Result<References, GcError> {
-        match self
-            .storage()
-            .read_small(&paths::blob_data(d), STORED_MANIFEST_LIMIT)
-            .await
-        {
+        let key = paths::blob_data(d);
+        // A revision whose content is missing, or too large to be a manifest, names nothing to follow (no
+        // client can read it as a manifest either); it must not stop every collection.
+        match self.storage().stat(&key).await? {
+            None => return Ok(References::default()),
+            Some(m) if m.size > STORED_MANIFEST_LIMIT => {
+                tracing::warn!(digest = %d, size = m.size, "a manifest revision too large to be a manifest");
+                return Ok(References::default());
+            }
+            Some(_) => {}
+        }
+        match self.storage().read_small(&key, STORED_MANIFEST_LIMIT).await {
             Ok(b) => Ok(references(&b)),
-            // A revision whose content is missing, or too large to be a manifest: nothing to follow.
             Err(e) if e.is_not_found() => Ok(References::default()),
             Err(e) => Err(e.into()),
         }
     }
 }
 
-async fn write_marker(
-    storage: &dyn Storage,
-    lease: &Lease,
-    doomed: &[&Digest],
-) -> Result<(), GcError> {
-    let m = SweepMarker {
-        epoch: lease.epoch,
-        expires: unix_now() + LEASE_TTL.as_secs(),
-        doomed: doomed.iter().map(|d| d.to_string()).collect(),
-    };
-    let json = serde_json::to_vec(&m).map_err(|e| RegistryError::Internal(e.to_string()))?;
-    storage.put(&paths::gc_sweep(), Bytes::from(json)).await?;
-    Ok(())
+/// A running collection's hold on the storage: its lease, its sweep marker, and the pins it has read.
+struct Hold<'a> {
+    storage: &'a dyn Storage,
+    lease: Lease,
+    /// When the sweep marker was last written (before the write began): it is valid for [`LEASE_TTL`] from
+    /// then, and this collector stops short of that.
+    marked: std::time::Instant,
+    /// Pins read so far, by name (a pin's digests never change).
+    pins: HashMap<String, Vec<Digest>>,
 }
 
-/// Every digest pinned by a push in flight.
-async fn pinned(storage: &dyn Storage) -> Result<DigestSet, GcError> {
-    let mut set = DigestSet::default();
-    for name in storage.list(&paths::gc_pins()).await? {
-        let body = match storage.read_small(&paths::gc_pin(&name), SMALL_LIMIT).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
+impl Hold<'_> {
+    /// Fails when the published marker may be about to expire: a push could then stop seeing the batch.
+    fn check_deadline(&self) -> Result<(), GcError> {
+        if self.marked.elapsed() > LEASE_TTL - LEASE_MARGIN {
+            return Err(GcError::LeaseLost);
+        }
+        Ok(())
+    }
+
+    /// Renews the lease and writes this epoch's sweep marker with `doomed` (nothing is deleted before the
+    /// pins are read after this).
+    async fn publish(&mut self, doomed: &[&Digest]) -> Result<(), GcError> {
+        self.check_deadline()?;
+        let at = std::time::Instant::now();
+        self.lease.renew(self.storage).await?;
+        let m = SweepMarker {
+            epoch: self.lease.epoch,
+            expires: unix_now() + LEASE_TTL.as_secs(),
+            doomed: doomed.iter().map(|d| d.to_string()).collect(),
         };
-        if let Ok(pin) = serde_json::from_slice::<PinBody>(&body) {
-            for d in pin.digests.iter().filter_map(|d| Digest::parse(d).ok()) {
-                set.insert(&d);
+        let json = serde_json::to_vec(&m).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.storage
+            .put(&paths::gc_sweep(self.lease.epoch), Bytes::from(json))
+            .await?;
+        self.marked = at;
+        Ok(())
+    }
+
+    /// Renews the lease and the marker (with an empty batch) when due; between batches only.
+    async fn keep_alive(&mut self) -> Result<(), GcError> {
+        if self.marked.elapsed() > LEASE_RENEW {
+            self.publish(&[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Every digest pinned by a push, read after the batch was published.
+    async fn pinned(&mut self) -> Result<DigestSet, GcError> {
+        let names = self.storage.list(&paths::gc_pins()).await?;
+        let listed: HashSet<&String> = names.iter().collect();
+        self.pins.retain(|k, _| listed.contains(k));
+        let mut set = DigestSet::default();
+        for name in &names {
+            if !self.pins.contains_key(name) {
+                let body = match self
+                    .storage
+                    .read_small(&paths::gc_pin(name), SMALL_LIMIT)
+                    .await
+                {
+                    Ok(b) => b,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let digests = serde_json::from_slice::<PinBody>(&body)
+                    .map(|p| {
+                        p.digests
+                            .iter()
+                            .filter_map(|d| Digest::parse(d).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.pins.insert(name.clone(), digests);
+            }
+            for d in &self.pins[name] {
+                set.insert(d);
             }
         }
+        Ok(set)
     }
-    Ok(set)
 }
 
 /// Removes the pins of pushes that are over: marked done, older than [`PIN_STALE`], or unreadable.
@@ -1036,6 +1153,207 @@ async fn remove_finished_pins(storage: &dyn Storage) -> Result<(), GcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::{RepoName, Tag};
+    use crate::storage::{AppendWriter, ByteStream, ObjectMeta, ObjectStream, StorageError};
+    use async_trait::async_trait;
+    use std::sync::Arc;
+
+    /// A filesystem storage that holds a collector's publication of a non-empty batch until the test lets it
+    /// go: the moment between choosing what to delete and publishing it, made as long as the test needs.
+    struct Held {
+        inner: crate::storage::fs::FsStorage,
+        reached: tokio::sync::Notify,
+        go: tokio::sync::Semaphore,
+        /// Hold once the batch is published (before the pins are read) instead of before.
+        after: bool,
+    }
+
+    impl Held {
+        fn new(dir: &std::path::Path, after: bool) -> Arc<Held> {
+            Arc::new(Held {
+                inner: crate::storage::fs::FsStorage::new(dir).unwrap(),
+                reached: tokio::sync::Notify::new(),
+                go: tokio::sync::Semaphore::new(0),
+                after,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Held {
+        async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+            self.inner.stat(key).await
+        }
+        async fn read(&self, key: &str, r: Option<(u64, u64)>) -> Result<ByteStream, StorageError> {
+            self.inner.read(key, r).await
+        }
+        async fn read_small(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
+            self.inner.read_small(key, limit).await
+        }
+        async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+            let batch = key.starts_with(&paths::gc_sweeps())
+                && !bytes.windows(12).any(|w| w == b"\"doomed\":[]}");
+            if batch && !self.after {
+                self.reached.notify_one();
+                self.go.acquire().await.expect("open").forget();
+            }
+            self.inner.put(key, bytes).await?;
+            if batch && self.after {
+                self.reached.notify_one();
+                self.go.acquire().await.expect("open").forget();
+            }
+            Ok(())
+        }
+        async fn append(&self, key: &str) -> Result<Box<dyn AppendWriter>, StorageError> {
+            self.inner.append(key).await
+        }
+        async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+            self.inner.rename(from, to).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+        async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
+            self.inner.create(key, bytes).await
+        }
+        fn walk(&self, prefix: &str) -> ObjectStream {
+            self.inner.walk(prefix)
+        }
+    }
+
+    async fn push_blob(store: &RegistryStore, name: &RepoName, data: &'static [u8]) -> Digest {
+        let d = Digest::sha256_of(data);
+        let s = store.start_upload(name).await.unwrap();
+        let body: crate::store::BodyStream = Box::pin(futures_util::stream::once(async move {
+            Ok(Bytes::from_static(data))
+        }));
+        store
+            .commit_upload(&s, &d, Some((None, None, body)))
+            .await
+            .unwrap();
+        d
+    }
+
+    fn options(delete_untagged: bool) -> GcOptions {
+        GcOptions {
+            grace: Duration::ZERO,
+            delete_untagged,
+            upload_max_age: Duration::from_secs(3600),
+            dry_run: false,
+            retention: Default::default(),
+        }
+    }
+
+    fn image(config: &Digest, layer: &Digest) -> Bytes {
+        Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": crate::oci::media::OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 1}],
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// The other side of the protocol: a push that comes after the batch naming its layer was published
+    /// (and before the collector reads the pins) fails with `MANIFEST_BLOB_UNKNOWN`; once the layer is swept
+    /// and uploaded again, the same push succeeds and the image is whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_push_after_the_batch_is_published_fails_then_succeeds_after_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Held::new(dir.path(), true);
+        let store = RegistryStore::new(held.clone());
+        let name: RepoName = "r".parse().unwrap();
+        let config = push_blob(&store, &name, b"{}").await;
+        let layer = push_blob(&store, &name, b"l").await;
+        let collector = {
+            let store = store.clone();
+            tokio::spawn(async move { store.collect_garbage(&options(false)).await })
+        };
+        held.reached.notified().await;
+        let tag: Tag = "v1".parse().unwrap();
+        let m = image(&config, &layer);
+        match store
+            .put_manifest(&name, Some(&tag), None, m.clone(), None)
+            .await
+        {
+            Err(RegistryError::ManifestBlobUnknown(_)) => {}
+            other => panic!(
+                "a push naming a published blob must fail: {:?}",
+                other.map(|p| p.digest)
+            ),
+        }
+        held.go.add_permits(1000);
+        let report = collector.await.unwrap().unwrap();
+        assert_eq!(report.blobs.len(), 2, "{report:?}");
+        assert_eq!(report.spared, 0, "{report:?}");
+        assert!(store.resolve_tag(&name, &tag).await.unwrap().is_none());
+        push_blob(&store, &name, b"{}").await;
+        push_blob(&store, &name, b"l").await;
+        store
+            .put_manifest(&name, Some(&tag), None, m, None)
+            .await
+            .expect("pushed again after the upload");
+        for d in [&config, &layer] {
+            assert!(store.repo_blob_size(&name, d).await.unwrap().is_some());
+        }
+    }
+
+    /// The case a pin of the index and its direct children would miss: an untagged child and its layer are
+    /// both chosen for deletion; before the batch is published, an index naming the child is pushed. The
+    /// push pins what the child references too, so the collector spares the layer as well as the child, and
+    /// the index that got its 201 is whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_index_pushed_while_its_child_is_doomed_keeps_the_child_s_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Held::new(dir.path(), false);
+        let store = RegistryStore::new(held.clone());
+        let name: RepoName = "r".parse().unwrap();
+        let config = push_blob(&store, &name, b"{}").await;
+        let layer = push_blob(&store, &name, b"the child's only layer").await;
+        let child = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": crate::oci::media::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 22}],
+        }))
+        .unwrap();
+        let c = store
+            .put_manifest(&name, None, None, Bytes::from(child.clone()), None)
+            .await
+            .unwrap()
+            .digest;
+        let opts = options(true);
+        let collector = {
+            let store = store.clone();
+            tokio::spawn(async move { store.collect_garbage(&opts).await })
+        };
+        held.reached.notified().await;
+        // The batch (child, layer, config) is chosen and about to be published: the index lands now.
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": crate::oci::media::OCI_INDEX,
+            "manifests": [{"mediaType": crate::oci::media::OCI_MANIFEST, "digest": c.to_string(), "size": child.len()}],
+        }))
+        .unwrap();
+        let tag: Tag = "v1".parse().unwrap();
+        store
+            .put_manifest(&name, Some(&tag), None, Bytes::from(index), None)
+            .await
+            .expect("the index push gets its 201");
+        held.go.add_permits(1000);
+        let report = collector.await.unwrap().unwrap();
+        assert!(
+            report.blobs.is_empty(),
+            "nothing the index needs is swept: {report:?}"
+        );
+        assert_eq!(report.spared, 3, "{report:?}");
+        for d in [&c, &layer, &config] {
+            assert!(store.blob_size(d).await.unwrap().is_some(), "{d} swept");
+        }
+        assert!(store.manifest_by_digest(&name, &c).await.unwrap().is_some());
+    }
 
     #[test]
     fn repository_keys_split_at_the_first_underscore_segment() {

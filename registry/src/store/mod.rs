@@ -170,6 +170,7 @@ impl RegistryStore {
             if self.blob_size(d).await?.is_none() {
                 return Ok(false);
             }
+            pin.check_fresh()?;
             self.write_link(&paths::layer_link(name, d), d).await?;
             Ok(true)
         }
@@ -296,10 +297,24 @@ impl RegistryStore {
                 .chain(manifest.references.iter())
                 .filter_map(|d| Digest::parse(&d.digest).ok()),
         );
+        // An index also depends on what its children reference (their config and layers, nested indexes):
+        // all of it is pinned, and checked once pinned.
+        let below = match manifest.kind {
+            ManifestKind::Index => self.index_descendants(name, &manifest).await?,
+            ManifestKind::Image => Vec::new(),
+        };
+        deps.extend(below.iter().cloned());
         let pin = gc::Pin::take(self.storage.as_ref(), &deps).await?;
-        let stored = self
-            .store_manifest(name, tag, &manifest, &digest, bytes, &pin)
-            .await;
+        let stored = async {
+            for d in &below {
+                if self.blob_size(d).await?.is_none() {
+                    return Err(RegistryError::ManifestBlobUnknown(d.to_string()));
+                }
+            }
+            self.store_manifest(name, tag, &manifest, &digest, bytes, &pin)
+                .await
+        }
+        .await;
         pin.release(self.storage.as_ref()).await;
         stored?;
         let subject = manifest
@@ -307,6 +322,43 @@ impl RegistryStore {
             .as_ref()
             .and_then(|s| Digest::parse(&s.digest).ok());
         Ok(PushedManifest { digest, subject })
+    }
+
+    /// What an index needs below its direct children, read from the repository: each child's config and
+    /// stored layers, and the children of nested indexes, with theirs. A child not in the repository adds
+    /// nothing (the reference check rejects it).
+    async fn index_descendants(
+        &self,
+        name: &RepoName,
+        m: &Manifest,
+    ) -> Result<Vec<Digest>, RegistryError> {
+        let mut queue: Vec<Digest> = m
+            .references
+            .iter()
+            .filter_map(|d| Digest::parse(&d.digest).ok())
+            .collect();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        while let Some(child) = queue.pop() {
+            if !seen.insert(child.clone()) || seen.len() > 10_000 {
+                continue;
+            }
+            let Some(stored) = self.manifest_by_digest(name, &child).await? else {
+                continue;
+            };
+            let refs = gc::references(&stored.bytes);
+            out.extend(
+                refs.blobs
+                    .iter()
+                    .filter(|b| !refs.foreign.contains(b))
+                    .cloned(),
+            );
+            for c in refs.children {
+                out.push(c.clone());
+                queue.push(c);
+            }
+        }
+        Ok(out)
     }
 
     /// Checks a pinned manifest's references, then writes it: content, revision link, tag.

@@ -2,7 +2,7 @@
 //!
 //! A rule applies to the repositories its glob matches (the first matching rule wins). A tag is removed when
 //! it does not match the rule's `keep_tags` regex, is not among the rule's `keep_last` most recently pushed
-//! tags, and (when `older_than` is set) was pushed longer ago than that. A rule with neither `keep_last` nor
+//! other tags (protected ones take no place), and (when `older_than` is set) was pushed longer ago than that. A rule with neither `keep_last` nor
 //! `older_than` removes nothing, and without rules nothing is removed.
 
 use std::time::{Duration, SystemTime};
@@ -109,25 +109,28 @@ impl Retention {
         let Some(rule) = self.rules.iter().find(|r| glob_matches(&r.glob, repo)) else {
             return Vec::new();
         };
-        let mut dated: Vec<(&String, SystemTime)> = tags
+        let protected = |t: &str| rule.keep_tags.as_ref().is_some_and(|re| re.is_match(t));
+        // Protected tags are kept whatever their age, and take no `keep_last` place.
+        let candidates: Vec<&(String, Option<SystemTime>)> =
+            tags.iter().filter(|(t, _)| !protected(t)).collect();
+        let mut dated: Vec<(&String, SystemTime)> = candidates
             .iter()
             .filter_map(|(t, when)| when.map(|w| (t, w)))
             .collect();
         // Newest first; among equal times, the greater name counts as newer (a stable order).
         dated.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
         // Undated tags count among the newest: they use up `keep_last` places first.
-        let undated = tags.len() - dated.len();
+        let undated = candidates.len() - dated.len();
         let keep_last = rule.keep_last.map(|n| n.saturating_sub(undated));
         let mut out: Vec<String> = dated
             .iter()
             .enumerate()
-            .filter(|(i, (tag, when))| {
-                let protected = rule.keep_tags.as_ref().is_some_and(|re| re.is_match(tag));
+            .filter(|(i, (_, when))| {
                 let beyond_last = keep_last.is_none_or(|n| *i >= n);
                 let old = rule
                     .older_than
                     .is_none_or(|age| now.duration_since(*when).unwrap_or_default() > age);
-                !protected && beyond_last && old
+                beyond_last && old
             })
             .map(|(_, (tag, _))| (*tag).clone())
             .collect();
@@ -189,6 +192,17 @@ mod tests {
         // Both: old and beyond the 5 newest.
         let r = rule(Some(5), None, Some("7d"));
         assert_eq!(r.select("team/app", &tags, now), ["latest", "v0", "v1"]);
+        // A protected tag pushed last takes no `keep_last` place: the newest other tag stays too.
+        let fresh: Vec<(String, Option<SystemTime>)> = tags
+            .iter()
+            .filter(|(t, _)| t != "x")
+            .map(|(t, w)| (t.clone(), if t == "latest" { Some(now) } else { *w }))
+            .collect();
+        let r = rule(Some(1), Some("^latest$"), None);
+        assert_eq!(
+            r.select("team/app", &fresh, now),
+            ["v0", "v1", "v2", "v3", "v4"]
+        );
         // No rule: nothing.
         assert!(Retention::default()
             .select("team/app", &tags, now)
