@@ -197,9 +197,9 @@ pub async fn check_bucket(moto: &Moto, bucket: &str, root: &str, uploads_allowed
             .strip_prefix(&prefix)
             .unwrap_or_else(|| panic!("key {k} outside the root {root:?}"));
         // The garbage collector's lease and pins live beside the registry tree (docs/gc.md).
-        if rel.starts_with("_berth/gc/lease/")
-            || rel.starts_with("_berth/gc/pins/")
-            || rel == "_berth/gc/sweep"
+        if ["_berth/gc/lease/", "_berth/gc/pins/", "_berth/gc/sweep/"]
+            .iter()
+            .any(|p| rel.starts_with(p))
         {
             continue;
         }
