@@ -28,6 +28,7 @@ pub async fn run_all(s: &dyn Storage) {
     concurrent_puts_are_atomic(s).await;
     create_only_when_absent(s).await;
     walk_finds_every_object(s).await;
+    delete_batch_removes_objects_and_folders(s).await;
 }
 
 /// `put` then `read`, `read_small` and `stat` return what was written; a second `put` replaces it.
@@ -296,4 +297,34 @@ pub async fn walk_finds_every_object(s: &dyn Storage) {
         s.walk("conf-walk/none").try_collect().await.unwrap();
     assert!(absent.is_empty(), "an absent prefix walks as empty");
     s.delete("conf-walk").await.unwrap();
+}
+
+/// `delete_batch` removes exact objects and whole folders, leaves everything else, takes absent keys in its
+/// stride, and leaves no empty folder of a removed single object behind.
+pub async fn delete_batch_removes_objects_and_folders(s: &dyn Storage) {
+    for k in [
+        "conf-batch/a/x/link",
+        "conf-batch/a/y/link",
+        "conf-batch/b/folder/one",
+        "conf-batch/b/folder/sub/two",
+        "conf-batch/b/keep",
+    ] {
+        s.put(k, Bytes::from_static(b"1")).await.unwrap();
+    }
+    for durable in [true, false] {
+        s.delete_batch(
+            &[
+                "conf-batch/a/x/link".to_string(),
+                "conf-batch/b/folder".to_string(),
+                "conf-batch/absent/link".to_string(),
+            ],
+            durable,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.list("conf-batch/a").await.unwrap(), vec!["y"]);
+    assert_eq!(s.list("conf-batch/b").await.unwrap(), vec!["keep"]);
+    assert_eq!(s.stat("conf-batch/b/folder/sub/two").await.unwrap(), None);
+    s.delete("conf-batch").await.unwrap();
 }

@@ -621,6 +621,50 @@ impl Storage for FsStorage {
         self.space.restate(r)
     }
 
+    async fn delete_batch(&self, keys: &[String], durable: bool) -> Result<(), StorageError> {
+        let paths: Vec<PathBuf> = keys
+            .iter()
+            .map(|k| {
+                let p = self.path(k);
+                self.listings.forget_above(&p);
+                p
+            })
+            .collect();
+        blocking("", move || {
+            let mut touched = std::collections::BTreeSet::new();
+            for path in &paths {
+                let (removed, file) = match std::fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => (std::fs::remove_dir_all(path), false),
+                    Ok(_) => (std::fs::remove_file(path), true),
+                    Err(e) => (Err(e), false),
+                };
+                match removed {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                let Some(dir) = path.parent() else { continue };
+                // The folder of a single object (a link's, a blob's) goes with it when it is left empty.
+                if file && std::fs::remove_dir(dir).is_ok() {
+                    touched.extend(dir.parent().map(Path::to_path_buf));
+                } else {
+                    touched.insert(dir.to_path_buf());
+                }
+            }
+            if durable {
+                for dir in touched {
+                    match fsync_dir(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn space(&self) -> Result<Option<Space>, StorageError> {
         let guard = self.space.clone();
         blocking("", move || guard.space()).await.map(Some)

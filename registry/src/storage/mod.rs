@@ -146,6 +146,17 @@ pub trait Storage: Send + Sync + 'static {
     /// Every object under `prefix`, recursively, in no particular order, streamed (memory does not grow with
     /// the number of objects). Append objects may be left out.
     fn walk(&self, prefix: &str) -> ObjectStream;
+    /// Removes many objects (exact keys of objects, or folders), like [`Storage::delete`] of each. With
+    /// `durable`, the removals are durable when this returns (a crash does not bring them back); without, they
+    /// may be undone by a crash. Backends do it in bulk (one directory sync per folder, one request per
+    /// thousand keys).
+    async fn delete_batch(&self, keys: &[String], durable: bool) -> Result<(), StorageError> {
+        let _ = durable;
+        for k in keys {
+            self.delete(k).await?;
+        }
+        Ok(())
+    }
     /// Free space and the reserve, for backends that can run out of it (`None`: unbounded, as a bucket).
     async fn space(&self) -> Result<Option<Space>, StorageError> {
         Ok(None)

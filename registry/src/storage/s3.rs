@@ -622,6 +622,19 @@ impl Storage for S3Storage {
         self.delete_paths(key, all).await
     }
 
+    async fn delete_batch(&self, keys: &[String], _durable: bool) -> Result<(), StorageError> {
+        // Single objects (links, blob data) in bulk requests; folders one by one (they need a listing).
+        let (objects, folders): (Vec<&String>, Vec<&String>) = keys
+            .iter()
+            .partition(|k| k.ends_with("/link") || k.ends_with("/data"));
+        self.delete_paths("", objects.iter().map(|k| self.path(k)).collect())
+            .await?;
+        for k in folders {
+            self.delete(k).await?;
+        }
+        Ok(())
+    }
+
     async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
         let opts = PutOptions {
             mode: PutMode::Create,

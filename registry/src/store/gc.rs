@@ -816,16 +816,17 @@ impl RegistryStore {
                 }
                 None => DigestSet::default(),
             };
+            // Links first (durably), then content: a crash in between leaves garbage, never a dangling link.
+            let (mut link_keys, mut data_keys) = (Vec::new(), Vec::new());
             for (d, removal) in batch {
                 if spared.contains(d) {
                     report.spared += 1;
                     continue;
                 }
-                let data = paths::blob_data(d);
-                let now = storage.stat(&data).await?;
                 match removal {
                     Removal::Blob(_) | Removal::Dangling => {
                         // Written again since the walk (a new upload of the same content): not garbage.
+                        let now = storage.stat(&paths::blob_data(d)).await?;
                         if now.is_some_and(|m| recent(m.modified, cutoff)) {
                             report.spared += 1;
                             continue;
@@ -833,38 +834,36 @@ impl RegistryStore {
                     }
                     Removal::Unlink => {}
                 }
-                let keys = links.get(d).map(Vec::as_slice).unwrap_or_default();
-                for k in keys {
-                    if let Some(hold) = hold.as_deref() {
-                        hold.check_deadline()?;
-                        storage.delete(k).await?;
-                    }
+                for k in links.get(d).map(Vec::as_slice).unwrap_or_default() {
                     report.links += 1;
-                }
-                match removal {
-                    Removal::Blob(size) => {
-                        if let Some(hold) = hold.as_deref() {
-                            hold.check_deadline()?;
-                            storage.delete(&paths::blob_dir(d)).await?;
+                    if k.contains("/_manifests/revisions/") {
+                        // A revision's folder (registry:2 may keep signatures beside the link).
+                        link_keys.push(k.clone());
+                        if let Some(repo) = k
+                            .strip_prefix(&root)
+                            .and_then(|r| r.strip_prefix('/'))
+                            .and_then(|r| r.split("/_manifests/").next())
+                        {
+                            report.manifests.push(UnlinkedManifest {
+                                repository: repo.to_string(),
+                                digest: d.to_string(),
+                            });
                         }
-                        report.blobs.push(d.to_string());
-                        report.bytes += size;
-                    }
-                    Removal::Dangling => {}
-                    Removal::Unlink => {}
-                }
-                for k in keys.iter().filter(|k| k.contains("/_manifests/revisions/")) {
-                    if let Some(repo) = k
-                        .strip_prefix(&root)
-                        .and_then(|r| r.strip_prefix('/'))
-                        .and_then(|r| r.split("/_manifests/").next())
-                    {
-                        report.manifests.push(UnlinkedManifest {
-                            repository: repo.to_string(),
-                            digest: d.to_string(),
-                        });
+                    } else {
+                        link_keys.push(format!("{k}/link"));
                     }
                 }
+                if let Removal::Blob(size) = removal {
+                    data_keys.push(paths::blob_data(d));
+                    report.blobs.push(d.to_string());
+                    report.bytes += size;
+                }
+            }
+            if let Some(hold) = hold.as_deref() {
+                hold.check_deadline()?;
+                storage.delete_batch(&link_keys, true).await?;
+                hold.check_deadline()?;
+                storage.delete_batch(&data_keys, false).await?;
             }
         }
         if let Some(hold) = hold.as_deref_mut() {
