@@ -530,18 +530,20 @@ struct Marked {
 
 /// What a stored manifest refers to, read leniently (whatever registry:2 accepted is followed).
 #[derive(Default)]
-pub(super) struct References {
+pub struct References {
     /// Config and layers (every one named, stored or not).
-    pub(super) blobs: Vec<Digest>,
+    pub blobs: Vec<Digest>,
     /// Layers the registry does not store (foreign layers), among `blobs`.
-    pub(super) foreign: Vec<Digest>,
+    pub foreign: Vec<Digest>,
     /// Child manifests of an index.
-    pub(super) children: Vec<Digest>,
+    pub children: Vec<Digest>,
     /// The manifest this one refers to.
-    pub(super) subject: Option<Digest>,
+    pub subject: Option<Digest>,
 }
 
-pub(super) fn references(bytes: &[u8]) -> References {
+/// What stored manifest bytes refer to, read leniently: anything that is not JSON, or not a manifest, refers
+/// to nothing; a descriptor without a valid digest is skipped.
+pub fn references(bytes: &[u8]) -> References {
     let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
     let digest_at = |d: &serde_json::Value, field: &str| {
         d.get(field)
@@ -786,6 +788,11 @@ impl RegistryStore {
             }
         }
         drop(doomed);
+        // Batches of digests linked from the same repositories: the links' folders are synced once per batch.
+        removals.sort_by(|(a, _), (b, _)| {
+            let first = |d: &Digest| links.get(d).and_then(|l| l.first());
+            first(a).cmp(&first(b))
+        });
 
         // Tags removed by retention go before anything they pointed at. A tag pushed again since the walk
         // (its link changed) is kept.
