@@ -137,6 +137,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(total)
 }
 
+/// The longest duration accepted (timers cannot reach past it).
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86400);
+
 impl GcConfig {
     /// Time between collections; zero when off.
     pub fn interval(&self) -> std::time::Duration {
@@ -157,8 +160,10 @@ impl GcConfig {
             ("gc.grace", &self.grace),
             ("gc.upload_max_age", &self.upload_max_age),
         ] {
-            if let Err(e) = parse_duration(v) {
-                p.push(format!("{key}: {e}"));
+            match parse_duration(v) {
+                Err(e) => p.push(format!("{key}: {e}")),
+                Ok(d) if d > MAX_DURATION => p.push(format!("{key}: {v:?} is more than 100 years")),
+                Ok(_) => {}
             }
         }
         if let Err(e) = crate::store::retention::Retention::compile(&self.retention) {

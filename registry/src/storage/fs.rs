@@ -550,7 +550,14 @@ impl Storage for FsStorage {
                 .parent()
                 .ok_or_else(|| io::Error::other("no parent directory"))?;
             ensure_dir(dir)?;
-            std::fs::rename(&src, &dst)?;
+            if let Err(e) = std::fs::rename(&src, &dst) {
+                // The folder went between the two (a collection removed an emptied blob folder): once more.
+                if e.kind() != ErrorKind::NotFound || !src.exists() {
+                    return Err(e);
+                }
+                ensure_dir(dir)?;
+                std::fs::rename(&src, &dst)?;
+            }
             fsync_dir(dir)?;
             if let Some(src_dir) = src.parent() {
                 fsync_dir(src_dir)?;

@@ -31,8 +31,11 @@ use crate::storage::Storage;
 const LEASE_TTL: Duration = Duration::from_secs(300);
 /// The lease is renewed this often while the collector walks and marks.
 const LEASE_RENEW: Duration = Duration::from_secs(60);
-/// A batch's deletions stop this long before the published batch expires.
-const LEASE_MARGIN: Duration = Duration::from_secs(60);
+/// A batch's deletions stop this long before the published batch expires (room for the last group of
+/// deletes, and for clocks that differ by up to half a minute).
+const LEASE_MARGIN: Duration = Duration::from_secs(120);
+/// Deletes sent at once; the deadline is checked before each group.
+const DELETE_GROUP: usize = 64;
 /// Digests published and deleted at a time.
 const BATCH: usize = 256;
 /// A manifest push whose pin is older than this when it starts writing gives up (the collector removes pins
@@ -427,6 +430,27 @@ impl Lease {
         for old in epochs {
             storage.delete(&paths::gc_lease(old)).await?;
         }
+        // Markers of earlier collectors that died: expired ones fail no push, but every push reads them.
+        for name in storage.list(&paths::gc_sweeps()).await? {
+            let Ok(epoch) = name.parse::<u64>() else {
+                continue;
+            };
+            if epoch >= next {
+                continue;
+            }
+            let key = paths::gc_sweep(epoch);
+            let expired = match storage.read_small(&key, SMALL_LIMIT).await {
+                // An unreadable one is left (pushes ignore it once it is old).
+                Ok(b) => serde_json::from_slice::<SweepMarker>(&b)
+                    .map(|m| m.expires <= unix_now())
+                    .unwrap_or(false),
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e.into()),
+            };
+            if expired {
+                storage.delete(&key).await?;
+            }
+        }
         Ok(lease)
     }
 
@@ -518,14 +542,6 @@ impl RepoRecord {
             _ => {}
         }
     }
-}
-
-/// What marking one repository found.
-struct Marked {
-    /// Revisions no root reaches.
-    dead: Vec<Digest>,
-    /// Tags a retention rule removes: tag, current link key, digest, the link's time in the walk.
-    untag: Vec<(String, String, Digest, Option<SystemTime>)>,
 }
 
 /// What a stored manifest refers to, read leniently (whatever registry:2 accepted is followed).
@@ -661,37 +677,28 @@ impl RegistryStore {
         // 2. Mark, one repository at a time.
         let mut live = DigestSet::default();
         let mut unlink: HashMap<String, Vec<Digest>> = HashMap::new();
-        let mut untag: Vec<(String, String, String, Digest, Option<SystemTime>)> = Vec::new();
         for (repo, rec) in &repos {
             if let Some(hold) = hold.as_deref_mut() {
                 hold.keep_alive().await?;
             }
-            let removed = match opts.retention.is_empty() {
-                true => HashSet::new(),
-                false => {
-                    let tags: Vec<(String, Option<SystemTime>)> = rec
-                        .tag_links
-                        .iter()
-                        .map(|(t, _, when)| (t.clone(), *when))
-                        .collect();
-                    opts.retention
-                        .select(repo, &tags, started)
-                        .into_iter()
-                        .collect()
-                }
+            let removed = if opts.retention.is_empty() {
+                HashMap::new()
+            } else {
+                let tags: Vec<(String, Option<SystemTime>)> = rec
+                    .tag_links
+                    .iter()
+                    .map(|(t, _, when)| (t.clone(), *when))
+                    .collect();
+                let chosen = opts.retention.select(repo, &tags, started);
+                self.untag(repo, rec, &chosen, opts.dry_run, &mut report)
+                    .await?
             };
-            let marked = self
-                .mark_repository(rec, opts, cutoff, &mut live, &removed)
+            let dead = self
+                .mark_repository(rec, opts, cutoff, &mut live, &removed, hold.as_deref_mut())
                 .await?;
-            if !marked.dead.is_empty() {
-                unlink.insert(repo.clone(), marked.dead);
+            if !dead.is_empty() {
+                unlink.insert(repo.clone(), dead);
             }
-            untag.extend(
-                marked
-                    .untag
-                    .into_iter()
-                    .map(|(t, k, d, when)| (repo.clone(), t, k, d, when)),
-            );
             for (d, t) in &rec.layers {
                 if recent(*t, cutoff) {
                     live.insert(d);
@@ -794,25 +801,6 @@ impl RegistryStore {
             first(a).cmp(&first(b))
         });
 
-        // Tags removed by retention go before anything they pointed at. A tag pushed again since the walk
-        // (its link changed) is kept.
-        for (repo, tag, key, d, seen) in untag {
-            // Pushed again since the walk (its link rewritten, whatever digest): kept.
-            let now = storage.stat(&key).await?;
-            if now.is_none_or(|m| m.modified != seen) {
-                continue;
-            }
-            if !opts.dry_run {
-                let dir = key.trim_end_matches("/current/link");
-                storage.delete(dir).await?;
-            }
-            report.tags.push(RemovedTag {
-                repository: repo,
-                tag,
-                digest: d.to_string(),
-            });
-        }
-
         // 4. Sweep in batches: publish, read the pins, delete what no push pinned.
         for batch in removals.chunks(BATCH) {
             let spared = match hold.as_deref_mut() {
@@ -867,10 +855,16 @@ impl RegistryStore {
                 }
             }
             if let Some(hold) = hold.as_deref() {
-                hold.check_deadline()?;
-                storage.delete_batch(&link_keys, true).await?;
-                hold.check_deadline()?;
-                storage.delete_batch(&data_keys, false).await?;
+                // In small groups, the deadline checked before each: a folder delete on S3 is a listing and
+                // a request, and a batch may name thousands of links.
+                for group in link_keys.chunks(DELETE_GROUP) {
+                    hold.check_deadline()?;
+                    storage.delete_batch(group, true).await?;
+                }
+                for group in data_keys.chunks(DELETE_GROUP) {
+                    hold.check_deadline()?;
+                    storage.delete_batch(group, false).await?;
+                }
             }
         }
         if let Some(hold) = hold.as_deref_mut() {
@@ -922,13 +916,17 @@ impl RegistryStore {
         opts: &GcOptions,
         cutoff: SystemTime,
         live: &mut DigestSet,
-        removed_tags: &HashSet<String>,
-    ) -> Result<Marked, GcError> {
+        removed_tags: &HashMap<String, Digest>,
+        mut hold: Option<&mut Hold<'_>>,
+    ) -> Result<Vec<Digest>, GcError> {
         let storage = self.storage().as_ref();
         let mut roots: Vec<Digest> = Vec::new();
         let mut retired: HashSet<Digest> = HashSet::new();
-        let mut untag = Vec::new();
-        for (tag, key, when) in &rec.tag_links {
+        for (tag, key, _) in &rec.tag_links {
+            if let Some(d) = removed_tags.get(tag) {
+                retired.insert(d.clone());
+                continue;
+            }
             let d = match storage.read_small(key, LINK_LIMIT).await {
                 Ok(b) => match Digest::parse(String::from_utf8_lossy(&b).trim()) {
                     Ok(d) => d,
@@ -937,12 +935,7 @@ impl RegistryStore {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            if removed_tags.contains(tag) {
-                retired.insert(d.clone());
-                untag.push((tag.clone(), key.clone(), d, *when));
-            } else {
-                roots.push(d);
-            }
+            roots.push(d);
         }
         // A manifest a removed tag pointed at goes too, unless a kept tag (or index, or subject) needs it.
         for d in &roots {
@@ -953,6 +946,9 @@ impl RegistryStore {
             // With them go the children of a retired index and the referrers of a retired manifest (to a
             // fixed point), unless marking from what stays reaches them again.
             for (d, _) in &rec.revisions {
+                if let Some(h) = hold.as_deref_mut() {
+                    h.keep_alive().await?;
+                }
                 let refs = self.read_references(d).await?;
                 parsed.insert(d.clone(), refs);
             }
@@ -994,6 +990,9 @@ impl RegistryStore {
                 if !kept.insert(m.clone()) {
                     continue;
                 }
+                if let Some(h) = hold.as_deref_mut() {
+                    h.keep_alive().await?;
+                }
                 live.insert(&m);
                 let refs = match parsed.remove(&m) {
                     Some(r) => r,
@@ -1014,6 +1013,9 @@ impl RegistryStore {
                     continue;
                 }
                 if !parsed.contains_key(d) {
+                    if let Some(h) = hold.as_deref_mut() {
+                        h.keep_alive().await?;
+                    }
                     let refs = self.read_references(d).await?;
                     parsed.insert(d.clone(), refs);
                 }
@@ -1025,15 +1027,59 @@ impl RegistryStore {
                 break;
             }
         }
-        Ok(Marked {
-            dead: rec
-                .revisions
-                .iter()
-                .filter(|(d, _)| !kept.contains(d))
-                .map(|(d, _)| d.clone())
-                .collect(),
-            untag,
-        })
+        Ok(rec
+            .revisions
+            .iter()
+            .filter(|(d, _)| !kept.contains(d))
+            .map(|(d, _)| d.clone())
+            .collect())
+    }
+
+    /// Removes the tags a retention rule chose (in a dry run, only reports them), before marking: returns
+    /// each removed tag with the digest it pointed at. A tag whose link changed since the walk (pushed again;
+    /// times compared to the second, as object stores give them) is kept.
+    async fn untag(
+        &self,
+        repo: &str,
+        rec: &RepoRecord,
+        chosen: &[String],
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<HashMap<String, Digest>, GcError> {
+        let storage = self.storage().as_ref();
+        let secs = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        let mut out = HashMap::new();
+        for (tag, key, seen) in rec.tag_links.iter().filter(|(t, _, _)| chosen.contains(t)) {
+            let Some(now) = storage.stat(key).await? else {
+                continue;
+            };
+            if secs(now.modified).is_none() || secs(now.modified) != secs(*seen) {
+                continue;
+            }
+            let d = match storage.read_small(key, LINK_LIMIT).await {
+                Ok(b) => match Digest::parse(String::from_utf8_lossy(&b).trim()) {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if !dry_run {
+                storage
+                    .delete(key.trim_end_matches("/current/link"))
+                    .await?;
+            }
+            report.tags.push(RemovedTag {
+                repository: repo.to_string(),
+                tag: tag.clone(),
+                digest: d.to_string(),
+            });
+            out.insert(tag.clone(), d);
+        }
+        Ok(out)
     }
 
     async fn read_references(&self, d: &Digest) -> Result<References, GcError> {

@@ -340,8 +340,13 @@ impl RegistryStore {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         while let Some(child) = queue.pop() {
-            if !seen.insert(child.clone()) || seen.len() > 10_000 {
+            if !seen.insert(child.clone()) {
                 continue;
+            }
+            if seen.len() > 10_000 {
+                return Err(RegistryError::ManifestInvalid(
+                    "the index names more than 10000 manifests below it".into(),
+                ));
             }
             let Some(stored) = self.manifest_by_digest(name, &child).await? else {
                 continue;
