@@ -70,6 +70,13 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("berth-registry: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// `berth-registry gc`: one collection, reported on stdout.
 fn run_gc(config: Config, opts: berth_registry::store::gc::GcOptions, json: bool) -> ExitCode {
     tracing_subscriber::fmt()
@@ -79,12 +86,9 @@ fn run_gc(config: Config, opts: berth_registry::store::gc::GcOptions, json: bool
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("berth-registry: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let root = config.storage_description();
@@ -186,12 +190,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("berth-registry: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let addr = match config.listen_addr() {

@@ -319,23 +319,34 @@ fn tmp_name() -> String {
     format!("{TMP_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>()))
 }
 
-/// Writes `bytes` to `path` atomically and durably.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("no parent directory"))?;
+/// Writes `bytes` durably to a new temporary file in `dir` (created when missing) and returns its path.
+fn write_temp(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
     ensure_dir(dir)?;
     let tmp = dir.join(tmp_name());
-    let result = (|| {
+    let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        f.sync_all()
     })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
+    let tmp = write_temp(dir, bytes)?;
+    let result = std::fs::rename(&tmp, path).and_then(|()| fsync_dir(dir));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -746,24 +757,12 @@ fn create_exclusive(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("no parent directory"))?;
-    ensure_dir(dir)?;
-    let tmp = dir.join(tmp_name());
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        match std::fs::hard_link(&tmp, path) {
-            Ok(()) => {
-                fsync_dir(dir)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
-        }
-    })();
+    let tmp = write_temp(dir, bytes)?;
+    let result = match std::fs::hard_link(&tmp, path) {
+        Ok(()) => fsync_dir(dir).map(|()| true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_file(&tmp);
     result
 }

@@ -766,31 +766,30 @@ impl RegistryStore {
         for (repo, rec) in &repos {
             let dir = paths::stored_repo_dir(repo);
             let unlinked: HashSet<&Digest> = unlink.get(repo).into_iter().flatten().collect();
+            let mut add = |within: &str, d: &Digest| {
+                links.entry(d.clone()).or_default().push(format!(
+                    "{dir}/{within}/{}/{}",
+                    d.algorithm().as_str(),
+                    d.hex()
+                ));
+            };
+            // A link goes when its digest is swept, or (revisions, tag history) unlinked from this repository.
+            let goes = |d: &Digest, unlinkable: bool| {
+                doomed.contains(d) && (!live.contains(d) || (unlinkable && unlinked.contains(d)))
+            };
             for (d, _) in &rec.layers {
-                if doomed.contains(d) && !live.contains(d) {
-                    links.entry(d.clone()).or_default().push(format!(
-                        "{dir}/_layers/{}/{}",
-                        d.algorithm().as_str(),
-                        d.hex()
-                    ));
+                if goes(d, false) {
+                    add("_layers", d);
                 }
             }
             for (d, _) in &rec.revisions {
-                if doomed.contains(d) && (!live.contains(d) || unlinked.contains(d)) {
-                    links.entry(d.clone()).or_default().push(format!(
-                        "{dir}/_manifests/revisions/{}/{}",
-                        d.algorithm().as_str(),
-                        d.hex()
-                    ));
+                if goes(d, true) {
+                    add("_manifests/revisions", d);
                 }
             }
             for (tag, d) in &rec.tag_index {
-                if doomed.contains(d) && (!live.contains(d) || unlinked.contains(d)) {
-                    links.entry(d.clone()).or_default().push(format!(
-                        "{dir}/_manifests/tags/{tag}/index/{}/{}",
-                        d.algorithm().as_str(),
-                        d.hex()
-                    ));
+                if goes(d, true) {
+                    add(&format!("_manifests/tags/{tag}/index"), d);
                 }
             }
         }
