@@ -544,6 +544,16 @@ impl RepoRecord {
     }
 }
 
+/// The digest a tag's current link names; `None` when the link is gone or holds no digest (a collection
+/// skips such a tag rather than failing on it).
+async fn tag_target(storage: &dyn Storage, key: &str) -> Result<Option<Digest>, GcError> {
+    match storage.read_small(key, LINK_LIMIT).await {
+        Ok(b) => Ok(Digest::parse(String::from_utf8_lossy(&b).trim()).ok()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// What a stored manifest refers to, read leniently (whatever registry:2 accepted is followed).
 #[derive(Default)]
 pub struct References {
@@ -926,13 +936,8 @@ impl RegistryStore {
                 retired.insert(d.clone());
                 continue;
             }
-            let d = match storage.read_small(key, LINK_LIMIT).await {
-                Ok(b) => match Digest::parse(String::from_utf8_lossy(&b).trim()) {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
+            let Some(d) = tag_target(storage, key).await? else {
+                continue;
             };
             roots.push(d);
         }
@@ -1058,13 +1063,8 @@ impl RegistryStore {
             if secs(now.modified).is_none() || secs(now.modified) != secs(*seen) {
                 continue;
             }
-            let d = match storage.read_small(key, LINK_LIMIT).await {
-                Ok(b) => match Digest::parse(String::from_utf8_lossy(&b).trim()) {
-                    Ok(d) => d,
-                    Err(_) => continue,
-                },
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
+            let Some(d) = tag_target(storage, key).await? else {
+                continue;
             };
             if !dry_run {
                 storage
