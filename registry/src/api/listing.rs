@@ -1,5 +1,6 @@
 //! Listings: tags, catalog, referrers, and the Docker v1 search over the catalog.
 
+use berth_glob::{RepoFilter, PULL_FILTER_HEADER};
 use http::header::LINK;
 use http::{Request, StatusCode};
 
@@ -16,6 +17,20 @@ fn number(q: &[(String, String)], key: &str) -> Result<Option<usize>, RegistryEr
             RegistryError::BadRequest(format!("{key} must be a non-negative integer"))
         }),
     }
+}
+
+/// The repositories the caller may see, as berth-proxy says with its access rules (`Berth-Pull-Filter`); none
+/// means all.
+fn pull_filter(req: &Request<RequestBody>) -> Result<Option<RepoFilter>, RegistryError> {
+    let Some(v) = req.headers().get(PULL_FILTER_HEADER) else {
+        return Ok(None);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| RegistryError::BadRequest(format!("{PULL_FILTER_HEADER} is not text")))?;
+    RepoFilter::parse(text)
+        .map(Some)
+        .map_err(|e| RegistryError::BadRequest(format!("{PULL_FILTER_HEADER}: {e}")))
 }
 
 fn next_link(path: &str, n: usize, last: &str) -> String {
@@ -48,7 +63,11 @@ impl App {
     pub(super) async fn catalog(&self, req: &Request<RequestBody>) -> Result<Reply, RegistryError> {
         let q = query(req);
         let n = number(&q, "n")?;
-        let (repos, more) = self.store.catalog_page(n, param(&q, "last")).await?;
+        let filter = pull_filter(req)?;
+        let (repos, more) = self
+            .store
+            .catalog_page_of(n, param(&q, "last"), filter.as_ref())
+            .await?;
         let mut reply = Reply::new(StatusCode::OK);
         if let (true, Some(n), Some(last)) = (more, n, repos.last()) {
             reply = reply.header(LINK, next_link("/v2/_catalog", n, last));
@@ -89,9 +108,10 @@ impl App {
         let term = param(&q, "q").unwrap_or("").to_ascii_lowercase();
         let size = number(&q, "n")?.unwrap_or(25).clamp(1, 100);
         let page_no = number(&q, "page")?.unwrap_or(1).max(1);
+        let filter = pull_filter(req)?;
         let hits: Vec<String> = self
             .store
-            .catalog()
+            .catalog_of(filter.as_ref())
             .await?
             .into_iter()
             .filter(|n| n.contains(term.as_str()))

@@ -481,6 +481,14 @@ impl RegistryStore {
         Ok(self.catalog_page(None, None).await?.0)
     }
 
+    /// Every repository name `filter` allows, sorted.
+    pub async fn catalog_of(
+        &self,
+        filter: Option<&berth_glob::RepoFilter>,
+    ) -> Result<Vec<String>, RegistryError> {
+        Ok(self.catalog_page_of(None, None, filter).await?.0)
+    }
+
     /// Repository names strictly after `last`, sorted, at most `n`, and whether more follow.
     ///
     /// The walk lists one folder level at a time (a delimiter listing on S3) in name order, skips every
@@ -493,6 +501,17 @@ impl RegistryStore {
         &self,
         n: Option<usize>,
         last: Option<&str>,
+    ) -> Result<(Vec<String>, bool), RegistryError> {
+        self.catalog_page_of(n, last, None).await
+    }
+
+    /// [`RegistryStore::catalog_page`] over the names `filter` allows (all when `None`): a page holds up to `n`
+    /// allowed names, and `more` says whether another allowed name follows.
+    pub async fn catalog_page_of(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+        filter: Option<&berth_glob::RepoFilter>,
     ) -> Result<(Vec<String>, bool), RegistryError> {
         use std::cmp::{Ordering, Reverse};
         use std::collections::BinaryHeap;
@@ -629,7 +648,10 @@ impl RegistryStore {
         while let Some(Reverse(ByKey(entry))) = heap.pop() {
             match entry {
                 Entry::Repo(name) => {
-                    if last.is_none_or(|l| name.as_str() > l) && name.parse::<RepoName>().is_ok() {
+                    if last.is_none_or(|l| name.as_str() > l)
+                        && filter.is_none_or(|f| f.allows(&name))
+                        && name.parse::<RepoName>().is_ok()
+                    {
                         out.push(name);
                         if want.is_some_and(|w| out.len() >= w) {
                             break;

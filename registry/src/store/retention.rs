@@ -24,46 +24,7 @@ pub struct Retention {
     rules: Vec<Rule>,
 }
 
-/// Whether `name` matches `glob`: `*` matches any run of characters within one path segment, `**` any run
-/// across segments, `?` one character other than `/`; everything else matches itself.
-pub fn glob_matches(glob: &str, name: &str) -> bool {
-    let (g, n) = (glob.as_bytes(), name.as_bytes());
-    // ok[j]: the part of the glob read so far matches name[..j]. One pass per glob token, so the time is
-    // (glob length) x (name length) whatever the pattern.
-    let mut ok = vec![false; n.len() + 1];
-    ok[0] = true;
-    let mut i = 0;
-    while i < g.len() {
-        let mut next = vec![false; n.len() + 1];
-        match g[i] {
-            b'*' if g.get(i + 1) == Some(&b'*') => {
-                // Any run, across segments: everything from the first match on.
-                let first = ok.iter().position(|&m| m);
-                if let Some(f) = first {
-                    next[f..].iter_mut().for_each(|m| *m = true);
-                }
-                i += 2;
-            }
-            b'*' => {
-                // Any run within the segment: extend each match up to the next '/'.
-                let mut run = false;
-                for j in 0..=n.len() {
-                    run = ok[j] || (run && n[j - 1] != b'/');
-                    next[j] = run;
-                }
-                i += 1;
-            }
-            c => {
-                for j in 0..n.len() {
-                    next[j + 1] = ok[j] && if c == b'?' { n[j] != b'/' } else { n[j] == c };
-                }
-                i += 1;
-            }
-        }
-        ok = next;
-    }
-    ok[n.len()]
-}
+pub use berth_glob::glob_matches;
 
 impl Retention {
     /// Compiles the rules of a configuration; the error names the rule and the problem.
