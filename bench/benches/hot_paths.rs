@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine as _;
-use berth_proxy::auth::{bcrypt_hash, Authenticator, CredentialCache};
+use berth_proxy::authn::{bcrypt_hash, Authenticator, CredentialCache};
 use berth_proxy::filter::UserAgentFilter;
 use berth_proxy::forward::{rewrite_request_headers, ClientContext};
 use berth_registry::oci::{Algorithm, Digest, Hasher, RepoName};

@@ -35,7 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve HTTPS, generating the dev CA and server certificate first if they are missing.
     Serve,
-    /// Load and validate the configuration, print every problem with its key, exit 1 on error.
+    /// Load and validate the configuration (and the access file, when one is set), print every problem with
+    /// its key (or file and line), exit 1 on error.
     CheckConfig,
     /// Manage the development certificate authority.
     #[command(subcommand)]
@@ -141,6 +142,19 @@ pub fn run(cli: Cli, env: &dyn EnvSource) -> ExitCode {
         Command::Serve => serve(config_file, env),
         Command::CheckConfig => match Config::load(config_file, env) {
             Ok(c) => {
+                if let Some(acl) = &c.acl {
+                    match crate::authz::load_rules(acl) {
+                        Ok(rules) => println!(
+                            "access rules OK: {} rules in {}",
+                            rules.len(),
+                            acl.display()
+                        ),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 println!("configuration OK");
                 println!("{}", toml::to_string_pretty(&c).unwrap_or_default());
                 ExitCode::SUCCESS
@@ -249,7 +263,7 @@ fn user(cmd: UserCommand, config: &Config) -> ExitCode {
             if password.is_empty() {
                 return fail("empty password");
             }
-            let hash = match crate::auth::bcrypt_hash(&password, cost) {
+            let hash = match crate::authn::bcrypt_hash(&password, cost) {
                 Ok(h) => h,
                 Err(e) => return fail(&e),
             };

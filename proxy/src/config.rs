@@ -79,7 +79,23 @@ pub struct Config {
     pub auth_client_failures: u32,
     /// The window those failures are counted in, in seconds.
     pub auth_failure_window_secs: u64,
-    /// How often the htpasswd file is checked for changes, in milliseconds.
+    /// Failed password checks of one user name from one client address before that pair backs off
+    /// (further checks get 429 with `Retry-After`, without a hash, until the back-off ends).
+    pub auth_user_failures: u32,
+    /// The first back-off of a (user, address) pair, in seconds; each further failure doubles it.
+    pub auth_user_backoff_secs: u64,
+    /// The longest back-off of a (user, address) pair, in seconds.
+    pub auth_user_backoff_max_secs: u64,
+    /// The access file: who may pull, push and delete which repositories (`BERTH_ACL`; see `docs/access.md`).
+    /// Unset: every authenticated user may do everything.
+    pub acl: Option<PathBuf>,
+    /// A file the audit log (pushes, deletes, refusals) is appended to as JSON lines (`BERTH_AUDIT_LOG`);
+    /// it always goes to the log output too, target `berth_proxy::audit`.
+    pub audit_log: Option<PathBuf>,
+    /// How long a bearer token from `/_berth/token` is valid, in seconds (used when the access rules let
+    /// anonymous clients pull).
+    pub token_ttl_secs: u64,
+    /// How often the htpasswd and access files are checked for changes, in milliseconds.
     pub htpasswd_poll_ms: u64,
     /// Upstream connect timeout, in seconds.
     pub connect_timeout_secs: u64,
@@ -151,6 +167,12 @@ impl Default for Config {
             auth_client_concurrency: 0,
             auth_client_failures: 30,
             auth_failure_window_secs: 60,
+            auth_user_failures: 5,
+            auth_user_backoff_secs: 2,
+            auth_user_backoff_max_secs: 900,
+            acl: None,
+            audit_log: None,
+            token_ttl_secs: 300,
             htpasswd_poll_ms: 1000,
             connect_timeout_secs: 5,
             read_timeout_secs: 900,
@@ -330,6 +352,12 @@ impl Config {
         if let Some(v) = env.var("BERTH_HTPASSWD") {
             self.htpasswd = PathBuf::from(v);
         }
+        if let Some(v) = env.var("BERTH_ACL") {
+            self.acl = Some(PathBuf::from(v)).filter(|v| !v.as_os_str().is_empty());
+        }
+        if let Some(v) = env.var("BERTH_AUDIT_LOG") {
+            self.audit_log = Some(PathBuf::from(v)).filter(|v| !v.as_os_str().is_empty());
+        }
         if let Some(v) = env.var("BERTH_CERTS_DIR") {
             self.certs_dir = PathBuf::from(v);
         }
@@ -443,7 +471,7 @@ impl Config {
                 p.push(problem("trusted_proxies (BERTH_TRUSTED_PROXIES)", e));
             }
         }
-        let positive: [(&str, u64); 14] = [
+        let positive: [(&str, u64); 18] = [
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("auth_verify_wait_ms", self.auth_verify_wait_ms),
             ("auth_failure_window_secs", self.auth_failure_window_secs),
@@ -457,6 +485,13 @@ impl Config {
                 self.credential_cache_ttl_secs,
             ),
             ("htpasswd_poll_ms", self.htpasswd_poll_ms),
+            ("auth_user_failures", u64::from(self.auth_user_failures)),
+            ("auth_user_backoff_secs", self.auth_user_backoff_secs),
+            (
+                "auth_user_backoff_max_secs",
+                self.auth_user_backoff_max_secs,
+            ),
+            ("token_ttl_secs", self.token_ttl_secs),
             ("connect_timeout_secs", self.connect_timeout_secs),
             (
                 "read_timeout_secs (BERTH_READ_TIMEOUT)",
@@ -469,6 +504,15 @@ impl Config {
             if v == 0 {
                 p.push(problem(key, "must be greater than 0"));
             }
+        }
+        if self.auth_user_backoff_max_secs < self.auth_user_backoff_secs {
+            p.push(problem(
+                "auth_user_backoff_max_secs",
+                "must be at least auth_user_backoff_secs",
+            ));
+        }
+        if self.acl.as_ref().is_some_and(|a| a.as_os_str().is_empty()) {
+            p.push(problem("acl (BERTH_ACL)", "must not be empty"));
         }
         if self.max_connections == 0 {
             p.push(problem("max_connections", "must be greater than 0"));

@@ -14,6 +14,9 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// Credentials are missing or wrong.
     Unauthorized,
+    /// The user is authenticated but the access rules do not let them do this (403 `DENIED`, with this
+    /// message naming the action and the repository).
+    Denied(String),
     /// Too many authentication attempts from this client: retry after this many seconds (429).
     Throttled(u64),
     /// Every password-check slot stayed busy for the longest wait (503, retry after a second).
@@ -47,6 +50,11 @@ impl ProxyError {
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
                 "authentication required",
+            ),
+            ProxyError::Denied(_) => (
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                "requested access to the resource is denied",
             ),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "not found"),
             ProxyError::Throttled(_) => (
@@ -102,9 +110,13 @@ impl ProxyError {
         }
     }
 
-    /// The HTTP response. `realm` is used for the `WWW-Authenticate` challenge of a 401.
-    pub fn response(&self, realm: &str) -> Response<ProxyBody> {
+    /// The HTTP response. `challenge` is the `WWW-Authenticate` value of a 401.
+    pub fn response(&self, challenge: &str) -> Response<ProxyBody> {
         let (status, code, message) = self.parts();
+        let message = match self {
+            ProxyError::Denied(m) => m.as_str(),
+            _ => message,
+        };
         let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
         let mut resp = json_response(status, &body);
         let h = resp.headers_mut();
@@ -118,7 +130,7 @@ impl ProxyError {
             _ => {}
         }
         if *self == ProxyError::Unauthorized {
-            if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+            if let Ok(v) = HeaderValue::from_str(challenge) {
                 h.insert(header::WWW_AUTHENTICATE, v);
             }
         }

@@ -33,6 +33,8 @@ pub enum Route {
     Health,
     /// `/_ping` or `/v1/_ping`: no credentials needed.
     Ping,
+    /// The bearer token endpoint, answered locally.
+    Token,
     /// Under `/v2/` or `/v1/`: needs credentials, then forwarded.
     Registry,
     /// Anything else: 404, never forwarded.
@@ -63,6 +65,7 @@ pub fn classify(version: Version, uri: &Uri) -> Result<Route, &'static str> {
     }
     Ok(match path {
         HEALTH_PATH => Route::Health,
+        crate::authn::token::TOKEN_PATH => Route::Token,
         "/_ping" | "/v1/_ping" => Route::Ping,
         p if p == "/v2" || p.starts_with("/v2/") || p == "/v1" || p.starts_with("/v1/") => {
             Route::Registry
@@ -122,6 +125,8 @@ pub fn rewrite_request_headers(
     strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
     headers.remove("x-forwarded-user");
+    // Only the proxy says what a caller may list.
+    headers.remove(berth_glob::PULL_FILTER_HEADER);
     if !client.peer_trusted {
         for h in [
             "x-forwarded-for",

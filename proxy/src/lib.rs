@@ -4,7 +4,9 @@
 //!
 //! Tests build a [`server::Server`] from a [`config::Config`] on `127.0.0.1:0` and run it in-process.
 
-pub mod auth;
+pub mod audit;
+pub mod authn;
+pub mod authz;
 pub mod ca;
 pub mod cli;
 pub mod config;
@@ -16,3 +18,4 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 pub mod users;
+pub mod watch;

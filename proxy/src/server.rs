@@ -19,7 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{AuthFailure, AuthLimits, Authenticator};
+use crate::audit::{AuditEvent, AuditLog};
+use crate::authn::token::Tokens;
+use crate::authn::{AuthFailure, AuthLimits, Authenticator};
+use crate::authz::{Access, Authorizer, Decision, Grant};
 use crate::config::{parse_trusted, parse_upstream, Config};
 use crate::error::{json_response, ProxyError};
 use crate::filter::UserAgentFilter;
@@ -59,6 +62,8 @@ impl std::error::Error for ServerError {}
 pub struct ProxyState {
     config: Config,
     auth: Arc<Authenticator>,
+    authz: Arc<Authorizer>,
+    audit: AuditLog,
     filter: UserAgentFilter,
     upstreams: Upstreams,
     trusted: Vec<ipnet::IpNet>,
@@ -97,17 +102,41 @@ impl ProxyState {
             client_failures: config.auth_client_failures,
             failure_window: Duration::from_secs(config.auth_failure_window_secs),
             negative_ttl: Duration::from_secs(config.negative_cache_ttl_secs),
+            user_failures: config.auth_user_failures,
+            user_backoff: Duration::from_secs(config.auth_user_backoff_secs),
+            user_backoff_max: Duration::from_secs(config.auth_user_backoff_max_secs),
             ..AuthLimits::default()
         };
         if config.auth_client_concurrency > 0 {
             limits.per_client = config.auth_client_concurrency;
         }
-        let auth = Arc::new(Authenticator::with_limits(
-            config.htpasswd.clone(),
-            Duration::from_secs(config.credential_cache_ttl_secs),
-            config.credential_cache_size,
-            limits,
-        ));
+        let authz = match &config.acl {
+            Some(path) => Authorizer::load(path.clone()).map_err(bad)?,
+            None => Authorizer::open(),
+        };
+        let audit = AuditLog::open(config.audit_log.as_deref()).map_err(|e| {
+            bad(format!(
+                "audit_log (BERTH_AUDIT_LOG): cannot open {}: {e}",
+                config
+                    .audit_log
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ))
+        })?;
+        let tokens = Tokens::load(
+            &config.certs_dir,
+            Duration::from_secs(config.token_ttl_secs),
+        );
+        let auth = Arc::new(
+            Authenticator::with_limits(
+                config.htpasswd.clone(),
+                Duration::from_secs(config.credential_cache_ttl_secs),
+                config.credential_cache_size,
+                limits,
+            )
+            .with_tokens(tokens),
+        );
         let upstreams = Upstreams::new(
             targets,
             Duration::from_secs(config.connect_timeout_secs),
@@ -116,6 +145,8 @@ impl ProxyState {
         Ok(ProxyState {
             config,
             auth,
+            authz: Arc::new(authz),
+            audit,
             filter,
             upstreams,
             trusted,
@@ -125,6 +156,25 @@ impl ProxyState {
     /// The authenticator (its cache, its reload).
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.auth
+    }
+
+    /// The access rules in force.
+    pub fn authz(&self) -> &Arc<Authorizer> {
+        &self.authz
+    }
+
+    /// The `WWW-Authenticate` value of a 401 for a request to `host`: Basic, or when the access rules let
+    /// anonymous clients pull, Bearer with the proxy's token endpoint (the Docker daemon pulls without
+    /// credentials only after a token challenge).
+    fn challenge(&self, host: Option<&HeaderValue>) -> String {
+        let realm = &self.config.realm;
+        match host.and_then(|h| h.to_str().ok()) {
+            Some(host) if self.authz.anonymous_pulls() => format!(
+                "Bearer realm=\"https://{host}{}\",service=\"{realm}\"",
+                crate::authn::token::TOKEN_PATH
+            ),
+            _ => format!("Basic realm=\"{realm}\""),
+        }
     }
 }
 
@@ -175,6 +225,10 @@ impl Server {
         let watcher = self
             .state
             .auth
+            .spawn_watcher(Duration::from_millis(cfg.htpasswd_poll_ms));
+        let acl_watcher = self
+            .state
+            .authz
             .spawn_watcher(Duration::from_millis(cfg.htpasswd_poll_ms));
         let renewal = crate::tls::spawn_renewal(
             cfg.certs_dir.clone(),
@@ -297,6 +351,9 @@ impl Server {
             _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
         watcher.abort();
+        if let Some(w) = acl_watcher {
+            w.abort();
+        }
         renewal.abort();
         Ok(())
     }
@@ -512,6 +569,8 @@ async fn handle(
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // The name the client used, for a token challenge's realm.
+    let host = client_host(req.version(), req.uri(), req.headers());
     let declared_length = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -537,7 +596,7 @@ async fn handle(
     {
         Ok(ok) => ok,
         Err(early) => {
-            let mut resp = early.error.response(&state.config.realm);
+            let mut resp = early.error.response(&state.challenge(host.as_ref()));
             if let Some(body) = early.unread {
                 let unread = Unread {
                     http2,
@@ -686,39 +745,195 @@ async fn stages(
         // The ping bypass is for reads only; any other method on a ping path needs credentials like the API.
         Route::Ping if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {}
         Route::Ping if cfg.ping_local => return Ok((json_response(StatusCode::OK, "{}"), None)),
-        Route::Ping => return forward(state, peer, req, None, declared_length, bytes_in).await,
-        Route::Registry => {}
+        Route::Ping => {
+            return forward(state, peer, req, None, None, declared_length, bytes_in).await
+        }
+        Route::Registry | Route::Token => {}
     }
     if state.filter.refuses(user_agent) {
         return Err(Early::new(ProxyError::ClientRefused, None, req));
     }
+    let client = client_address(state, peer, req.headers());
+    if route == Route::Token {
+        return token(state, req, client).await;
+    }
+    let access = Access::of(req.method(), req.uri());
+    let user = authenticate(state, &req, client, &access).await;
+    let (user, grant) = match user.and_then(|user| authorize(state, &access, user, client)) {
+        Ok(allowed) => allowed,
+        Err((error, user)) => return Err(Early::new(error, user, req)),
+    };
+    let mut req = req;
+    if grant.drop_mount {
+        drop_mount(req.uri_mut());
+    }
+    let answer = forward(
+        state,
+        peer,
+        req,
+        user,
+        grant.pull_filter,
+        declared_length,
+        bytes_in,
+    )
+    .await;
+    if let Access::Repo {
+        repo,
+        action,
+        audited: Some(reference),
+        ..
+    } = &access
+    {
+        let (status, user) = match &answer {
+            Ok((resp, user)) => (resp.status().as_u16(), user.as_deref()),
+            Err(early) => (early.error.parts().0.as_u16(), early.user.as_deref()),
+        };
+        state.audit.record(&AuditEvent {
+            user,
+            client,
+            action: action.as_str(),
+            repository: Some(repo),
+            reference: Some(reference),
+            status,
+            reason: None,
+        });
+    }
+    answer
+}
+
+/// Who sent the request: `Ok(None)` without credentials (the access rules decide whether that will do).
+/// Refused credentials are audited.
+async fn authenticate(
+    state: &ProxyState,
+    req: &Request<Incoming>,
+    client: IpAddr,
+    access: &Access,
+) -> Result<Option<String>, (ProxyError, Option<String>)> {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let client = client_address(state, peer, req.headers());
-    let user = match state.auth.authenticate_from(authorization, client).await {
-        Ok(user) => user,
-        Err(f) => {
-            let error = match f {
-                AuthFailure::Rejected => {
-                    tracing::info!(%peer, %client, "credentials rejected");
-                    ProxyError::Unauthorized
-                }
-                AuthFailure::Throttled(wait) => {
-                    tracing::info!(%peer, %client, "authentication throttled");
-                    ProxyError::Throttled(wait.as_secs().max(1))
-                }
-                AuthFailure::Busy => {
-                    tracing::warn!("every password-check slot stayed busy; answering 503");
-                    ProxyError::Busy
-                }
-                AuthFailure::Missing | AuthFailure::Malformed => ProxyError::Unauthorized,
-            };
-            return Err(Early::new(error, None, req));
+    let failure = match state.auth.authenticate_from(authorization, client).await {
+        Ok(user) => return Ok(Some(user)),
+        Err(AuthFailure::Missing) => return Ok(None),
+        Err(f) => f,
+    };
+    let (error, reason) = match failure {
+        AuthFailure::Rejected => (ProxyError::Unauthorized, "credentials rejected"),
+        AuthFailure::Throttled(wait) => (
+            ProxyError::Throttled(wait.as_secs().max(1)),
+            "authentication throttled",
+        ),
+        AuthFailure::Busy => {
+            tracing::warn!("every password-check slot stayed busy; answering 503");
+            return Err((ProxyError::Busy, None));
+        }
+        AuthFailure::Missing | AuthFailure::Malformed => {
+            return Err((ProxyError::Unauthorized, None))
         }
     };
-    forward(state, peer, req, Some(user), declared_length, bytes_in).await
+    let claimed = authorization
+        .and_then(crate::authn::parse_basic)
+        .map(|c| c.user);
+    let (repository, action) = match access {
+        Access::Repo { repo, action, .. } => (Some(repo.as_str()), action.as_str()),
+        _ => (None, "login"),
+    };
+    state.audit.record(&AuditEvent {
+        user: claimed.as_deref(),
+        client,
+        action,
+        repository,
+        reference: None,
+        status: error.parts().0.as_u16(),
+        reason: Some(reason),
+    });
+    Err((error, None))
+}
+
+/// What the access rules say of the request; refusals of authenticated users are audited.
+fn authorize(
+    state: &ProxyState,
+    access: &Access,
+    user: Option<String>,
+    client: IpAddr,
+) -> Result<(Option<String>, Grant), (ProxyError, Option<String>)> {
+    match state.authz.decide(access, user.as_deref()) {
+        Decision::Allow(grant) => Ok((user, grant)),
+        Decision::NeedCredentials => Err((ProxyError::Unauthorized, user)),
+        Decision::Denied(message) => {
+            let (repository, action) = match access {
+                Access::Repo { repo, action, .. } => (Some(repo.as_str()), action.as_str()),
+                _ => (None, "pull"),
+            };
+            state.audit.record(&AuditEvent {
+                user: user.as_deref(),
+                client,
+                action,
+                repository,
+                reference: None,
+                status: StatusCode::FORBIDDEN.as_u16(),
+                reason: Some(&message),
+            });
+            Err((ProxyError::Denied(message), user))
+        }
+    }
+}
+
+/// Takes `mount` and `from` off an upload's query: the registry then opens a normal upload session.
+fn drop_mount(uri: &mut http::Uri) {
+    let Some(query) = uri.query() else {
+        return;
+    };
+    let kept: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "mount" && k != "from"),
+        )
+        .finish();
+    let target = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{kept}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = target.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(u) = http::Uri::from_parts(parts) {
+            *uri = u;
+        }
+    }
+}
+
+/// `GET /_berth/token`: a bearer token for the Basic credentials sent, or without any (when the access rules
+/// let anonymous clients pull) an anonymous one. The answer is what Docker's token clients read.
+async fn token(state: &ProxyState, req: Request<Incoming>, client: IpAddr) -> StageResult {
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        return Err(Early::new(
+            ProxyError::BadRequest("the token endpoint answers GET"),
+            None,
+            req,
+        ));
+    }
+    let Some(tokens) = state.auth.tokens() else {
+        return Err(Early::new(ProxyError::NotFound, None, req));
+    };
+    let user = match authenticate(state, &req, client, &Access::Login).await {
+        Ok(Some(user)) => Some(user),
+        Ok(None) if state.authz.anonymous_pulls() => None,
+        Ok(None) => return Err(Early::new(ProxyError::Unauthorized, None, req)),
+        Err((error, user)) => return Err(Early::new(error, user, req)),
+    };
+    let token = tokens.issue(user.as_deref());
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": tokens.ttl().as_secs(),
+    })
+    .to_string();
+    let mut resp = json_response(StatusCode::OK, &body);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok((resp, user))
 }
 
 /// The client's address for throttling: the peer's, or the `X-Real-IP` a trusted front proxy set.
@@ -740,6 +955,7 @@ async fn forward(
     peer: SocketAddr,
     req: Request<Incoming>,
     user: Option<String>,
+    pull_filter: Option<String>,
     declared_length: Option<u64>,
     bytes_in: Arc<AtomicU64>,
 ) -> StageResult {
@@ -769,6 +985,9 @@ async fn forward(
         user.as_deref(),
         cfg.pass_authorization,
     );
+    if let Some(v) = pull_filter.and_then(|f| HeaderValue::try_from(f).ok()) {
+        parts.headers.insert(berth_glob::PULL_FILTER_HEADER, v);
+    }
     let exceeded = Arc::new(AtomicBool::new(false));
     let read_timeout = Duration::from_secs(cfg.read_timeout_secs);
     let mut body = MeteredBody::new(body, bytes_in).idle_timeout(read_timeout);

@@ -167,6 +167,51 @@ fn check_config_reports_every_problem() {
 }
 
 #[test]
+fn a_broken_access_file_is_one_line_naming_file_and_line_and_serve_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[groups]\ndevs = [\"a\"]\n\n[[rule]]\nrepos = \"team/**\"\npush = [\"@ops\"]\n",
+    )
+    .unwrap();
+    let want = format!("error: {}:6: unknown group \"@ops\"\n", acl.display());
+    let out = proxy_cmd()
+        .args(["check-config"])
+        .env("BERTH_ACL", &acl)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), want);
+    let out = proxy_cmd()
+        .args(["serve"])
+        .env("BERTH_ACL", &acl)
+        .env("BERTH_LISTEN", "127.0.0.1:0")
+        .env("BERTH_CERTS_DIR", dir.path().join("certs"))
+        .env("BERTH_HTPASSWD", dir.path().join("htpasswd"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:6: unknown group \"@ops\"", acl.display())),
+        "{err}"
+    );
+    std::fs::write(&acl, "[[rule]]\nrepos = \"**\"\npull = [\"*\"]\n").unwrap();
+    let ok = proxy_cmd()
+        .args(["check-config"])
+        .env("BERTH_ACL", &acl)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("access rules OK: 1 rules"));
+}
+
+#[test]
 fn user_add_list_remove_is_understood_by_apache_htpasswd() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("auth/htpasswd");

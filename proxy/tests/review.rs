@@ -5,54 +5,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use http_body_util::BodyExt;
-
-type H2Sender = hyper::client::conn::http2::SendRequest<TestBody>;
-
-/// An HTTP/2 connection to the proxy from the local address `from` (any 127.x.y.z works on loopback).
-async fn h2_from(from: &str, proxy: &Proxy) -> H2Sender {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{from}:0").parse::<SocketAddr>().unwrap())
-        .unwrap();
-    let tcp = socket.connect(proxy.addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_config(&proxy.ca, &[b"h2"]));
-    let tls = connector
-        .connect(
-            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    send
-}
-
-async fn h2_get(send: &mut H2Sender, proxy: &Proxy, auth: &str) -> u16 {
-    let req = http::Request::builder()
-        .uri(format!("https://localhost:{}/v2/", proxy.addr.port()))
-        .header("authorization", auth)
-        .header("user-agent", UA)
-        .body(empty())
-        .unwrap();
-    send.ready().await.unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    status
-}
 
 #[tokio::test]
 async fn a_flood_of_bad_logins_from_one_address_does_not_hold_up_another() {
@@ -179,12 +137,12 @@ async fn a_check_the_client_gives_up_on_is_still_counted_and_leaves_nothing_behi
     let p = path.to_str().unwrap();
     htpasswd(&["-cbB", "-C", "5", p, "cheap", "pw"]);
     htpasswd(&["-bB", "-C", "12", p, "dear", "pw2"]);
-    let limits = berth_proxy::auth::AuthLimits {
+    let limits = berth_proxy::authn::AuthLimits {
         client_failures: 3,
         per_client: usize::MAX,
         ..Default::default()
     };
-    let auth = Arc::new(berth_proxy::auth::Authenticator::with_limits(
+    let auth = Arc::new(berth_proxy::authn::Authenticator::with_limits(
         path.clone(),
         Duration::from_secs(60),
         1000,
@@ -208,10 +166,10 @@ async fn a_check_the_client_gives_up_on_is_still_counted_and_leaves_nothing_behi
         let r = auth
             .authenticate_from(Some(basic("cheap", "guess-next").as_bytes()), client)
             .await;
-        if matches!(r, Err(berth_proxy::auth::AuthFailure::Throttled(_))) {
+        if matches!(r, Err(berth_proxy::authn::AuthFailure::Throttled(_))) {
             break;
         }
-        assert_eq!(r, Err(berth_proxy::auth::AuthFailure::Rejected));
+        assert_eq!(r, Err(berth_proxy::authn::AuthFailure::Rejected));
         assert!(
             Instant::now() < deadline,
             "abandoned failures were never counted"

@@ -1,5 +1,11 @@
-//! Authentication: htpasswd parsing, password hash verification, the verified-credential cache and the
-//! htpasswd watcher that reloads the file when it changes.
+//! Authentication ("who are you"): the htpasswd file and its watcher, the password check with its bounds
+//! (verification slots, per-client and per-user throttling, equal time for every failure), and the
+//! verified-credential cache. What an authenticated user may do is [`crate::authz`]'s business.
+
+mod cache;
+mod htpasswd;
+mod throttle;
+pub mod token;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -7,518 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha1::Digest as _;
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
-
-/// The password hash formats found in htpasswd files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKind {
-    /// `$2y$`, `$2a$`, `$2b$`.
-    Bcrypt,
-    /// `$apr1$` (Apache MD5).
-    Apr1,
-    /// `$1$` (MD5-crypt).
-    Md5Crypt,
-    /// `$5$` (SHA-256-crypt).
-    Sha256Crypt,
-    /// `$6$` (SHA-512-crypt).
-    Sha512Crypt,
-    /// `{SHA}` (unsalted SHA-1, insecure).
-    Sha1,
-    /// `{SSHA}` (salted SHA-1, insecure).
-    Ssha,
-    /// Traditional DES crypt (13 characters, insecure).
-    DesCrypt,
-    /// `{PLAIN}` or an unprefixed value that is not a DES hash (plaintext, insecure).
-    Plain,
-    /// Starts with `$` or `{` but is none of the schemes above (`$argon2id$`, `{MD5}`, ...): never accepted,
-    /// and never taken for plaintext.
-    Unsupported,
-}
-
-const CRYPT_ALPHABET: &str = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-impl HashKind {
-    /// Recognise the format of a stored hash.
-    pub fn detect(hash: &str) -> HashKind {
-        if hash.starts_with("$2y$") || hash.starts_with("$2a$") || hash.starts_with("$2b$") {
-            HashKind::Bcrypt
-        } else if hash.starts_with("$apr1$") {
-            HashKind::Apr1
-        } else if hash.starts_with("$1$") {
-            HashKind::Md5Crypt
-        } else if hash.starts_with("$5$") {
-            HashKind::Sha256Crypt
-        } else if hash.starts_with("$6$") {
-            HashKind::Sha512Crypt
-        } else if hash.starts_with("{SHA}") {
-            HashKind::Sha1
-        } else if hash.starts_with("{SSHA}") {
-            HashKind::Ssha
-        } else if hash.starts_with("{PLAIN}") {
-            HashKind::Plain
-        } else if hash.starts_with('$') || hash.starts_with('{') {
-            HashKind::Unsupported
-        } else if hash.len() == 13 && hash.chars().all(|c| CRYPT_ALPHABET.contains(c)) {
-            HashKind::DesCrypt
-        } else {
-            HashKind::Plain
-        }
-    }
-
-    /// Whether loading an entry of this kind deserves a warning.
-    pub fn insecure(self) -> bool {
-        matches!(self, HashKind::DesCrypt | HashKind::Plain)
-    }
-}
-
-/// Verify `password` against a stored htpasswd hash. Slow for bcrypt and the crypt family: call from a blocking
-/// thread.
-pub fn verify_hash(hash: &str, password: &str) -> bool {
-    match HashKind::detect(hash) {
-        HashKind::Bcrypt => pwhash::bcrypt::verify(password, hash),
-        HashKind::Apr1 => md5_crypt_verify(password, hash, "$apr1$"),
-        HashKind::Md5Crypt => md5_crypt_verify(password, hash, "$1$"),
-        HashKind::Sha256Crypt => pwhash::sha256_crypt::verify(password, hash),
-        HashKind::Sha512Crypt => pwhash::sha512_crypt::verify(password, hash),
-        HashKind::Sha1 => {
-            let Some(b64) = hash.strip_prefix("{SHA}") else {
-                return false;
-            };
-            let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-                return false;
-            };
-            let got = sha1::Sha1::digest(password.as_bytes());
-            expected.len() == got.len() && bool::from(expected.ct_eq(got.as_slice()))
-        }
-        HashKind::Ssha => {
-            let Some(b64) = hash.strip_prefix("{SSHA}") else {
-                return false;
-            };
-            let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-                return false;
-            };
-            if raw.len() < 20 {
-                return false;
-            }
-            let (digest, salt) = raw.split_at(20);
-            let mut h = sha1::Sha1::new();
-            h.update(password.as_bytes());
-            h.update(salt);
-            bool::from(h.finalize().as_slice().ct_eq(digest))
-        }
-        HashKind::DesCrypt => pwhash::unix_crypt::verify(password, hash),
-        HashKind::Unsupported => false,
-        HashKind::Plain => {
-            let stored = hash.strip_prefix("{PLAIN}").unwrap_or(hash);
-            stored.len() == password.len()
-                && bool::from(stored.as_bytes().ct_eq(password.as_bytes()))
-        }
-    }
-}
-
-/// MD5-crypt with a given magic (`$1$` or Apache's `$apr1$`), per the FreeBSD/Apache algorithm.
-pub fn md5_crypt(password: &[u8], salt: &[u8], magic: &str) -> String {
-    use md5::{Digest, Md5};
-    let salt = &salt[..salt.len().min(8)];
-    let mut ctx = Md5::new();
-    ctx.update(password);
-    ctx.update(magic.as_bytes());
-    ctx.update(salt);
-    let mut alt = Md5::new();
-    alt.update(password);
-    alt.update(salt);
-    alt.update(password);
-    let alt = alt.finalize();
-    let mut left = password.len();
-    while left > 0 {
-        let n = left.min(16);
-        ctx.update(&alt[..n]);
-        left -= n;
-    }
-    let mut i = password.len();
-    while i > 0 {
-        if i & 1 == 1 {
-            ctx.update([0u8]);
-        } else {
-            ctx.update(&password[..1.min(password.len())]);
-        }
-        i >>= 1;
-    }
-    let mut fin = ctx.finalize();
-    for r in 0..1000 {
-        let mut c = Md5::new();
-        if r & 1 == 1 {
-            c.update(password);
-        } else {
-            c.update(fin);
-        }
-        if r % 3 != 0 {
-            c.update(salt);
-        }
-        if r % 7 != 0 {
-            c.update(password);
-        }
-        if r & 1 == 1 {
-            c.update(fin);
-        } else {
-            c.update(password);
-        }
-        fin = c.finalize();
-    }
-    let alphabet = CRYPT_ALPHABET.as_bytes();
-    let mut out = String::with_capacity(22);
-    let mut to64 = |mut v: u32, n: usize| {
-        for _ in 0..n {
-            out.push(alphabet[(v & 0x3f) as usize] as char);
-            v >>= 6;
-        }
-    };
-    let f = |i: usize| u32::from(fin[i]);
-    to64((f(0) << 16) | (f(6) << 8) | f(12), 4);
-    to64((f(1) << 16) | (f(7) << 8) | f(13), 4);
-    to64((f(2) << 16) | (f(8) << 8) | f(14), 4);
-    to64((f(3) << 16) | (f(9) << 8) | f(15), 4);
-    to64((f(4) << 16) | (f(10) << 8) | f(5), 4);
-    to64(f(11), 2);
-    format!("{magic}{}${out}", String::from_utf8_lossy(salt))
-}
-
-fn md5_crypt_verify(password: &str, hash: &str, magic: &str) -> bool {
-    let Some(rest) = hash.strip_prefix(magic) else {
-        return false;
-    };
-    let Some((salt, _)) = rest.split_once('$') else {
-        return false;
-    };
-    let computed = md5_crypt(password.as_bytes(), salt.as_bytes(), magic);
-    computed.len() == hash.len() && bool::from(computed.as_bytes().ct_eq(hash.as_bytes()))
-}
-
-/// Hash a new password the way `htpasswd -B` does (`$2y$`, bcrypt).
-pub fn bcrypt_hash(password: &str, cost: u32) -> Result<String, String> {
-    pwhash::bcrypt::hash_with(
-        pwhash::bcrypt::BcryptSetup {
-            cost: Some(cost),
-            variant: Some(pwhash::bcrypt::BcryptVariant::V2y),
-            ..Default::default()
-        },
-        password,
-    )
-    .map_err(|e| format!("bcrypt: {e}"))
-}
-
-/// One problem found while reading an htpasswd file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HtpasswdWarning {
-    /// 1-based line number.
-    pub line: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// The users of an htpasswd file: name -> stored hash.
-#[derive(Debug, Clone, Default)]
-pub struct Htpasswd {
-    users: HashMap<String, String>,
-}
-
-impl Htpasswd {
-    /// Parse htpasswd text. Blank lines and `#` comments are skipped; a malformed line is reported and skipped;
-    /// insecure formats are accepted with a warning; a repeated user keeps its first entry (as Apache does).
-    pub fn parse(text: &str) -> (Htpasswd, Vec<HtpasswdWarning>) {
-        let mut users = HashMap::new();
-        let mut warnings = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line_no = i + 1;
-            let line = raw.trim_end_matches('\r');
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
-                continue;
-            }
-            match parse_line(line) {
-                Ok((user, hash)) => {
-                    let kind = HashKind::detect(hash);
-                    if kind == HashKind::Unsupported {
-                        warnings.push(HtpasswdWarning {
-                            line: line_no,
-                            message: format!(
-                                "user {user:?}: unsupported hash scheme {}; entry skipped",
-                                scheme_of(hash)
-                            ),
-                        });
-                        continue;
-                    }
-                    if kind.insecure() {
-                        warnings.push(HtpasswdWarning {
-                            line: line_no,
-                            message: format!(
-                                "user {user:?} uses an insecure {} password; replace it with `berth-proxy user add`",
-                                if kind == HashKind::Plain { "plaintext" } else { "DES crypt" }
-                            ),
-                        });
-                    }
-                    if users.contains_key(user) {
-                        warnings.push(HtpasswdWarning {
-                            line: line_no,
-                            message: format!(
-                                "user {user:?} appears again; the first entry is used"
-                            ),
-                        });
-                    } else {
-                        users.insert(user.to_string(), hash.to_string());
-                    }
-                }
-                Err(message) => warnings.push(HtpasswdWarning {
-                    line: line_no,
-                    message,
-                }),
-            }
-        }
-        (Htpasswd { users }, warnings)
-    }
-
-    /// The stored hash for `user`.
-    pub fn hash_of(&self, user: &str) -> Option<&str> {
-        self.users.get(user).map(String::as_str)
-    }
-
-    /// Number of users.
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    /// Whether there are no users.
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
-
-    /// A hash of a random secret in the slowest scheme and cost found in the file (bcrypt at the highest cost if
-    /// there is any bcrypt entry, else SHA-crypt with the most rounds, else MD5-crypt, ...), checked for unknown
-    /// users so they take as long as the slowest known ones and timing does not tell which names exist.
-    #[allow(deprecated)] // the dummy copies whatever scheme the file uses, weak ones included
-    pub fn dummy_hash(&self) -> String {
-        let secret = hex::encode(rand::random::<[u8; 16]>());
-        let slowest = self
-            .users
-            .values()
-            .filter_map(|h| work_of(h).map(|w| (w, h.as_str())))
-            .max_by_key(|(w, _)| *w);
-        let salt = |n: usize| -> String {
-            let alphabet = CRYPT_ALPHABET.as_bytes();
-            (0..n)
-                .map(|_| alphabet[rand::random::<usize>() % alphabet.len()] as char)
-                .collect()
-        };
-        let made = match slowest {
-            None => bcrypt_hash(&secret, 5).ok(),
-            Some(((_, cost, _), hash)) => match HashKind::detect(hash) {
-                HashKind::Bcrypt => bcrypt_hash(&secret, cost.clamp(4, 20) as u32).ok(),
-                kind @ (HashKind::Sha512Crypt | HashKind::Sha256Crypt) => {
-                    let magic = if kind == HashKind::Sha512Crypt {
-                        "$6$"
-                    } else {
-                        "$5$"
-                    };
-                    let setup = if hash[3..].starts_with("rounds=") {
-                        format!("{magic}rounds={cost}${}", salt(16))
-                    } else {
-                        format!("{magic}{}", salt(16))
-                    };
-                    if kind == HashKind::Sha512Crypt {
-                        pwhash::sha512_crypt::hash_with(setup.as_str(), &secret).ok()
-                    } else {
-                        pwhash::sha256_crypt::hash_with(setup.as_str(), &secret).ok()
-                    }
-                }
-                HashKind::Apr1 => Some(md5_crypt(secret.as_bytes(), salt(8).as_bytes(), "$apr1$")),
-                HashKind::Md5Crypt => Some(md5_crypt(secret.as_bytes(), salt(8).as_bytes(), "$1$")),
-                HashKind::Ssha => {
-                    let salt = rand::random::<[u8; 8]>();
-                    let mut h = sha1::Sha1::new();
-                    h.update(secret.as_bytes());
-                    h.update(salt);
-                    let mut raw = h.finalize().to_vec();
-                    raw.extend_from_slice(&salt);
-                    Some(format!(
-                        "{{SSHA}}{}",
-                        base64::engine::general_purpose::STANDARD.encode(raw)
-                    ))
-                }
-                HashKind::Sha1 => Some(format!(
-                    "{{SHA}}{}",
-                    base64::engine::general_purpose::STANDARD
-                        .encode(sha1::Sha1::digest(secret.as_bytes()))
-                )),
-                HashKind::DesCrypt => pwhash::unix_crypt::hash(&secret).ok(),
-                HashKind::Plain | HashKind::Unsupported => Some(format!("{{PLAIN}}{secret}")),
-            },
-        };
-        made.unwrap_or_else(|| format!("{{PLAIN}}{secret}"))
-    }
-}
-
-/// How slow checking `hash` is, for ordering: (scheme rank, cost within the scheme, variant). Bcrypt ranks
-/// above SHA-crypt (rounds), above MD5-crypt, above salted and plain SHA-1, above DES, above plaintext.
-fn work_of(hash: &str) -> Option<(u8, u64, u8)> {
-    Some(match HashKind::detect(hash) {
-        HashKind::Bcrypt => (6, hash.get(4..6)?.parse().ok()?, 0),
-        kind @ (HashKind::Sha512Crypt | HashKind::Sha256Crypt) => {
-            let rounds = match hash.get(3..)?.strip_prefix("rounds=") {
-                Some(rest) => rest.split('$').next()?.parse().ok()?,
-                None => u64::from(pwhash::sha512_crypt::DEFAULT_ROUNDS),
-            };
-            (5, rounds, u8::from(kind == HashKind::Sha512Crypt))
-        }
-        HashKind::Apr1 => (4, 1000, 1),
-        HashKind::Md5Crypt => (4, 1000, 0),
-        HashKind::Ssha => (3, 0, 1),
-        HashKind::Sha1 => (3, 0, 0),
-        HashKind::DesCrypt => (2, 0, 0),
-        HashKind::Plain => (1, 0, 0),
-        HashKind::Unsupported => return None,
-    })
-}
-
-/// The scheme prefix of a stored hash, for messages (`$argon2id$`, `{MD5}`), never the hash itself.
-fn scheme_of(hash: &str) -> String {
-    let end = if hash.starts_with('{') {
-        hash.find('}').map(|i| i + 1)
-    } else {
-        hash[1..].find('$').map(|i| i + 2)
-    };
-    let prefix = &hash[..end.unwrap_or(1).min(hash.len())];
-    prefix.chars().take(24).collect()
-}
-
-/// Split one htpasswd line into user and hash.
-pub fn parse_line(line: &str) -> Result<(&str, &str), String> {
-    let (user, hash) = line
-        .split_once(':')
-        .ok_or_else(|| "malformed line: expected user:hash".to_string())?;
-    if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("malformed line: empty user name or one with spaces".into());
-    }
-    let hash = hash.trim();
-    if hash.is_empty() {
-        return Err(format!(
-            "malformed line: user {user:?} has no password hash"
-        ));
-    }
-    Ok((user, hash))
-}
-
-/// Credentials decoded from an `Authorization: Basic` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BasicCredentials {
-    /// The user name.
-    pub user: String,
-    /// The password.
-    pub password: String,
-}
-
-/// Decode an `Authorization` header value of the Basic scheme.
-pub fn parse_basic(value: &[u8]) -> Option<BasicCredentials> {
-    let value = std::str::from_utf8(value).ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, password) = decoded.split_once(':')?;
-    if user.is_empty() {
-        return None;
-    }
-    Some(BasicCredentials {
-        user: user.to_string(),
-        password: password.to_string(),
-    })
-}
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// Remembers `Authorization` headers that were verified recently, keyed by an HMAC (random per-process key) of
-/// the whole header, so the plaintext is never stored and a password is not re-hashed for every blob chunk.
-#[derive(Debug)]
-pub struct CredentialCache {
-    /// HMAC-SHA256 keyed with a random key made at start.
-    mac: HmacSha256,
-    ttl: Duration,
-    capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
-}
-
-impl CredentialCache {
-    /// An empty cache.
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
-        let key: [u8; 32] = rand::random();
-        CredentialCache {
-            mac: HmacSha256::new_from_slice(&key).expect("HMAC takes a key of any length"),
-            ttl,
-            capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn fingerprint(&self, header: &[u8]) -> [u8; 32] {
-        // The keyed state is cloned, not derived from the key again: two SHA-256 blocks per lookup instead
-        // of four.
-        let mut mac = self.mac.clone();
-        mac.update(header);
-        mac.finalize().into_bytes().into()
-    }
-
-    /// The user a still-fresh verified header belongs to.
-    pub fn lookup(&self, header: &[u8]) -> Option<String> {
-        let fp = self.fingerprint(header);
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&fp) {
-            Some((user, expires)) if *expires > Instant::now() => Some(user.clone()),
-            Some(_) => {
-                map.remove(&fp);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Remember that `header` verified as `user`.
-    pub fn insert(&self, header: &[u8], user: &str) {
-        let fp = self.fingerprint(header);
-        let now = Instant::now();
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= self.capacity {
-            map.retain(|_, (_, exp)| *exp > now);
-            if map.len() >= self.capacity {
-                map.clear();
-            }
-        }
-        map.insert(fp, (user.to_string(), now + self.ttl));
-    }
-
-    /// Forget everything (the htpasswd file changed).
-    pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
-    /// Number of remembered entries.
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use crate::watch::{stamp, FileStamp};
+pub use cache::CredentialCache;
+pub use htpasswd::*;
+pub use throttle::USER_PAIRS_MAX;
+use throttle::{client_key, Clients, UserThrottle};
+use token::Tokens;
 
 /// Why a request was not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -551,6 +51,12 @@ pub struct AuthLimits {
     pub failure_window: Duration,
     /// How long a rejected `Authorization` header is remembered (answered 401 again without a hash).
     pub negative_ttl: Duration,
+    /// Failed checks of one user name from one client address before that pair backs off.
+    pub user_failures: u32,
+    /// The first back-off of a pair; each further failure doubles it.
+    pub user_backoff: Duration,
+    /// The longest back-off of a pair.
+    pub user_backoff_max: Duration,
 }
 
 impl Default for AuthLimits {
@@ -563,115 +69,11 @@ impl Default for AuthLimits {
             client_failures: 30,
             failure_window: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
+            user_failures: 5,
+            user_backoff: Duration::from_secs(2),
+            user_backoff_max: Duration::from_secs(900),
         }
     }
-}
-
-/// What is counted per client address.
-#[derive(Debug)]
-struct ClientState {
-    in_flight: usize,
-    failures: u32,
-    window_start: Instant,
-}
-
-/// Checks in flight and recent failures per client address, bounded in size.
-#[derive(Debug, Default)]
-struct Clients {
-    map: Mutex<(HashMap<IpAddr, ClientState>, usize)>,
-}
-
-/// Most client addresses tracked before stale ones are dropped.
-const CLIENTS_PRUNE_AT: usize = 4096;
-
-/// The address a client is counted under: IPv4 as it is, IPv6 by its /64 (one host usually has a whole /64).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
-/// One check in flight for a client; counted until dropped.
-struct ClientTicket<'a> {
-    clients: &'a Clients,
-    key: IpAddr,
-}
-
-impl Drop for ClientTicket<'_> {
-    fn drop(&mut self) {
-        let mut map = self.clients.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.0.get_mut(&self.key) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-        }
-    }
-}
-
-impl Clients {
-    /// Start a check for `ip`, or say how long it must wait.
-    fn enter(&self, ip: IpAddr, limits: &AuthLimits) -> Result<ClientTicket<'_>, Duration> {
-        let key = client_key(ip);
-        let now = Instant::now();
-        let mut guard = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, prune_at) = &mut *guard;
-        if map.len() >= (*prune_at).max(CLIENTS_PRUNE_AT) {
-            map.retain(|_, c| {
-                c.in_flight > 0 || now.duration_since(c.window_start) < limits.failure_window
-            });
-            *prune_at = map.len().saturating_mul(2);
-        }
-        let c = map.entry(key).or_insert(ClientState {
-            in_flight: 0,
-            failures: 0,
-            window_start: now,
-        });
-        if now.duration_since(c.window_start) >= limits.failure_window {
-            c.failures = 0;
-            c.window_start = now;
-        }
-        if c.failures >= limits.client_failures {
-            let left = limits
-                .failure_window
-                .saturating_sub(now.duration_since(c.window_start));
-            return Err(left.max(Duration::from_secs(1)));
-        }
-        if c.in_flight >= limits.per_client {
-            return Err(Duration::from_secs(1));
-        }
-        c.in_flight += 1;
-        Ok(ClientTicket { clients: self, key })
-    }
-
-    fn failed(&self, ip: IpAddr) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = map.0.get_mut(&client_key(ip)) {
-            c.failures = c.failures.saturating_add(1);
-        }
-    }
-}
-
-/// Identity of the htpasswd file on disk, to notice changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode: m.ino(),
-    })
 }
 
 struct Users {
@@ -700,6 +102,9 @@ pub struct Authenticator {
     verify_gate: Arc<tokio::sync::Semaphore>,
     limits: AuthLimits,
     clients: Clients,
+    users_throttle: UserThrottle,
+    /// Bearer tokens accepted in place of Basic credentials (see [`token`]).
+    tokens: Option<Tokens>,
     /// Checks in flight, by header fingerprint and client address: the same header arriving again meanwhile
     /// (a client's parallel requests, or a flood of one bad header) waits for that check's answer instead of
     /// starting another. Each check runs as a task of its own, so a request that goes away cannot cut short
@@ -728,6 +133,15 @@ impl Drop for CheckEntry<'_> {
             map.remove(&self.key);
         }
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(header: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// How many password verifications may run at once by default: twice the cores, at least 2.
@@ -803,6 +217,7 @@ impl Authenticator {
             verify_limit,
             verify_wait: Duration::from_secs(3600),
             per_client: usize::MAX,
+            user_failures: u32::MAX,
             ..AuthLimits::default()
         };
         Self::with_limits(path, cache_ttl, cache_size, limits)
@@ -827,6 +242,8 @@ impl Authenticator {
             verify_gate: Arc::new(tokio::sync::Semaphore::new(limits.verify_limit.max(1))),
             limits,
             clients: Clients::default(),
+            users_throttle: UserThrottle::default(),
+            tokens: None,
             checks: Mutex::new(HashMap::new()),
             next_check: std::sync::atomic::AtomicU64::new(0),
             slow_check_ns: std::sync::atomic::AtomicU64::new(0),
@@ -862,14 +279,8 @@ impl Authenticator {
     /// Poll the file every `interval` until the returned task is dropped/aborted.
     pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let m = Arc::clone(&me);
-                let _ = tokio::task::spawn_blocking(move || m.reload_if_changed()).await;
-            }
+        crate::watch::spawn_poller(interval, move || {
+            me.reload_if_changed();
         })
     }
 
@@ -899,13 +310,31 @@ impl Authenticator {
         client: IpAddr,
     ) -> Result<String, AuthFailure> {
         let header = header.ok_or(AuthFailure::Missing)?;
+        if let Some(token) = bearer(header) {
+            return match self.tokens.as_ref().and_then(|t| t.verify(token)) {
+                // A user removed from the htpasswd file loses their tokens at once.
+                Some(Some(user)) if self.user_exists(&user) => Ok(user),
+                // An anonymous token is no credentials.
+                Some(None) => Err(AuthFailure::Missing),
+                _ => Err(AuthFailure::Rejected),
+            };
+        }
+        // A pair that failed too often is refused before anything else, even a header verified before: a
+        // guess that hit the cache would otherwise tell the guesser it was right.
+        if !self.users_throttle.is_empty() {
+            if let Some(wait) = parse_basic(header)
+                .and_then(|creds| self.users_throttle.locked(&creds.user, client))
+            {
+                return Err(AuthFailure::Throttled(wait.max(Duration::from_secs(1))));
+            }
+        }
         if let Some(user) = self.cache.lookup(header) {
             return Ok(user);
         }
+        let creds = parse_basic(header).ok_or(AuthFailure::Malformed)?;
         if self.rejected.lookup(header).is_some() {
             return Err(AuthFailure::Rejected);
         }
-        let creds = parse_basic(header).ok_or(AuthFailure::Malformed)?;
         let key = (self.cache.fingerprint(header), client_key(client));
         let mut answer = {
             let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
@@ -937,6 +366,26 @@ impl Authenticator {
             Err(_) => None,
         };
         result.unwrap_or(Err(AuthFailure::Busy))
+    }
+
+    /// Accept (and issue) bearer tokens signed with these.
+    pub fn with_tokens(mut self, tokens: Tokens) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The token issuer, when tokens are on.
+    pub fn tokens(&self) -> Option<&Tokens> {
+        self.tokens.as_ref()
+    }
+
+    fn user_exists(&self, user: &str) -> bool {
+        self.users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .htpasswd
+            .hash_of(user)
+            .is_some()
     }
 
     /// Checks in flight (for tests: entries never outlive their check).
@@ -1019,9 +468,11 @@ impl Authenticator {
             if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
                 self.cache.insert(header, &user);
             }
+            self.users_throttle.succeeded(&user, client);
             Ok(user)
         } else {
             self.clients.failed(client);
+            self.users_throttle.failed(&user, client, &self.limits);
             if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
                 self.rejected.insert(header, "");
             }

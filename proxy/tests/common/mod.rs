@@ -376,6 +376,7 @@ pub struct Proxy {
     pub cert: Arc<berth_proxy::tls::ReloadableCert>,
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub state: Arc<berth_proxy::server::ProxyState>,
 }
 
 impl Proxy {
@@ -415,6 +416,7 @@ impl Proxy {
                 .unwrap();
         let addr = server.local_addr().unwrap();
         let cert = server.cert();
+        let state = server.state();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -427,6 +429,7 @@ impl Proxy {
             cert,
             shutdown: Some(tx),
             task,
+            state,
         }
     }
 
@@ -609,6 +612,11 @@ pub struct RealRegistry {
 
 impl RealRegistry {
     pub fn start() -> RealRegistry {
+        Self::start_with(&[])
+    }
+
+    /// [`RealRegistry::start`] with more environment variables.
+    pub fn start_with(env: &[(&str, &str)]) -> RealRegistry {
         use std::io::BufRead;
         let exe = std::env::current_exe().unwrap();
         let bin = exe
@@ -627,6 +635,7 @@ impl RealRegistry {
             .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
             .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", dir.path())
             .env("REGISTRY_LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -657,4 +666,45 @@ impl Drop for RealRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub type H2Sender = hyper::client::conn::http2::SendRequest<TestBody>;
+
+/// An HTTP/2 connection to the proxy from the local address `from` (any 127.x.y.z works on loopback).
+pub async fn h2_from(from: &str, proxy: &Proxy) -> H2Sender {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{from}:0").parse::<SocketAddr>().unwrap())
+        .unwrap();
+    let tcp = socket.connect(proxy.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&proxy.ca, &[b"h2"]));
+    let tls = connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+pub async fn h2_get(send: &mut H2Sender, proxy: &Proxy, auth: &str) -> u16 {
+    let req = http::Request::builder()
+        .uri(format!("https://localhost:{}/v2/", proxy.addr.port()))
+        .header("authorization", auth)
+        .header("user-agent", UA)
+        .body(empty())
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
 }
