@@ -10,6 +10,45 @@ use std::fmt;
 /// The request header carrying a [`RepoFilter`] from the proxy to the registry.
 pub const PULL_FILTER_HEADER: &str = "berth-pull-filter";
 
+/// Longest repository name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Whether `s` is a repository name of the OCI distribution specification: components
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` separated by `/`, at most [`MAX_NAME_LEN`] bytes.
+pub fn valid_repo_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME_LEN && s.split('/').all(valid_name_component)
+}
+
+fn valid_name_component(c: &str) -> bool {
+    // [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
+    let b = c.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator run: ".", "_", "__", or "-+".
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether `name` matches `glob` (uncompiled; see [`Glob`] for repeated use).
 pub fn glob_matches(glob: &str, name: &str) -> bool {
     dp_matches(glob.as_bytes(), name.as_bytes())
@@ -18,9 +57,24 @@ pub fn glob_matches(glob: &str, name: &str) -> bool {
 /// The general matcher: one pass per glob token, so the time is (glob length) x (name length) whatever the
 /// pattern.
 fn dp_matches(g: &[u8], n: &[u8]) -> bool {
+    // Repository names are short: their tables live on the stack.
+    const STACK: usize = 256;
+    if n.len() < STACK {
+        let (mut ok, mut next) = ([false; STACK], [false; STACK]);
+        dp(g, n, &mut ok[..=n.len()], &mut next[..=n.len()])
+    } else {
+        dp(
+            g,
+            n,
+            &mut vec![false; n.len() + 1],
+            &mut vec![false; n.len() + 1],
+        )
+    }
+}
+
+/// `ok` and `next` hold `n.len() + 1` entries, all false.
+fn dp<'a>(g: &[u8], n: &[u8], mut ok: &'a mut [bool], mut next: &'a mut [bool]) -> bool {
     // ok[j]: the part of the glob read so far matches name[..j].
-    let mut ok = vec![false; n.len() + 1];
-    let mut next = vec![false; n.len() + 1];
     ok[0] = true;
     let mut i = 0;
     while i < g.len() {
@@ -71,7 +125,9 @@ enum Shape {
     Literal,
     /// The text before a final `**` (no wildcard in it).
     Prefix(usize),
-    General,
+    /// Anything else, with the literal runs between its wildcards: a name must hold them in order (a quick
+    /// test that turns most names away before the general matcher).
+    General(Vec<String>),
 }
 
 impl Glob {
@@ -104,7 +160,12 @@ impl Glob {
         } else if let Some(p) = text.strip_suffix("**").filter(|p| !wild(p)) {
             Shape::Prefix(p.len())
         } else {
-            Shape::General
+            Shape::General(
+                text.split(['*', '?'])
+                    .filter(|r| !r.is_empty())
+                    .map(String::from)
+                    .collect(),
+            )
         };
         Ok(Glob {
             text: text.to_string(),
@@ -123,7 +184,17 @@ impl Glob {
             Shape::Any => true,
             Shape::Literal => self.text == name,
             Shape::Prefix(n) => name.starts_with(&self.text[..n]),
-            Shape::General => dp_matches(self.text.as_bytes(), name.as_bytes()),
+            Shape::General(ref runs) => {
+                // Names are short: a plain scan beats building a substring searcher.
+                let mut rest = name.as_bytes();
+                for run in runs {
+                    match rest.windows(run.len()).position(|w| w == run.as_bytes()) {
+                        Some(at) => rest = &rest[at + run.len()..],
+                        None => return false,
+                    }
+                }
+                dp_matches(self.text.as_bytes(), name.as_bytes())
+            }
         }
     }
 

@@ -166,8 +166,7 @@ impl Hasher {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RepoName(String);
 
-/// The longest repository name accepted.
-pub const MAX_NAME_LEN: usize = 255;
+pub use berth_glob::MAX_NAME_LEN;
 
 impl RepoName {
     /// The name as text.
@@ -176,40 +175,10 @@ impl RepoName {
     }
 }
 
-fn valid_name_component(c: &str) -> bool {
-    // [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*
-    let b = c.as_bytes();
-    if b.is_empty() {
-        return false;
-    }
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__", or "-+".
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
 impl FromStr for RepoName {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        if s.is_empty() || s.len() > MAX_NAME_LEN || !s.split('/').all(valid_name_component) {
+        if !berth_glob::valid_repo_name(s) {
             return Err(());
         }
         Ok(RepoName(s.to_string()))
