@@ -764,8 +764,8 @@ async fn stages(
         Err((error, user)) => return Err(Early::new(error, user, req)),
     };
     let mut req = req;
-    if grant.drop_mount {
-        drop_mount(req.uri_mut());
+    if grant.drop_mount && !drop_mount(req.uri_mut()) {
+        return Err(Early::new(ProxyError::Internal, user, req));
     }
     let answer = forward(
         state,
@@ -880,10 +880,11 @@ fn authorize(
     }
 }
 
-/// Takes `mount` and `from` off an upload's query: the registry then opens a normal upload session.
-fn drop_mount(uri: &mut http::Uri) {
+/// Takes `mount` and `from` off an upload's query: the registry then opens a normal upload session. False
+/// when the target could not be rebuilt (the request must not go on with the mount).
+fn drop_mount(uri: &mut http::Uri) -> bool {
     let Some(query) = uri.query() else {
-        return;
+        return true;
     };
     let kept: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(
@@ -896,11 +897,16 @@ fn drop_mount(uri: &mut http::Uri) {
         format!("{}?{kept}", uri.path())
     };
     let mut parts = uri.clone().into_parts();
-    if let Ok(pq) = target.parse() {
-        parts.path_and_query = Some(pq);
-        if let Ok(u) = http::Uri::from_parts(parts) {
+    let Ok(pq) = target.parse() else {
+        return false;
+    };
+    parts.path_and_query = Some(pq);
+    match http::Uri::from_parts(parts) {
+        Ok(u) => {
             *uri = u;
+            true
         }
+        Err(_) => false,
     }
 }
 
@@ -914,9 +920,18 @@ async fn token(state: &ProxyState, req: Request<Incoming>, client: IpAddr) -> St
             req,
         ));
     }
-    let Some(tokens) = state.auth.tokens() else {
-        return Err(Early::new(ProxyError::NotFound, None, req));
+    let tokens = match state.auth.tokens() {
+        Some(t) if state.authz.anonymous_pulls() => t,
+        // Without anonymous pulls the challenge is Basic and nobody is sent here.
+        _ => return Err(Early::new(ProxyError::NotFound, None, req)),
     };
+    // A token is had for a password, or for nothing: not for another token (that would renew it for ever).
+    let bearer = req.headers().get(header::AUTHORIZATION).is_some_and(|v| {
+        v.as_bytes().len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ")
+    });
+    if bearer {
+        return Err(Early::new(ProxyError::Unauthorized, None, req));
+    }
     let user = match authenticate(state, &req, client, &Access::Login).await {
         Ok(Some(user)) => Some(user),
         Ok(None) if state.authz.anonymous_pulls() => None,
@@ -985,7 +1000,11 @@ async fn forward(
         user.as_deref(),
         cfg.pass_authorization,
     );
-    if let Some(v) = pull_filter.and_then(|f| HeaderValue::try_from(f).ok()) {
+    if let Some(filter) = pull_filter {
+        // Without its filter a listing would show everything: no filter, no listing.
+        let Ok(v) = HeaderValue::try_from(filter) else {
+            return Err(Early::sent(ProxyError::Internal, user));
+        };
         parts.headers.insert(berth_glob::PULL_FILTER_HEADER, v);
     }
     let exceeded = Arc::new(AtomicBool::new(false));

@@ -430,6 +430,25 @@ async fn the_access_rules_decide_every_cell_and_follow_the_file() {
         s, 401,
         "a wrong password gets no token, not an anonymous one"
     );
+    let (s, _) = token(&mut c, Some(&bearer(&carol))).await;
+    assert_eq!(s, 401, "a token does not buy a new token");
+    // A name the registry refuses decides nothing: anonymous clients are asked to log in, users reach the
+    // registry's NAME_INVALID.
+    let bad = format!("/v2/{}/manifests/1", "public/".repeat(40) + "x");
+    let carol_basic = auth_of(Some("carol"));
+    let (p, _) = call(&mut c, "GET", &bad, None, Bytes::new(), None).await;
+    assert_eq!(p.status, 401);
+    let (p, b) = call(
+        &mut c,
+        "GET",
+        &bad,
+        carol_basic.as_deref(),
+        Bytes::new(),
+        None,
+    )
+    .await;
+    assert_eq!(p.status, 400, "{b:?}");
+    assert!(String::from_utf8_lossy(&b).contains("NAME_INVALID"));
 
     // Rules changed on disk take effect without a restart; a broken edit keeps the rules in force.
     let seen = proxy.state.authz().changes_seen();

@@ -441,6 +441,11 @@ impl Authenticator {
             Ok(Err(_)) => return Err(AuthFailure::Rejected),
             Err(_) => return Err(AuthFailure::Busy),
         };
+        // Checks of one pair that arrived together all passed the lock test on arrival: the first failures
+        // among them lock the pair for the rest.
+        if let Some(wait) = self.users_throttle.locked(&creds.user, client) {
+            return Err(AuthFailure::Throttled(wait.max(Duration::from_secs(1))));
+        }
         let started = tokio::time::Instant::now();
         let checked = Arc::clone(&users);
         let (ok, at_slowest) = tokio::task::spawn_blocking(move || {

@@ -166,9 +166,16 @@ impl UserThrottle {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if !map.contains_key(&key) && map.len() >= USER_PAIRS_MAX {
             map.retain(|_, p| p.forget_at > now);
-            self.counted(&map);
             if map.len() >= USER_PAIRS_MAX {
-                return;
+                // Full of live pairs (a flood of names or addresses): the one with the fewest failures makes
+                // room, so a pair that is being guessed hard stays locked.
+                if let Some(k) = map
+                    .iter()
+                    .min_by_key(|(_, p)| (p.failures, p.forget_at))
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&k);
+                }
             }
         }
         let p = map.entry(key).or_insert(PairState {
@@ -265,13 +272,26 @@ mod tests {
     }
 
     #[test]
-    fn the_map_is_bounded() {
+    fn the_map_is_bounded_and_a_flood_does_not_unlock_a_guessed_pair() {
         let t = UserThrottle::default();
         let l = limits();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..4 {
+            t.failed("victim", ip, &l);
+        }
+        assert!(t.locked("victim", ip).is_some());
         for i in 0..USER_PAIRS_MAX + 100 {
             t.failed(&format!("u{i}"), ip, &l);
         }
         assert_eq!(t.len(), USER_PAIRS_MAX);
+        assert!(
+            t.locked("victim", ip).is_some(),
+            "the guessed pair was evicted"
+        );
+        t.failed("victim", ip, &l);
+        assert!(
+            t.locked("victim", ip).unwrap() > Duration::from_secs(19),
+            "its count went on"
+        );
     }
 }

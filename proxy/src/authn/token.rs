@@ -44,19 +44,25 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Reads the key in `dir`, or makes it (0600, written whole then renamed, never over another proxy's).
+/// Reads the key in `dir`, or makes it when there is none (0600, written whole then renamed, never over
+/// another proxy's: when one appears meanwhile, it is read instead).
 fn load_key(dir: &Path) -> std::io::Result<Vec<u8>> {
     let path = dir.join(TOKEN_KEY_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(key) = hex::decode(text.trim()) {
-            if key.len() >= 32 {
-                return Ok(key);
-            }
-        }
-        return Err(std::io::Error::other(format!(
-            "{} does not hold a key (64 hex digits)",
-            path.display()
-        )));
+    let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+        let text = std::fs::read_to_string(path)?;
+        hex::decode(text.trim())
+            .ok()
+            .filter(|k| k.len() >= 32)
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} does not hold a key (64 hex digits)",
+                    path.display()
+                ))
+            })
+    };
+    match read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        other => return other,
     }
     let key: [u8; 32] = rand::random();
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -69,8 +75,7 @@ fn load_key(dir: &Path) -> std::io::Result<Vec<u8>> {
     tmp.as_file().sync_all()?;
     match tmp.persist_noclobber(&path) {
         Ok(_) => Ok(key.to_vec()),
-        // Another proxy made it meanwhile: use theirs.
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => load_key(dir),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
         Err(e) => Err(e.error),
     }
 }
@@ -170,6 +175,9 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let other = Tokens::load(dir.path(), Duration::from_secs(60));
         assert_eq!(other.verify(&tok), Some(Some("alice".into())));
+        // A key file that cannot be used is an error, never replaced.
+        std::fs::write(dir.path().join(TOKEN_KEY_FILE), "not hex\n").unwrap();
+        assert!(load_key(dir.path()).is_err());
         // Expired tokens fail.
         let short = Tokens::load(dir.path(), Duration::ZERO);
         assert_eq!(short.verify(&short.issue(Some("alice"))), None);

@@ -191,7 +191,10 @@ impl Authorizer {
                 }
                 let drop_mount = match mount {
                     None => false,
-                    Some(Some(from)) => !rules.allows(user, from, Action::Pull),
+                    Some(Some(from)) => {
+                        !berth_glob::valid_repo_name(from)
+                            || !rules.allows(user, from, Action::Pull)
+                    }
                     // The registry mounts from wherever the blob is: only for callers who may pull
                     // everything.
                     Some(None) => !rules.pull_filter(user).allows_all(),

@@ -71,6 +71,9 @@ impl Access {
         } else {
             Action::Push
         };
+        // A name the registry would refuse (NAME_INVALID) is no repository: nothing is decided or remembered
+        // for it, and only an authenticated user gets as far as that refusal.
+        let valid = berth_glob::valid_repo_name;
         let repo = |name: &str, action: Action| Access::Repo {
             repo: name.to_string(),
             action,
@@ -78,12 +81,18 @@ impl Access {
             audited: None,
         };
         if let Some(name) = rest.strip_suffix("/tags/list") {
+            if !valid(name) {
+                return Access::Login;
+            }
             return repo(name, if read { Action::Pull } else { Action::Push });
         }
         if let Some(name) = rest
             .strip_suffix("/blobs/uploads")
             .or_else(|| rest.strip_suffix("/blobs/uploads/"))
         {
+            if !valid(name) {
+                return Access::Login;
+            }
             // Starting a session, a single-request upload (`?digest=`), or a mount.
             let mount = (*method == Method::POST)
                 .then(|| query_param(uri, "mount").map(|_| query_param(uri, "from")))
@@ -125,6 +134,9 @@ impl Access {
             }
             _ => return Access::Login,
         };
+        if !valid(name) {
+            return Access::Login;
+        }
         Access::Repo {
             repo: name.to_string(),
             action,
@@ -241,6 +253,15 @@ mod tests {
             of("PUT", "/v2/blobs/uploads/manifests/1"),
             audited("blobs/uploads", Push, "1")
         );
+        // Invalid names (the registry answers NAME_INVALID) decide nothing.
+        assert_eq!(of("GET", "/v2/Team/app/manifests/1"), Access::Login);
+        assert_eq!(
+            of("GET", &format!("/v2/{}/manifests/1", "a".repeat(256))),
+            Access::Login
+        );
+        assert_eq!(of("PUT", "/v2/a%2Fb/manifests/1"), Access::Login);
+        assert_eq!(of("GET", "/v2/-a/tags/list"), Access::Login);
+        assert_eq!(of("POST", "/v2/a__-b/blobs/uploads/"), Access::Login);
         // Nothing the registry routes as a repository is left as a login-only request.
         assert_eq!(of("GET", "/v2/justone"), Access::Login);
         assert_eq!(of("GET", "/v2/a/unknown/x"), Access::Login);

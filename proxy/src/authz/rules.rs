@@ -67,11 +67,17 @@ impl Rule {
 
 /// The compiled rules of an access file: the first rule whose glob matches a repository decides; a repository
 /// no rule matches is closed to everyone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Rules {
     rules: Vec<Rule>,
     anonymous_pulls: bool,
+    /// Which rule decides for a repository (whoever asks), remembered: a request costs one lookup however
+    /// many rules there are. Bounded; it lives and dies with these rules.
+    deciding: std::sync::RwLock<HashMap<Box<str>, Option<u32>>>,
 }
+
+/// Most repositories whose deciding rule is remembered; past it the memory starts again.
+const DECIDING_MAX: usize = 16_384;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,19 +189,47 @@ impl Rules {
                 delete: principals(&r.delete)?,
             });
         }
-        let anonymous_pulls = rules.iter().any(|r| r.pull.anonymous);
-        Ok(Rules {
+        let mut parsed = Rules {
             rules,
-            anonymous_pulls,
-        })
+            anonymous_pulls: false,
+            deciding: Default::default(),
+        };
+        // Only a rule anonymous clients can reach counts (not one after a `**` that decides first).
+        parsed.anonymous_pulls = !parsed.pull_filter(None).allows_none();
+        Ok(parsed)
+    }
+
+    /// The rule that decides for `repo`, if any.
+    fn deciding(&self, repo: &str) -> Option<&Rule> {
+        let known = self
+            .deciding
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(repo)
+            .copied();
+        let index = match known {
+            Some(i) => i,
+            None => {
+                let i = self
+                    .rules
+                    .iter()
+                    .position(|r| r.glob.matches(repo))
+                    .and_then(|i| u32::try_from(i).ok());
+                let mut map = self.deciding.write().unwrap_or_else(|e| e.into_inner());
+                if map.len() >= DECIDING_MAX {
+                    map.clear();
+                }
+                map.insert(repo.into(), i);
+                i
+            }
+        };
+        index.and_then(|i| self.rules.get(i as usize))
     }
 
     /// Whether `user` (`None`: no credentials) may do `action` on `repo`: the first rule whose glob matches
     /// decides; none matching means no.
     pub fn allows(&self, user: Option<&str>, repo: &str, action: Action) -> bool {
-        self.rules
-            .iter()
-            .find(|r| r.glob.matches(repo))
+        self.deciding(repo)
             .is_some_and(|r| r.principals(action).admits(user))
     }
 
@@ -284,6 +318,15 @@ push = ["*"]
         );
         assert!(r.anonymous_pulls());
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn anonymous_rules_after_a_catch_all_do_not_count() {
+        let r = Rules::parse(
+            "[[rule]]\nrepos = \"**\"\npull = [\"*\"]\n[[rule]]\nrepos = \"p/**\"\npull = [\"anonymous\"]\n",
+        )
+        .unwrap();
+        assert!(!r.anonymous_pulls());
     }
 
     #[test]
