@@ -89,6 +89,14 @@ def main(paths):
         out.append(f"| {key}: req/s | {f(b['rps'])} | {f(n['rps'])}{mode} | {ratio(b['rps'], n['rps'])} |")
         out.append(f"| {key}: p50 / p99 ms | {f(b['p50_ms'], 2)} / {f(b['p99_ms'], 2)} | "
                    f"{f(n['p50_ms'], 2)} / {f(n['p99_ms'], 2)} | p99 {ratio(b['p99_ms'], n['p99_ms'], False)} |")
+    acl = r.get("acl")
+    if acl:
+        out.append(f"| HEAD blob h2 req/s, berth without / with {acl['rules']} access rules | {f(acl['without_rps'])}"
+                   f" / {f(acl['with_rps'])} | | {acl['ratio'] * 100:.1f}% |")
+        cpu = acl.get("proxy_cpu_us_per_request")
+        if cpu:
+            out.append(f"| HEAD blob h2, berth-proxy CPU us per request, without / with access rules | "
+                       f"{f(cpu['without'])} / {f(cpu['with'])} | | |")
     cp = r.get("concurrent_pulls")
     if cp:
         out.append(f"| 64 concurrent pulls, aggregate MB/s | {f(cp['berth']['MBps'])} | {f(cp['nginx']['MBps'])} | "

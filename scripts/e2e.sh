@@ -10,6 +10,9 @@
 #      image, rmi, pull: same image id and manifest digest;
 #   4. containerd's ctr, with a containerd of its own, through a hosts.toml that names the CA: refused without it,
 #      then pull what podman pushed, tag, push, pull the new tag again (skopeo inspect shows the same digest);
+#      4b. access rules on a second proxy (BERTH_ACL): docker login and push through the token challenge, a push
+#      to a read-only repository prints "denied", and with no credentials at all the Docker daemon, skopeo and
+#      ctr pull a public repository while a private one is refused; the audit log has the refusal;
 #   5. oras-py (scripts/oci-artifact-push.py), an OCI artifact client that sends every request without
 #      credentials first: blob PUTs with bodies of 3 MiB and 2 bytes get a complete 401 and then succeed with
 #      Basic credentials; an artifact manifest (artifactType, empty config) is pushed and fetched back;
@@ -30,6 +33,7 @@ VETH_H=bth$$h
 VETH_N=bth$$n
 ADDR=10.231.0.2
 HOSTPORT=$ADDR:5043
+ACL_HOSTPORT=$ADDR:5045
 PIDS=()
 COMPOSE_DIR=
 CA_INSTALLED=
@@ -45,7 +49,7 @@ cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   if [ -n "$CA_INSTALLED" ]; then
-    rm -rf "/etc/docker/certs.d/$HOSTPORT" "/etc/docker/certs.d/$ADDR:5044"
+    rm -rf "/etc/docker/certs.d/$HOSTPORT" "/etc/docker/certs.d/$ADDR:5044" "/etc/docker/certs.d/$ACL_HOSTPORT"
     rm -f /usr/local/share/ca-certificates/docker-dev-cert/devdockerCA.crt
     rmdir /usr/local/share/ca-certificates/docker-dev-cert 2>/dev/null
     update-ca-certificates --fresh >/dev/null 2>&1
@@ -319,6 +323,70 @@ PUSHED=$("${SK[@]}" inspect --creds "admin:$PASSWORD" --cert-dir "$WORK/skopeo-c
 "${CTR[@]}" images pull --snapshotter native --user "admin:$PASSWORD" --hosts-dir "$C/hosts" \
   "$HOSTPORT/e2e/ctr:1" >"$C/pull2.log" 2>&1 || { cat "$C/pull2.log"; die "ctr pull of the pushed tag failed"; }
 info "pull, tag, push, pull again: manifest $PM_DIGEST under e2e/ctr:1 (checked with skopeo inspect too)"
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 4b: access rules (BERTH_ACL) on a second proxy at $ACL_HOSTPORT, same registry"
+cat >"$WORK/ns/acl.toml" <<EOF
+[[rule]]
+repos = "public/**"
+pull = ["anonymous", "*"]
+push = ["admin"]
+
+[[rule]]
+repos = "readonly/**"
+pull = ["*"]
+
+[[rule]]
+repos = "**"
+pull = ["*"]
+push = ["*"]
+delete = ["*"]
+EOF
+ip netns exec "$NS" env BERTH_LISTEN="$ACL_HOSTPORT" BERTH_UPSTREAM=http://127.0.0.1:5000 BERTH_CERTS_DIR="$WORK/ns/certs" \
+  BERTH_HTPASSWD="$WORK/ns/htpasswd" BERTH_ACL="$WORK/ns/acl.toml" BERTH_AUDIT_LOG="$WORK/ns/audit.log" \
+  "$BIN/berth-proxy" serve >"$WORK/ns/proxy-acl.log" 2>&1 &
+PIDS+=($!)
+wait_until 30 curl -sf --cacert "$WORK/ns/certs/devdockerCA.crt" "https://$ACL_HOSTPORT/v1/_ping" ||
+  { tail -5 "$WORK/ns/proxy-acl.log"; die "second proxy not reachable at $ACL_HOSTPORT"; }
+mkdir -p "/etc/docker/certs.d/$ACL_HOSTPORT"
+cp "$WORK/ns/certs/devdockerCA.crt" "/etc/docker/certs.d/$ACL_HOSTPORT/ca.crt"
+printf '%s' "$PASSWORD" | docker login "$ACL_HOSTPORT" -u admin --password-stdin >"$WORK/acl-login.log" 2>&1 ||
+  { cat "$WORK/acl-login.log"; die "docker login through the token challenge failed"; }
+if printf 'wrong-%s' "$PASSWORD" | docker login "$ACL_HOSTPORT" -u admin --password-stdin >"$WORK/acl-login1.log" 2>&1; then
+  die "docker login with a wrong password succeeded through the token challenge"
+fi
+printf '%s' "$PASSWORD" | docker login "$ACL_HOSTPORT" -u admin --password-stdin >"$WORK/acl-login2.log" 2>&1 ||
+  { cat "$WORK/acl-login2.log"; die "docker login failed"; }
+docker tag berth-e2e:src "$ACL_HOSTPORT/public/webapp:1"
+docker push "$ACL_HOSTPORT/public/webapp:1" >"$WORK/acl-push1.log" 2>&1 || { cat "$WORK/acl-push1.log"; die "allowed docker push failed"; }
+docker tag berth-e2e:src "$ACL_HOSTPORT/readonly/webapp:1"
+if docker push "$ACL_HOSTPORT/readonly/webapp:1" >"$WORK/acl-push2.log" 2>&1; then
+  die "docker push to a repository without push rights succeeded"
+fi
+grep -q 'denied' "$WORK/acl-push2.log" || { cat "$WORK/acl-push2.log"; die "docker push to a read-only repository did not say denied"; }
+info "push to public/webapp: ok; to readonly/webapp: $(grep -o 'denied.*' "$WORK/acl-push2.log" | head -1)"
+docker logout "$ACL_HOSTPORT" >/dev/null
+docker rmi "$ACL_HOSTPORT/public/webapp:1" "$ACL_HOSTPORT/readonly/webapp:1" >/dev/null
+docker pull "$ACL_HOSTPORT/public/webapp:1" >"$WORK/acl-pull.log" 2>&1 || { cat "$WORK/acl-pull.log"; die "anonymous docker pull of a public repository failed"; }
+[ "$(docker image inspect -f '{{.Id}}' "$ACL_HOSTPORT/public/webapp:1")" = "$SRC_ID" ] || die "anonymous pull: another image id"
+if docker pull "$ACL_HOSTPORT/e2e/webapp:1" >"$WORK/acl-pull2.log" 2>&1; then
+  die "anonymous docker pull of a private repository succeeded"
+fi
+info "docker, no login: public/webapp pulled (same id); e2e/webapp refused"
+"${SK[@]}" inspect --cert-dir "$WORK/skopeo-certs" --format '{{.Digest}}' "docker://$ACL_HOSTPORT/public/webapp:1" >"$WORK/acl-sk.log" 2>&1 ||
+  { cat "$WORK/acl-sk.log"; die "anonymous skopeo inspect of a public repository failed"; }
+if "${SK[@]}" inspect --cert-dir "$WORK/skopeo-certs" "docker://$ACL_HOSTPORT/e2e/skopeo:1" >/dev/null 2>&1; then
+  die "anonymous skopeo inspect of a private repository succeeded"
+fi
+mkdir -p "$C/hosts/$ACL_HOSTPORT"
+sed "s/$HOSTPORT/$ACL_HOSTPORT/g" "$C/hosts/$HOSTPORT/hosts.toml" >"$C/hosts/$ACL_HOSTPORT/hosts.toml"
+"${CTR[@]}" images pull --snapshotter native --hosts-dir "$C/hosts" "$ACL_HOSTPORT/public/webapp:1" >"$C/acl-pull.log" 2>&1 ||
+  { cat "$C/acl-pull.log"; die "anonymous ctr pull of a public repository failed"; }
+info "skopeo and ctr, no credentials: public/webapp ok, private refused (skopeo)"
+grep '"action":"push","repository":"readonly/webapp"' "$WORK/ns/audit.log" | grep -q '"status":403' ||
+  { cat "$WORK/ns/audit.log"; die "the audit log has no refused push"; }
+if grep -q -- "$PASSWORD" "$WORK/ns/audit.log" "$WORK/ns/proxy-acl.log"; then die "a password reached a log"; fi
+info "audit log: $(grep -c . "$WORK/ns/audit.log") lines, the refused push among them, no password"
+
 stop_pid "$CTRD_PID"
 kill -0 "$CTRD_PID" 2>/dev/null && die "containerd ($CTRD_PID) still running after SIGTERM and SIGKILL"
 # Stopped: the cleanup must not signal its PID again (it may belong to another process by then).

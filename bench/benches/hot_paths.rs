@@ -68,6 +68,44 @@ fn user_agent(c: &mut Criterion) {
     });
 }
 
+/// An access file of 100 rules whose last one is the first to match `bench/small` (literal names, prefixes and
+/// general globs before it, a third each), as the side-by-side benchmark uses.
+fn hundred_rules() -> String {
+    let mut text = String::from("[groups]\ndevs = [\"alice\", \"bob\"]\n");
+    for i in 0..99 {
+        let glob = match i % 3 {
+            0 => format!("team{i:03}/app"),
+            1 => format!("team{i:03}/**"),
+            _ => format!("*-team{i:03}/**/app-?"),
+        };
+        text += &format!("[[rule]]\nrepos = \"{glob}\"\npull = [\"@devs\"]\npush = [\"@devs\"]\n");
+    }
+    text + "[[rule]]\nrepos = \"**\"\npull = [\"*\"]\npush = [\"*\"]\n"
+}
+
+fn access_rules(c: &mut Criterion) {
+    let rules = berth_proxy::authz::Rules::parse(&hundred_rules()).expect("rules");
+    let method = http::Method::HEAD;
+    let uri: http::Uri = "/v2/bench/small/blobs/sha256:4355a46b19d348dc2f57c046f8ef63d4538ebb936000f3c9ee954a27460dd865"
+        .parse()
+        .expect("uri");
+    c.bench_function(
+        "proxy/access rules: decide, 100 rules, last one matches",
+        |b| {
+            b.iter(|| {
+                rules.allows(
+                    Some(std::hint::black_box("carol")),
+                    std::hint::black_box("bench/small"),
+                    berth_proxy::authz::Action::Pull,
+                )
+            })
+        },
+    );
+    c.bench_function("proxy/access rules: map a HEAD blob request", |b| {
+        b.iter(|| berth_proxy::authz::Access::of(&method, std::hint::black_box(&uri)))
+    });
+}
+
 fn docker_request_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("host", HeaderValue::from_static("registry.example:5043"));
@@ -238,6 +276,7 @@ criterion_group!(
     benches,
     credentials,
     user_agent,
+    access_rules,
     header_rewrite,
     hashing,
     parsing,
