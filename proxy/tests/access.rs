@@ -13,27 +13,7 @@ use bytes::Bytes;
 use common::*;
 use sha2::{Digest as _, Sha256};
 
-const RULES: &str = r#"
-[groups]
-devs = ["alice", "bob"]
-ci = ["robot"]
-
-[[rule]]
-repos = "public/**"
-pull = ["anonymous", "*"]
-push = ["@devs"]
-
-[[rule]]
-repos = "team/**"
-pull = ["@devs", "@ci"]
-push = ["@ci"]
-delete = ["alice"]
-
-[[rule]]
-repos = "**"
-pull = ["*"]
-push = ["*"]
-"#;
+const RULES: &str = include_str!("../../docs/acl.example.toml");
 
 const REPOS: [&str; 3] = ["public/app", "team/app", "misc/app"];
 
@@ -275,62 +255,58 @@ async fn the_access_rules_decide_every_cell_and_follow_the_file() {
         push_blob(&mut c, Some("robot"), "team/app", secret).await,
         201
     );
-    let mount = async |c: &mut Client, user: &str, repo: &str, d: &str, from: Option<&str>| {
-        let q = match from {
-            Some(f) => format!("?mount={d}&from={f}"),
-            None => format!("?mount={d}"),
-        };
+    let status_as = async |c: &mut Client, user: &str, method: &str, path: &str| {
         let a = auth_of(Some(user));
-        let path = format!("/v2/{repo}/blobs/uploads/{q}");
-        call(c, "POST", &path, a.as_deref(), Bytes::new(), None)
-            .await
-            .0
-            .status
-            .as_u16()
+        let (p, _) = call(c, method, path, a.as_deref(), Bytes::new(), None).await;
+        p.status.as_u16()
     };
-    let blob_status = async |c: &mut Client, user: &str, repo: &str, d: &str| {
-        let a = auth_of(Some(user));
-        call(
+    let mount = async |c: &mut Client, user: &str, repo: &str, d: &str, from: Option<&str>| {
+        let q = from.map(|f| format!("&from={f}")).unwrap_or_default();
+        status_as(
             c,
-            "HEAD",
-            &format!("/v2/{repo}/blobs/{d}"),
-            a.as_deref(),
-            Bytes::new(),
-            None,
+            user,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/?mount={d}{q}"),
         )
         .await
-        .0
-        .status
-        .as_u16()
     };
-    assert_eq!(
-        mount(&mut c, "carol", "misc/app", &team_layer, Some("team/app")).await,
-        202
-    );
-    assert_eq!(
-        blob_status(&mut c, "carol", "misc/app", &team_layer).await,
-        404
-    );
-    assert_eq!(
-        mount(&mut c, "carol", "misc/app", &digest(secret), None).await,
-        202
-    );
-    assert_eq!(
-        blob_status(&mut c, "carol", "misc/app", &digest(secret)).await,
-        404
-    );
-    assert_eq!(
-        mount(&mut c, "robot", "misc/app", &team_layer, Some("team/app")).await,
-        201
-    );
-    assert_eq!(
-        blob_status(&mut c, "carol", "misc/app", &team_layer).await,
-        200
-    );
-    assert_eq!(
-        mount(&mut c, "bob", "public/app", &digest(secret), None).await,
-        201
-    );
+    let blob_status = async |c: &mut Client, user: &str, repo: &str, d: &str| {
+        status_as(c, user, "HEAD", &format!("/v2/{repo}/blobs/{d}")).await
+    };
+    let secret_d = digest(secret);
+    // (who mounts, into, what, from, the answer, then carol's HEAD of it there when checked)
+    type Mount<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, u16, Option<u16>);
+    let cases: [Mount; 4] = [
+        (
+            "carol",
+            "misc/app",
+            &team_layer,
+            Some("team/app"),
+            202,
+            Some(404),
+        ),
+        ("carol", "misc/app", &secret_d, None, 202, Some(404)),
+        (
+            "robot",
+            "misc/app",
+            &team_layer,
+            Some("team/app"),
+            201,
+            Some(200),
+        ),
+        ("bob", "public/app", &secret_d, None, 201, None),
+    ];
+    for (user, repo, d, from, want, then) in cases {
+        let what = format!("{user} mounts {d} into {repo} from {from:?}");
+        assert_eq!(mount(&mut c, user, repo, d, from).await, want, "{what}");
+        if let Some(w) = then {
+            assert_eq!(
+                blob_status(&mut c, "carol", repo, d).await,
+                w,
+                "after: {what}"
+            );
+        }
+    }
 
     // Catalog and search show what each may pull, paginated over the filtered list.
     for user in principals {
@@ -451,40 +427,24 @@ async fn the_access_rules_decide_every_cell_and_follow_the_file() {
     assert!(String::from_utf8_lossy(&b).contains("NAME_INVALID"));
 
     // Rules changed on disk take effect without a restart; a broken edit keeps the rules in force.
-    let seen = proxy.state.authz().changes_seen();
-    std::fs::write(
-        &acl,
-        format!("[[rule]]\nrepos = \"team/**\"\npull = [\"carol\"]\n{RULES}"),
-    )
-    .unwrap();
-    wait_for_reload(&proxy, seen).await;
     let carol_auth = auth_of(Some("carol"));
-    let (p, _) = call(
-        &mut c,
-        "GET",
-        &manifests[1],
-        carol_auth.as_deref(),
-        Bytes::new(),
-        None,
-    )
-    .await;
-    assert_eq!(p.status, 200, "the new rule lets carol pull team/app");
-    let seen = proxy.state.authz().changes_seen();
-    std::fs::write(&acl, "[[rule]]\nrepos = \"**\"\npull = [\"@nobody\"]\n").unwrap();
-    wait_for_reload(&proxy, seen).await;
-    let (p, _) = call(
-        &mut c,
-        "GET",
-        &manifests[1],
-        carol_auth.as_deref(),
-        Bytes::new(),
-        None,
-    )
-    .await;
-    assert_eq!(
-        p.status, 200,
-        "the broken file was refused and the previous rules stay"
-    );
+    for (text, why) in [
+        (
+            format!("[[rule]]\nrepos = \"team/**\"\npull = [\"carol\"]\n{RULES}"),
+            "the new rule lets carol pull team/app (the matrix had her refused)",
+        ),
+        (
+            "[[rule]]\nrepos = \"**\"\npull = [\"@nobody\"]\n".to_string(),
+            "the broken file was refused and the previous rules stay",
+        ),
+    ] {
+        let seen = proxy.state.authz().changes_seen();
+        std::fs::write(&acl, text).unwrap();
+        wait_for_reload(&proxy, seen).await;
+        let a = carol_auth.as_deref();
+        let (p, _) = call(&mut c, "GET", &manifests[1], a, Bytes::new(), None).await;
+        assert_eq!(p.status, 200, "{why}");
+    }
 
     // The audit log: pushes, deletes and refusals, with user, address, action, repository, reference and
     // status, and never a password.
@@ -554,8 +514,12 @@ async fn guessing_a_password_is_throttled_per_user_and_address_without_hashing()
         }
         let before = cpu_time();
         for i in 5..200 {
-            let (s, retry) =
-                h2_get_retry(&mut attacker, &proxy, &basic(name, &format!("guess-{i}"))).await;
+            let (s, headers) =
+                h2_get_headers(&mut attacker, &proxy, &basic(name, &format!("guess-{i}"))).await;
+            let retry = headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
             assert_eq!(s, 429, "{name}: attempt {i}");
             assert!(retry.is_some_and(|r| r > 0), "{name}: Retry-After");
         }
@@ -590,21 +554,4 @@ fn cpu_time() -> Duration {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     let hz = 100; // USER_HZ on Linux
     Duration::from_millis(ticks * 1000 / hz)
-}
-
-async fn h2_get_retry(send: &mut H2Sender, proxy: &Proxy, auth: &str) -> (u16, Option<u64>) {
-    let req = http::Request::builder()
-        .uri(format!("https://localhost:{}/v2/", proxy.addr.port()))
-        .header("authorization", auth)
-        .header("user-agent", UA)
-        .body(empty())
-        .unwrap();
-    send.ready().await.unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    (resp.status().as_u16(), retry)
 }

@@ -263,27 +263,7 @@ impl Rules {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = r#"
-[groups]
-devs = ["alice", "bob"]
-ci = ["robot"]
-
-[[rule]]
-repos = "public/**"
-pull = ["anonymous", "*"]
-push = ["@devs"]
-
-[[rule]]
-repos = "team/**"
-pull = ["@devs", "@ci"]
-push = ["@ci"]
-delete = ["alice"]
-
-[[rule]]
-repos = "**"
-pull = ["*"]
-push = ["*"]
-"#;
+    const EXAMPLE: &str = include_str!("../../../docs/acl.example.toml");
 
     #[test]
     fn first_match_decides_with_groups_and_principals() {

@@ -696,6 +696,15 @@ pub async fn h2_from(from: &str, proxy: &Proxy) -> H2Sender {
 }
 
 pub async fn h2_get(send: &mut H2Sender, proxy: &Proxy, auth: &str) -> u16 {
+    h2_get_headers(send, proxy, auth).await.0
+}
+
+/// `GET /v2/` with `auth` over an HTTP/2 connection: the status and the response headers.
+pub async fn h2_get_headers(
+    send: &mut H2Sender,
+    proxy: &Proxy,
+    auth: &str,
+) -> (u16, http::HeaderMap) {
     let req = http::Request::builder()
         .uri(format!("https://localhost:{}/v2/", proxy.addr.port()))
         .header("authorization", auth)
@@ -705,6 +714,7 @@ pub async fn h2_get(send: &mut H2Sender, proxy: &Proxy, auth: &str) -> u16 {
     send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let _ = resp.into_body().collect().await;
-    status
+    (status, headers)
 }
