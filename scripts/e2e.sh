@@ -16,7 +16,8 @@
 #   5. oras-py (scripts/oci-artifact-push.py), an OCI artifact client that sends every request without
 #      credentials first: blob PUTs with bodies of 3 MiB and 2 bytes get a complete 401 and then succeed with
 #      Basic credentials; an artifact manifest (artifactType, empty config) is pushed and fetched back;
-#   6. docker-compose up of the real compose.yml (images built here, nothing pulled): login, push, pull; down;
+#   6. docker-compose up of the real compose.yml (images built here, nothing pulled): the registry's health
+#      check (/debug/health) passes, login, push, pull; down;
 #      the data survives a second up;
 #   7. scripts/start.sh: login and push with skopeo, SIGINT, both processes gone.
 # Steps 3 to 5 hide the system's trust store from the client, so only the CA given to the client itself counts.
@@ -420,6 +421,11 @@ compose_up
 grep -q "install-ca.sh localhost:$CPORT ./certs/devdockerCA.crt" <(cd "$COMPOSE_DIR" && "${DC[@]}" logs proxy 2>&1) ||
   die "the proxy's log does not tell how to trust ./certs/devdockerCA.crt on port $CPORT"
 info "stack up; ./certs/devdockerCA.crt verifies the proxy (curl --cacert)"
+# The proxy starts only once the registry's health check (its /debug/health) passes; say so explicitly.
+REG_CONTAINER=$(cd "$COMPOSE_DIR" && "${DC[@]}" ps -q registry)
+[ "$(docker inspect -f '{{.State.Health.Status}}' "$REG_CONTAINER")" = healthy ] ||
+  die "the registry container is not healthy: $(docker inspect -f '{{json .State.Health}}' "$REG_CONTAINER")"
+info "registry container healthy (its check reads /debug/health)"
 CHOST=127.0.0.1:$CPORT
 printf '%s' "$PASSWORD" | docker login "$CHOST" -u admin --password-stdin >/dev/null 2>&1 || die "docker login to the compose stack failed"
 docker tag berth-e2e:src "$CHOST/e2e/compose:1"

@@ -23,14 +23,18 @@ pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 /// Its value.
 pub const API_VERSION: &str = "registry/2.0";
-/// The proxy's own health endpoint.
+/// The proxy's own health endpoint (liveness: the proxy answers).
 pub const HEALTH_PATH: &str = "/_berth/health";
+/// Readiness: 200 while some upstream replica answers, 503 otherwise.
+pub const READY_PATH: &str = "/_berth/ready";
 
 /// What a request target is, for the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// The proxy's health endpoint, answered locally.
     Health,
+    /// The readiness endpoint, answered locally after asking the upstreams.
+    Ready,
     /// `/_ping` or `/v1/_ping`: no credentials needed.
     Ping,
     /// The bearer token endpoint, answered locally.
@@ -65,6 +69,7 @@ pub fn classify(version: Version, uri: &Uri) -> Result<Route, &'static str> {
     }
     Ok(match path {
         HEALTH_PATH => Route::Health,
+        READY_PATH => Route::Ready,
         crate::authn::token::TOKEN_PATH => Route::Token,
         "/_ping" | "/v1/_ping" => Route::Ping,
         p if p == "/v2" || p.starts_with("/v2/") || p == "/v1" || p.starts_with("/v1/") => {

@@ -124,19 +124,20 @@ impl ProxyState {
                     .display()
             ))
         })?;
-        let tokens = Tokens::load(
-            &config.certs_dir,
-            Duration::from_secs(config.token_ttl_secs),
+        let mut auth = Authenticator::with_limits(
+            config.htpasswd.clone(),
+            Duration::from_secs(config.credential_cache_ttl_secs),
+            config.credential_cache_size,
+            limits,
         );
-        let auth = Arc::new(
-            Authenticator::with_limits(
-                config.htpasswd.clone(),
-                Duration::from_secs(config.credential_cache_ttl_secs),
-                config.credential_cache_size,
-                limits,
-            )
-            .with_tokens(tokens),
-        );
+        // Tokens serve anonymous pulls, which only an access file can allow.
+        if config.acl.is_some() {
+            auth = auth.with_tokens(Tokens::load(
+                &config.certs_dir,
+                Duration::from_secs(config.token_ttl_secs),
+            ));
+        }
+        let auth = Arc::new(auth);
         let upstreams = Upstreams::new(
             targets,
             Duration::from_secs(config.connect_timeout_secs),
@@ -741,6 +742,18 @@ async fn stages(
     }
     match route {
         Route::Health => return Ok((json_response(StatusCode::OK, r#"{"status":"ok"}"#), None)),
+        Route::Ready => {
+            let wait = Duration::from_secs(cfg.connect_timeout_secs.max(1));
+            let resp = match state.upstreams.ready(wait).await {
+                Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#),
+                Err(why) => {
+                    tracing::warn!("not ready: no upstream answers: {why}");
+                    let body = serde_json::json!({"status": "unavailable", "upstreams": why});
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, &body.to_string())
+                }
+            };
+            return Ok((resp, None));
+        }
         Route::Unknown => return Err(Early::new(ProxyError::NotFound, None, req)),
         // The ping bypass is for reads only; any other method on a ping path needs credentials like the API.
         Route::Ping if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {}
@@ -835,12 +848,34 @@ async fn authenticate(
     let claimed = authorization
         .and_then(crate::authn::parse_basic)
         .map(|c| c.user);
+    audit_refusal(
+        state,
+        claimed.as_deref(),
+        client,
+        access,
+        "login",
+        &error,
+        reason,
+    );
+    Err((error, None))
+}
+
+/// Writes a refusal to the audit log: the action is the request's, or `otherwise` when it names no repository.
+fn audit_refusal(
+    state: &ProxyState,
+    user: Option<&str>,
+    client: IpAddr,
+    access: &Access,
+    otherwise: &str,
+    error: &ProxyError,
+    reason: &str,
+) {
     let (repository, action) = match access {
         Access::Repo { repo, action, .. } => (Some(repo.as_str()), action.as_str()),
-        _ => (None, "login"),
+        _ => (None, otherwise),
     };
     state.audit.record(&AuditEvent {
-        user: claimed.as_deref(),
+        user,
         client,
         action,
         repository,
@@ -848,7 +883,6 @@ async fn authenticate(
         status: error.parts().0.as_u16(),
         reason: Some(reason),
     });
-    Err((error, None))
 }
 
 /// What the access rules say of the request; refusals of authenticated users are audited.
@@ -862,20 +896,11 @@ fn authorize(
         Decision::Allow(grant) => Ok((user, grant)),
         Decision::NeedCredentials => Err((ProxyError::Unauthorized, user)),
         Decision::Denied(message) => {
-            let (repository, action) = match access {
-                Access::Repo { repo, action, .. } => (Some(repo.as_str()), action.as_str()),
-                _ => (None, "pull"),
-            };
-            state.audit.record(&AuditEvent {
-                user: user.as_deref(),
-                client,
-                action,
-                repository,
-                reference: None,
-                status: StatusCode::FORBIDDEN.as_u16(),
-                reason: Some(&message),
-            });
-            Err((ProxyError::Denied(message), user))
+            let error = ProxyError::Denied(message);
+            if let ProxyError::Denied(m) = &error {
+                audit_refusal(state, user.as_deref(), client, access, "pull", &error, m);
+            }
+            Err((error, user))
         }
     }
 }

@@ -135,6 +135,35 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// Whether some replica answers `GET /v2/` within `timeout` (each tried in turn): readiness. The error
+    /// says what each replica did.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), String> {
+        let mut why = Vec::new();
+        for target in &self.targets {
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(target.clone())
+                .path_and_query("/v2/")
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut req = Request::new(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *req.uri_mut() = uri;
+            match tokio::time::timeout(timeout, self.client.request(req)).await {
+                Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
+                Ok(Ok(resp)) => why.push(format!("{target}: {}", resp.status())),
+                Ok(Err(e)) => why.push(format!("{target}: {}", error_chain(&e))),
+                Err(_) => why.push(format!("{target}: no answer in {timeout:?}")),
+            }
+        }
+        Err(why.join("; "))
+    }
+}
+
 /// Why [`answer`] gave up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AnswerTimeout {

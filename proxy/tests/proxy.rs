@@ -90,6 +90,37 @@ async fn missing_or_wrong_credentials_get_401_with_challenge() {
     );
 }
 
+/// Readiness follows the registry behind the proxy: 200 while a replica answers, 503 naming what each did when
+/// none does (the proxy itself stays live).
+#[tokio::test]
+async fn readiness_follows_the_upstreams() {
+    let registry = RealRegistry::start();
+    let dead = dead_port().await;
+    let proxy = Proxy::start(vec![format!("http://{dead}"), registry.url()], |c| {
+        c.connect_timeout_secs = 2
+    })
+    .await;
+    let mut c = proxy.client().await;
+    let (parts, body) = c.get("/_berth/ready", None, UA).await;
+    assert_eq!(parts.status, 200, "{body:?}");
+    assert_eq!(&body[..], br#"{"status":"ready"}"#);
+    api_version_once(&parts.headers);
+    drop(registry);
+    let (parts, body) = c.get("/_berth/ready", None, UA).await;
+    assert_eq!(parts.status, 503, "{body:?}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["status"], "unavailable");
+    assert!(
+        v["upstreams"].as_str().unwrap().contains(&dead.to_string()),
+        "{v}"
+    );
+    let (parts, _) = c.get("/_berth/health", None, UA).await;
+    assert_eq!(
+        parts.status, 200,
+        "liveness does not depend on the upstreams"
+    );
+}
+
 #[tokio::test]
 async fn pings_and_health_need_no_credentials() {
     let up = Upstream::start().await;

@@ -17,6 +17,59 @@ pub struct Config {
     pub log: LogConfig,
     /// Garbage collection.
     pub gc: GcConfig,
+    /// Health checks, answered on the debug address (`/debug/health`).
+    pub health: HealthConfig,
+}
+
+/// `[health]`, registry:2's structure: the storage check and file checks.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `[health.storagedriver]`: a small write and read of the storage, on a schedule.
+    pub storagedriver: StorageDriverCheck,
+    /// `[[health.file]]`: a file whose presence makes the node unhealthy (to drain it).
+    pub file: Vec<FileCheck>,
+}
+
+/// `[health.storagedriver]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageDriverCheck {
+    /// Whether the check runs (env `REGISTRY_HEALTH_STORAGEDRIVER_ENABLED`).
+    pub enabled: bool,
+    /// How often (env `REGISTRY_HEALTH_STORAGEDRIVER_INTERVAL`), like `10s`.
+    pub interval: String,
+    /// Failures in a row before the check reports unhealthy (env `REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD`).
+    pub threshold: u32,
+}
+
+impl Default for StorageDriverCheck {
+    fn default() -> Self {
+        StorageDriverCheck {
+            enabled: true,
+            interval: "10s".into(),
+            threshold: 3,
+        }
+    }
+}
+
+/// `[[health.file]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileCheck {
+    /// The file whose presence makes the node unhealthy.
+    pub file: PathBuf,
+    /// How often it is looked for, like `10s`.
+    pub interval: String,
+}
+
+impl Default for FileCheck {
+    fn default() -> Self {
+        FileCheck {
+            file: PathBuf::new(),
+            interval: "10s".into(),
+        }
+    }
 }
 
 /// `[gc]`: online garbage collection (docs/gc.md). Durations are written like `90s`, `10m`, `24h`, `7d` or
@@ -186,6 +239,16 @@ pub struct HttpConfig {
     pub relative_urls: bool,
     /// Largest manifest accepted, in bytes.
     pub max_manifest_bytes: u64,
+    /// `[http.debug]`: the debug address.
+    pub debug: DebugConfig,
+}
+
+/// `[http.debug]`: a second listener, for operators only (health; keep it off the public network).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// `host:port` or `:port` (env `REGISTRY_HTTP_DEBUG_ADDR`); unset: no debug listener.
+    pub addr: Option<String>,
 }
 
 /// `[storage]`
@@ -349,6 +412,7 @@ impl Default for HttpConfig {
             host: None,
             relative_urls: false,
             max_manifest_bytes: 4 * 1024 * 1024,
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -412,6 +476,19 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("AWS_ENDPOINT_URL", "storage.s3.region_endpoint when unset"),
     ("REGISTRY_LOG_LEVEL", "log.level"),
+    ("REGISTRY_HTTP_DEBUG_ADDR", "http.debug.addr"),
+    (
+        "REGISTRY_HEALTH_STORAGEDRIVER_ENABLED",
+        "health.storagedriver.enabled",
+    ),
+    (
+        "REGISTRY_HEALTH_STORAGEDRIVER_INTERVAL",
+        "health.storagedriver.interval",
+    ),
+    (
+        "REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD",
+        "health.storagedriver.threshold",
+    ),
     ("BERTH_GC_INTERVAL", "gc.interval"),
     ("BERTH_GC_GRACE", "gc.grace"),
     ("BERTH_GC_DELETE_UNTAGGED", "gc.delete_untagged"),
@@ -502,6 +579,14 @@ fn apply_s3_env(
     }
 }
 
+/// `host:port`, or `:port` for all interfaces.
+fn socket_addr(a: &str) -> Result<SocketAddr, std::net::AddrParseError> {
+    match a.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}").parse(),
+        None => a.parse(),
+    }
+}
+
 impl Config {
     /// Loads `file` (if given), applies environment overrides read through `env`, and validates.
     /// Every problem is reported, each naming its key.
@@ -546,6 +631,26 @@ impl Config {
         }
         if let Some(v) = env("REGISTRY_LOG_LEVEL") {
             config.log.level = v;
+        }
+        if let Some(v) = env("REGISTRY_HTTP_DEBUG_ADDR") {
+            config.http.debug.addr = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = non_empty(env("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED")) {
+            if let Some(b) = parse_bool("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED", &v, &mut problems)
+            {
+                config.health.storagedriver.enabled = b;
+            }
+        }
+        if let Some(v) = non_empty(env("REGISTRY_HEALTH_STORAGEDRIVER_INTERVAL")) {
+            config.health.storagedriver.interval = v;
+        }
+        if let Some(v) = non_empty(env("REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD")) {
+            match v.trim().parse::<u32>() {
+                Ok(n) => config.health.storagedriver.threshold = n,
+                Err(_) => problems.push(format!(
+                    "REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD: {v:?} is not a number"
+                )),
+            }
         }
         if let Some(v) = non_empty(env("BERTH_STORAGE_MIN_FREE")) {
             config.storage.min_free = v;
@@ -605,6 +710,35 @@ impl Config {
             StorageDriver::S3 => p.extend(self.storage.s3.validate()),
         }
         p.extend(self.gc.validate());
+        if self.http.debug.addr.is_some() && self.debug_addr().is_none_or(|a| a.is_err()) {
+            p.push(format!(
+                "http.debug.addr: {:?} is not an address like 127.0.0.1:5001 or :5001",
+                self.http.debug.addr.as_deref().unwrap_or_default()
+            ));
+        }
+        let sd = &self.health.storagedriver;
+        match parse_duration(&sd.interval) {
+            Ok(d) if d.is_zero() => {
+                p.push("health.storagedriver.interval: must be greater than 0".into())
+            }
+            Ok(_) => {}
+            Err(e) => p.push(format!("health.storagedriver.interval: {e}")),
+        }
+        if sd.threshold == 0 {
+            p.push("health.storagedriver.threshold: must be at least 1".into());
+        }
+        for (i, f) in self.health.file.iter().enumerate() {
+            if f.file.as_os_str().is_empty() {
+                p.push(format!("health.file[{i}].file: must not be empty"));
+            }
+            match parse_duration(&f.interval) {
+                Ok(d) if d.is_zero() => {
+                    p.push(format!("health.file[{i}].interval: must be greater than 0"))
+                }
+                Ok(_) => {}
+                Err(e) => p.push(format!("health.file[{i}].interval: {e}")),
+            }
+        }
         if let Err(e) = parse_min_free(&self.storage.min_free) {
             p.push(format!("storage.min_free: {e}"));
         }
@@ -639,12 +773,12 @@ impl Config {
 
     /// The listen address; `:5000` means all interfaces.
     pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
-        let a = &self.http.addr;
-        if let Some(port) = a.strip_prefix(':') {
-            format!("0.0.0.0:{port}").parse()
-        } else {
-            a.parse()
-        }
+        socket_addr(&self.http.addr)
+    }
+
+    /// The debug address, when one is configured; `:5001` means all interfaces.
+    pub fn debug_addr(&self) -> Option<Result<SocketAddr, std::net::AddrParseError>> {
+        self.http.debug.addr.as_deref().map(socket_addr)
     }
 
     /// The external base URL without a trailing slash, if configured.

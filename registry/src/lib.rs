@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod linger;
 pub mod oci;
 pub mod paths;

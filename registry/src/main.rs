@@ -217,13 +217,37 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let debug = match app.config.debug_addr() {
+            Some(Ok(addr)) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("berth-registry: cannot listen on {addr} (http.debug.addr): {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            _ => None,
+        };
         let local = listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(listen = %local, storage = %root, "berth-registry listening");
-        // Scripts and tests read this line to learn the bound port.
-        println!("berth-registry listening on {local}");
+        // Scripts and tests read these lines to learn the bound ports (a reader that went away is no error).
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "berth-registry listening on {local}");
+            if let Some(d) = &debug {
+                let addr = d.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(debug = %addr, "debug listener: {}", berth_registry::health::HEALTH_PATH);
+                let _ = writeln!(out, "berth-registry debug on {addr}");
+            }
+            let _ = out.flush();
+        }
+        if let Some(d) = debug {
+            let health = berth_registry::health::Health::spawn(&app);
+            tokio::spawn(berth_registry::health::serve_debug(d, health, std::future::pending()));
+        }
         match app.store.storage().space().await {
             Ok(Some(sp)) => tracing::info!(
                 free = %berth_registry::storage::human_bytes(sp.available),

@@ -11,40 +11,8 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::tools::run;
-use common::{files_under, full, sha256, Registry};
+use common::{files_under, full, sha256, Registry, Tmpfs};
 use http::{Method, StatusCode};
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("mount(8)");
-        assert!(
-            out.status.success(),
-            "cannot mount a {size} tmpfs (the disk-full tests need root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
 
 fn random(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];

@@ -22,6 +22,8 @@ pub type ReqBody = BoxBody<Bytes, std::io::Error>;
 pub struct Registry {
     /// The process, when this one started it (none for a client of another registry).
     pub child: Option<Child>,
+    /// What the process prints after its first line (the debug address, when configured).
+    stdout: Option<BufReader<std::process::ChildStdout>>,
     pub addr: String,
     pub root: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -92,6 +94,16 @@ impl Registry {
 
     /// Starts the binary with its standard error (the logs) going to `log` when given.
     pub fn start_logged(root: &Path, env: &[(&str, &str)], log: Option<&Path>) -> Registry {
+        Registry::start_with_args(root, env, log, &[])
+    }
+
+    /// [`Registry::start_logged`] with command-line arguments (`--config FILE`).
+    pub fn start_with_args(
+        root: &Path,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+        args: &[&str],
+    ) -> Registry {
         let stderr = match log {
             Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
             None => Stdio::inherit(),
@@ -106,12 +118,11 @@ impl Registry {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd.args(args);
         let mut child = cmd.spawn().expect("spawn berth-registry");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listen line");
+        stdout.read_line(&mut line).expect("read listen line");
         let addr = line
             .trim()
             .strip_prefix("berth-registry listening on ")
@@ -120,6 +131,7 @@ impl Registry {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Registry {
             child: Some(child),
+            stdout: Some(stdout),
             addr,
             root: root.to_path_buf(),
             _dir: None,
@@ -131,11 +143,23 @@ impl Registry {
     pub fn remote(addr: &str) -> Registry {
         Registry {
             child: None,
+            stdout: None,
             addr: addr.to_string(),
             root: PathBuf::new(),
             _dir: None,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// The next line the process printed (after the listen line).
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .as_mut()
+            .expect("a started registry")
+            .read_line(&mut line)
+            .expect("read a line");
+        line.trim().to_string()
     }
 
     pub fn pid(&self) -> u32 {
@@ -326,4 +350,52 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped. Mounting needs root, as CI has; without it the test
+/// fails with that reason (it never skips).
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount(8)");
+        assert!(
+            out.status.success(),
+            "cannot mount a {size} tmpfs (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Makes the filesystem read-only (`true`) or writable again.
+    pub fn read_only(&self, ro: bool) {
+        let opt = if ro { "remount,ro" } else { "remount,rw" };
+        let out = Command::new("mount")
+            .args(["-o", opt])
+            .arg(self.dir.path())
+            .output()
+            .expect("mount(8)");
+        assert!(
+            out.status.success(),
+            "mount -o {opt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
 }
