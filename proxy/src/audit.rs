@@ -43,14 +43,6 @@ pub const REFUSALS_PER_SECOND: u32 = 50;
 /// Longest user name written (a name is what the client claims, whatever its length).
 const USER_MAX: usize = 256;
 
-fn cut(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 impl AuditLog {
     /// Audit lines on the log output, and appended to `path` when given (made 0640 when missing).
     pub fn open(path: Option<&Path>) -> std::io::Result<AuditLog> {
@@ -90,7 +82,7 @@ impl AuditLog {
             r.1 += 1;
             suppressed = Some(std::mem::take(&mut r.2)).filter(|&n| n > 0);
         }
-        let user = e.user.map(|u| cut(u, USER_MAX));
+        let user = e.user.map(|u| crate::authn::cut_name(u, USER_MAX));
         tracing::info!(
             target: "berth_proxy::audit",
             user = user.unwrap_or("-"),

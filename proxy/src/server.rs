@@ -848,13 +848,14 @@ async fn authenticate(
     let claimed = authorization
         .and_then(crate::authn::parse_basic)
         .map(|c| c.user);
+    let status = error.parts().0.as_u16();
     audit_refusal(
         state,
         claimed.as_deref(),
         client,
         access,
         "login",
-        &error,
+        status,
         reason,
     );
     Err((error, None))
@@ -867,7 +868,7 @@ fn audit_refusal(
     client: IpAddr,
     access: &Access,
     otherwise: &str,
-    error: &ProxyError,
+    status: u16,
     reason: &str,
 ) {
     let (repository, action) = match access {
@@ -880,7 +881,7 @@ fn audit_refusal(
         action,
         repository,
         reference: None,
-        status: error.parts().0.as_u16(),
+        status,
         reason: Some(reason),
     });
 }
@@ -896,11 +897,17 @@ fn authorize(
         Decision::Allow(grant) => Ok((user, grant)),
         Decision::NeedCredentials => Err((ProxyError::Unauthorized, user)),
         Decision::Denied(message) => {
-            let error = ProxyError::Denied(message);
-            if let ProxyError::Denied(m) = &error {
-                audit_refusal(state, user.as_deref(), client, access, "pull", &error, m);
-            }
-            Err((error, user))
+            let status = StatusCode::FORBIDDEN.as_u16();
+            audit_refusal(
+                state,
+                user.as_deref(),
+                client,
+                access,
+                "pull",
+                status,
+                &message,
+            );
+            Err((ProxyError::Denied(message), user))
         }
     }
 }
@@ -951,10 +958,11 @@ async fn token(state: &ProxyState, req: Request<Incoming>, client: IpAddr) -> St
         _ => return Err(Early::new(ProxyError::NotFound, None, req)),
     };
     // A token is had for a password, or for nothing: not for another token (that would renew it for ever).
-    let bearer = req.headers().get(header::AUTHORIZATION).is_some_and(|v| {
-        v.as_bytes().len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ")
-    });
-    if bearer {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| crate::authn::bearer(v.as_bytes()));
+    if bearer.is_some() {
         return Err(Early::new(ProxyError::Unauthorized, None, req));
     }
     let user = match authenticate(state, &req, client, &Access::Login).await {

@@ -135,8 +135,17 @@ impl Drop for CheckEntry<'_> {
     }
 }
 
+/// `name` cut to at most `max` bytes at a character boundary (a claimed user name can be any length).
+pub fn cut_name(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
 /// The token of an `Authorization: Bearer` header.
-fn bearer(header: &[u8]) -> Option<&str> {
+pub(crate) fn bearer(header: &[u8]) -> Option<&str> {
     let value = std::str::from_utf8(header).ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -321,7 +330,7 @@ impl Authenticator {
         }
         // A pair that failed too often is refused before anything else, even a header verified before: a
         // guess that hit the cache would otherwise tell the guesser it was right.
-        if !self.users_throttle.is_empty() {
+        if self.users_throttle.any_locked() {
             if let Some(wait) = parse_basic(header)
                 .and_then(|creds| self.users_throttle.locked(&creds.user, client))
             {

@@ -122,30 +122,37 @@ const USER_KEY_MAX: usize = 256;
 /// failure locks the pair for `user_backoff`, doubling up to `user_backoff_max`. A locked pair is refused
 /// without a hash; a success clears the pair. The name is the one claimed, whether or not it exists, so
 /// refusals tell nothing about which names do.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct UserThrottle {
     map: Mutex<HashMap<(Box<str>, IpAddr), PairState>>,
-    /// Pairs remembered, readable without the lock (the common case, none, costs one load per request).
-    count: std::sync::atomic::AtomicUsize,
+    /// When the latest lock of any pair ends, in nanoseconds after `epoch`: once it has passed no pair is
+    /// locked, and a request costs one load however many pairs are remembered.
+    locks_end: std::sync::atomic::AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for UserThrottle {
+    fn default() -> Self {
+        UserThrottle {
+            map: Mutex::default(),
+            locks_end: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 fn user_key(user: &str, ip: IpAddr) -> (Box<str>, IpAddr) {
-    let mut end = user.len().min(USER_KEY_MAX);
-    while !user.is_char_boundary(end) {
-        end -= 1;
-    }
-    (user[..end].into(), client_key(ip))
+    (super::cut_name(user, USER_KEY_MAX).into(), client_key(ip))
 }
 
 impl UserThrottle {
-    /// Whether no pair is remembered.
-    pub(super) fn is_empty(&self) -> bool {
-        self.count.load(std::sync::atomic::Ordering::Relaxed) == 0
+    fn since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn counted(&self, map: &HashMap<(Box<str>, IpAddr), PairState>) {
-        self.count
-            .store(map.len(), std::sync::atomic::Ordering::Relaxed);
+    /// Whether some pair may be locked now.
+    pub(super) fn any_locked(&self) -> bool {
+        self.since_epoch(Instant::now()) < self.locks_end.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long the pair is still locked, if it is.
@@ -197,7 +204,9 @@ impl UserThrottle {
         p.locked_until = now + lock;
         // Remembered for as long as the longest lock after this one, so a slow guesser keeps climbing.
         p.forget_at = p.locked_until + limits.user_backoff_max.max(limits.failure_window);
-        self.counted(&map);
+        let end = self.since_epoch(p.locked_until);
+        self.locks_end
+            .fetch_max(end, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A successful check of `user` from `ip` clears the pair.
@@ -205,7 +214,6 @@ impl UserThrottle {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if !map.is_empty() {
             map.remove(&user_key(user, ip));
-            self.counted(&map);
         }
     }
 

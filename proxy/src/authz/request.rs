@@ -94,12 +94,13 @@ impl Access {
                 return Access::Login;
             }
             // Starting a session, a single-request upload (`?digest=`), or a mount.
-            let mount = (*method == Method::POST)
-                .then(|| query_param(uri, "mount").map(|_| query_param(uri, "from")))
-                .flatten();
-            let audited = (*method == Method::POST)
-                .then(|| query_param(uri, "mount").or_else(|| query_param(uri, "digest")))
-                .flatten();
+            let (mount, audited) = if *method == Method::POST {
+                let mounted = query_param(uri, "mount");
+                let from = mounted.as_ref().map(|_| query_param(uri, "from"));
+                (from, mounted.or_else(|| query_param(uri, "digest")))
+            } else {
+                (None, None)
+            };
             return Access::Repo {
                 repo: name.to_string(),
                 action: Action::Push,
