@@ -7,8 +7,6 @@ pub mod rules;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use berth_glob::RepoFilter;
-
 use crate::watch::{stamp, FileStamp};
 pub use request::{Access, Action};
 pub use rules::{Rules, RulesError};
@@ -205,11 +203,6 @@ impl Authorizer {
                 })
             }
         }
-    }
-
-    /// The repositories `user` may pull (everything without an access file).
-    pub fn pull_filter(&self, user: Option<&str>) -> Option<RepoFilter> {
-        self.rules().map(|r| r.pull_filter(user))
     }
 }
 

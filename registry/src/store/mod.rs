@@ -478,7 +478,7 @@ impl RegistryStore {
 
     /// Every repository name, sorted: folders under `repositories/` that hold `_manifests`.
     pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
-        Ok(self.catalog_page(None, None).await?.0)
+        self.catalog_of(None).await
     }
 
     /// Every repository name `filter` allows, sorted.
