@@ -365,12 +365,22 @@ async fn serve_async(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     // Loading the certificate and the htpasswd file (and hashing the dummy password) blocks: not on a runtime
     // thread.
-    let server = tokio::task::spawn_blocking(move || crate::server::Server::new(config, listener))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let mut server =
+        tokio::task::spawn_blocking(move || crate::server::Server::new(config, listener))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     let local = server.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("listening on {local}");
+    match server.bind_metrics().await {
+        Ok(Some(m)) => tracing::info!("metrics on http://{m}{}", crate::metrics::METRICS_PATH),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(format!(
+                "metrics_listen (BERTH_METRICS_LISTEN): cannot listen: {e}"
+            ))
+        }
+    }
     let cert = server.cert();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| e.to_string())?;

@@ -92,6 +92,9 @@ pub struct Config {
     /// A file the audit log (pushes, deletes, refusals) is appended to as JSON lines (`BERTH_AUDIT_LOG`);
     /// it always goes to the log output too, target `berth_proxy::audit`.
     pub audit_log: Option<PathBuf>,
+    /// Where Prometheus metrics are served, plain HTTP, `host:port` (`BERTH_METRICS_LISTEN`, for example
+    /// `127.0.0.1:9043`); unset: no metrics listener. Keep it off the public network.
+    pub metrics_listen: Option<String>,
     /// How long a bearer token from `/_berth/token` is valid, in seconds (used when the access rules let
     /// anonymous clients pull).
     pub token_ttl_secs: u64,
@@ -172,6 +175,7 @@ impl Default for Config {
             auth_user_backoff_max_secs: 900,
             acl: None,
             audit_log: None,
+            metrics_listen: None,
             token_ttl_secs: 300,
             htpasswd_poll_ms: 1000,
             connect_timeout_secs: 5,
@@ -358,6 +362,9 @@ impl Config {
         if let Some(v) = env.var("BERTH_AUDIT_LOG") {
             self.audit_log = Some(PathBuf::from(v)).filter(|v| !v.as_os_str().is_empty());
         }
+        if let Some(v) = env.var("BERTH_METRICS_LISTEN") {
+            self.metrics_listen = Some(v).filter(|v| !v.trim().is_empty());
+        }
         if let Some(v) = env.var("BERTH_CERTS_DIR") {
             self.certs_dir = PathBuf::from(v);
         }
@@ -513,6 +520,14 @@ impl Config {
         }
         if self.acl.as_ref().is_some_and(|a| a.as_os_str().is_empty()) {
             p.push(problem("acl (BERTH_ACL)", "must not be empty"));
+        }
+        if let Some(m) = &self.metrics_listen {
+            if m.parse::<SocketAddr>().is_err() {
+                p.push(problem(
+                    "metrics_listen (BERTH_METRICS_LISTEN)",
+                    format!("{m:?} is not an address like 127.0.0.1:9043"),
+                ));
+            }
         }
         if self.max_connections == 0 {
             p.push(problem("max_connections", "must be greater than 0"));

@@ -14,6 +14,7 @@ pub mod error;
 pub mod filter;
 pub mod forward;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod tls;
 pub mod upstream;

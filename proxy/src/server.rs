@@ -31,6 +31,7 @@ use crate::forward::{
     MeteredBody, ProxyBody, Route, API_VERSION, API_VERSION_HEADER,
 };
 use crate::log::AccessRecord;
+use crate::metrics::Metrics;
 use crate::tls::{server_config, server_paths, ReloadableCert, TlsError};
 use crate::upstream::Upstreams;
 use berth_net::{discard_body, LingerBounds, Lingering};
@@ -67,6 +68,7 @@ pub struct ProxyState {
     filter: UserAgentFilter,
     upstreams: Upstreams,
     trusted: Vec<ipnet::IpNet>,
+    metrics: Arc<Metrics>,
 }
 
 impl ProxyState {
@@ -124,6 +126,11 @@ impl ProxyState {
                     .display()
             ))
         })?;
+        let metrics = Arc::new(if config.metrics_listen.is_some() {
+            Metrics::new()
+        } else {
+            Metrics::disabled()
+        });
         let mut auth = Authenticator::with_limits(
             config.htpasswd.clone(),
             Duration::from_secs(config.credential_cache_ttl_secs),
@@ -137,12 +144,16 @@ impl ProxyState {
                 Duration::from_secs(config.token_ttl_secs),
             ));
         }
+        if metrics.enabled() {
+            auth = auth.with_cache_hits(metrics.auth.with_label_values(&["cache_hit"]));
+        }
         let auth = Arc::new(auth);
         let upstreams = Upstreams::new(
             targets,
             Duration::from_secs(config.connect_timeout_secs),
             Duration::from_secs(config.read_timeout_secs),
-        );
+        )
+        .with_metrics(Arc::clone(&metrics));
         Ok(ProxyState {
             config,
             auth,
@@ -151,7 +162,13 @@ impl ProxyState {
             filter,
             upstreams,
             trusted,
+            metrics,
         })
+    }
+
+    /// The metrics every stage increments.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The authenticator (its cache, its reload).
@@ -185,6 +202,7 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     cert: Arc<ReloadableCert>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -201,7 +219,20 @@ impl Server {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             cert,
+            metrics_listener: None,
         })
+    }
+
+    /// Binds `metrics_listen` when it is set, so that `run` serves the metrics there; returns the address
+    /// bound (`None` when metrics are off).
+    pub async fn bind_metrics(&mut self) -> std::io::Result<Option<SocketAddr>> {
+        let Some(addr) = self.state.config.metrics_listen.as_deref() else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        self.metrics_listener = Some(listener);
+        Ok(Some(local))
     }
 
     /// The address actually listened on.
@@ -221,7 +252,7 @@ impl Server {
 
     /// Serve until `shutdown` completes, then stop accepting and let open exchanges finish for up to
     /// `shutdown_grace_secs`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let cfg = &self.state.config;
         let watcher = self
             .state
@@ -237,6 +268,12 @@ impl Server {
             Duration::from_secs(cfg.cert_renew_check_secs),
             Duration::from_secs(cfg.cert_renew_before_days.saturating_mul(86_400)),
         );
+        let metrics_task = self.metrics_listener.take().map(|l| {
+            let (state, cert) = (Arc::clone(&self.state), Arc::clone(&self.cert));
+            let handler: crate::metrics::AdminHandler =
+                Arc::new(move |req| Box::pin(admin(Arc::clone(&state), Arc::clone(&cert), req)));
+            tokio::spawn(crate::metrics::serve(l, handler, std::future::pending()))
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -300,8 +337,12 @@ impl Server {
             let state = Arc::clone(&self.state);
             let builder = Arc::clone(&builder);
             let mut closing = closing_rx.clone();
+            let open = crate::metrics::OpenConnection::start(&state.metrics);
             tokio::spawn(async move {
-                let Some(tls) = handshake(acceptor, tcp, peer, handshake_timeout).await else {
+                let _open = open;
+                let Some(tls) =
+                    handshake(acceptor, tcp, peer, handshake_timeout, &state.metrics).await
+                else {
                     return;
                 };
                 // Holds the connection's slot until the connection has finished lingering.
@@ -356,7 +397,43 @@ impl Server {
             w.abort();
         }
         renewal.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         Ok(())
+    }
+}
+
+/// The operator listener (`metrics_listen`): `/metrics`, and the health and readiness probes in plain HTTP.
+async fn admin(
+    state: Arc<ProxyState>,
+    cert: Arc<ReloadableCert>,
+    req: Request<Incoming>,
+) -> Response<http_body_util::Full<bytes::Bytes>> {
+    use crate::metrics::{metrics_response, text_response, METRICS_PATH};
+    if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+        return text_response(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match req.uri().path() {
+        METRICS_PATH => {
+            crate::tls::note_expiry(&state.metrics, &cert, &state.config.certs_dir);
+            metrics_response(&state.metrics)
+        }
+        crate::forward::HEALTH_PATH => text_response(StatusCode::OK, "ok\n"),
+        crate::forward::READY_PATH => {
+            let wait = Duration::from_secs(state.config.connect_timeout_secs.max(1));
+            match state.upstreams.ready(wait).await {
+                Ok(()) => text_response(StatusCode::OK, "ready\n"),
+                Err(why) => text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("no upstream answers: {why}\n"),
+                ),
+            }
+        }
+        _ => text_response(
+            StatusCode::NOT_FOUND,
+            "only /metrics, /_berth/health, /_berth/ready here\n",
+        ),
     }
 }
 
@@ -505,13 +582,22 @@ async fn handshake(
     mut tcp: TcpStream,
     peer: SocketAddr,
     timeout: Duration,
+    metrics: &Metrics,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let failed = |why: &str| metrics.handshake(why);
     // One deadline for the whole handshake (first byte, plain-HTTP answer, TLS), not one per step.
     let deadline = tokio::time::Instant::now() + timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => {}
-        _ => return None,
+        Err(_) => {
+            failed("timeout");
+            return None;
+        }
+        _ => {
+            failed("closed");
+            return None;
+        }
     }
     if first[0] != 0x16 {
         // Not a TLS handshake record: most likely plain HTTP sent to the TLS port.
@@ -538,18 +624,41 @@ async fn handshake(
             .await;
         }
         tracing::debug!(%peer, "plain HTTP on the TLS port refused");
+        failed("plain_http");
         return None;
     }
     match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => Some(tls),
+        Ok(Ok(tls)) => {
+            failed("ok");
+            Some(tls)
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
+            failed(handshake_failure(&e));
             None
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            failed("timeout");
             None
         }
+    }
+}
+
+/// Why a handshake failed, in a few words fit for a label.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(_)) => "alert",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+            | rustls::Error::PeerMisbehaved(_),
+        ) => "protocol",
+        Some(_) => "other",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "closed",
+        None => "other",
     }
 }
 
@@ -616,6 +725,7 @@ async fn handle(
         // Content-Length stays what a GET would have had.
         resp = resp.map(|_| http_body_util::Empty::new().map_err(|e| match e {}).boxed());
     }
+    let metrics = Arc::clone(&state.metrics);
     let record = AccessRecord {
         client: peer,
         user,
@@ -635,6 +745,14 @@ async fn handle(
             .idle_timeout(read_timeout)
             .on_drop(Box::new(move || {
                 record.emit();
+                metrics.request_done(
+                    crate::metrics::route_index(&record.path),
+                    &record.method,
+                    record.status,
+                    record.start.elapsed(),
+                    record.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                    record.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+                );
                 drop(in_flight);
             }));
         // HTTP/2 sends data in frames of at most 16 KiB (the client's default SETTINGS_MAX_FRAME_SIZE), and a
@@ -827,10 +945,18 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     let failure = match state.auth.authenticate_from(authorization, client).await {
-        Ok(user) => return Ok(Some(user)),
+        Ok(user) => {
+            state.metrics.auth("success");
+            return Ok(Some(user));
+        }
         Err(AuthFailure::Missing) => return Ok(None),
         Err(f) => f,
     };
+    state.metrics.auth(match failure {
+        AuthFailure::Throttled(_) => "throttled",
+        AuthFailure::Busy => "busy",
+        _ => "failure",
+    });
     let (error, reason) = match failure {
         AuthFailure::Rejected => (ProxyError::Unauthorized, "credentials rejected"),
         AuthFailure::Throttled(wait) => (

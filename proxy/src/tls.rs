@@ -319,6 +319,30 @@ pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<rustls::ServerConf
     Ok(cfg)
 }
 
+/// Sets the certificate expiry gauges: the certificate served now, and the dev CA when there is one.
+pub fn note_expiry(metrics: &crate::metrics::Metrics, cert: &ReloadableCert, certs_dir: &Path) {
+    let not_after = |der: &[u8]| {
+        x509_parser::parse_x509_certificate(der)
+            .ok()
+            .map(|(_, c)| c.validity().not_after.timestamp())
+    };
+    if let Some(t) = cert
+        .current()
+        .cert
+        .first()
+        .and_then(|c| not_after(c.as_ref()))
+    {
+        metrics.cert_expiry.with_label_values(&["server"]).set(t);
+    }
+    let ca_path = certs_dir.join(ca::CA_CERT);
+    if let Some(t) = CertificateDer::from_pem_file(&ca_path)
+        .ok()
+        .and_then(|der| not_after(der.as_ref()))
+    {
+        metrics.cert_expiry.with_label_values(&["ca"]).set(t);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

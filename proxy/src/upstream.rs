@@ -28,6 +28,7 @@ pub struct Upstreams {
     next: AtomicUsize,
     client: Client<HttpConnector, ProxyBody>,
     read_timeout: Duration,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -54,7 +55,37 @@ impl Upstreams {
             next: AtomicUsize::new(0),
             client,
             read_timeout,
+            metrics: None,
         }
+    }
+
+    /// Counts upstream errors and tracks each replica's state in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        if !metrics.enabled() {
+            return self;
+        }
+        for t in &self.targets {
+            metrics.upstream_up.with_label_values(&[t.as_str()]).set(1);
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Records how reaching `target` went: `None` for an answer, else the kind of error.
+    fn note(&self, target: &Authority, error: Option<&str>) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let up = match error {
+            None => 1,
+            Some(kind) => {
+                m.upstream_errors
+                    .with_label_values(&[target.as_str(), kind])
+                    .inc();
+                i64::from(kind != "connect")
+            }
+        };
+        m.upstream_up.with_label_values(&[target.as_str()]).set(up);
     }
 
     /// Send a request (its headers already rewritten) to the next replica, trying the others when a connection
@@ -103,12 +134,19 @@ impl Upstreams {
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = parts.headers.clone();
             match answer(self.client.request(req), &progress, self.read_timeout).await {
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => {
+                    self.note(target, None);
+                    return Ok(resp);
+                }
                 Ok(Err(e)) => {
                     if let Some(fault) = progress.client_fault() {
                         tracing::debug!(upstream = %target, "request body failed on the client side: {}", error_chain(&e));
                         return Err(fault);
                     }
+                    self.note(
+                        target,
+                        Some(if e.is_connect() { "connect" } else { "failed" }),
+                    );
                     let body_unread = slot.lock().map(|s| s.is_some()).unwrap_or(false);
                     if e.is_connect() && body_unread && i + 1 < n {
                         tracing::warn!(
@@ -122,10 +160,12 @@ impl Upstreams {
                     return Err(ProxyError::UpstreamUnavailable);
                 }
                 Err(AnswerTimeout::BodyNotTaken) => {
+                    self.note(target, Some("timeout"));
                     tracing::warn!(upstream = %target, "upstream stopped reading the request body for the read timeout");
                     return Err(ProxyError::UpstreamTimeout);
                 }
                 Err(AnswerTimeout::NoAnswer) => {
+                    self.note(target, Some("timeout"));
                     tracing::warn!(upstream = %target, "upstream did not answer within the read timeout after the request body");
                     return Err(ProxyError::UpstreamTimeout);
                 }
@@ -153,7 +193,14 @@ impl Upstreams {
                     .boxed(),
             );
             *req.uri_mut() = uri;
-            match tokio::time::timeout(timeout, self.client.request(req)).await {
+            let answered = tokio::time::timeout(timeout, self.client.request(req)).await;
+            if let Some(m) = &self.metrics {
+                let up = matches!(&answered, Ok(Ok(_)));
+                m.upstream_up
+                    .with_label_values(&[target.as_str()])
+                    .set(i64::from(up));
+            }
+            match answered {
                 Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
                 Ok(Ok(resp)) => why.push(format!("{target}: {}", resp.status())),
                 Ok(Err(e)) => why.push(format!("{target}: {}", error_chain(&e))),

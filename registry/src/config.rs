@@ -19,7 +19,106 @@ pub struct Config {
     pub gc: GcConfig,
     /// Health checks, answered on the debug address (`/debug/health`).
     pub health: HealthConfig,
+    /// Webhooks on push, pull, mount and delete (docs/notifications.md).
+    pub notifications: NotificationsConfig,
 }
+
+/// `[notifications]`: registry:2's structure (a YAML `notifications:` block translates key for key), plus the
+/// spool that keeps undelivered events across restarts.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// `[notifications.events]`
+    pub events: EventsConfig,
+    /// `[[notifications.endpoints]]`: where events are sent.
+    pub endpoints: Vec<Endpoint>,
+    /// `[notifications.spool]`: where events wait until every endpoint has them.
+    pub spool: SpoolConfig,
+}
+
+/// `[notifications.events]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Add the descriptors a manifest references to its push and pull events
+    /// (env `REGISTRY_NOTIFICATIONS_EVENTS_INCLUDEREFERENCES`).
+    pub includereferences: bool,
+}
+
+/// `[[notifications.endpoints]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoint {
+    /// The endpoint's name, in logs and as the `endpoint` label of the notification metrics.
+    pub name: String,
+    /// Where events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// Headers added to every delivery, each with a list of values (`Authorization = ["Bearer ..."]`).
+    pub headers: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long one delivery may take, like `1s` (default `1s`).
+    pub timeout: String,
+    /// Failures in a row before deliveries wait `backoff` between attempts (default 10).
+    pub threshold: u32,
+    /// The wait between attempts once `threshold` is reached, like `1s` (default `1s`).
+    pub backoff: String,
+    /// Media types whose events this endpoint does not get.
+    pub ignoredmediatypes: Vec<String>,
+    /// `[notifications.endpoints.ignore]`: more events this endpoint does not get.
+    pub ignore: IgnoreConfig,
+    /// Whether the endpoint is off.
+    pub disabled: bool,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint {
+            name: String::new(),
+            url: String::new(),
+            headers: Default::default(),
+            timeout: "1s".into(),
+            threshold: 10,
+            backoff: "1s".into(),
+            ignoredmediatypes: Vec::new(),
+            ignore: IgnoreConfig::default(),
+            disabled: false,
+        }
+    }
+}
+
+/// `[notifications.endpoints.ignore]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IgnoreConfig {
+    /// Media types (of the event's target) not sent.
+    pub mediatypes: Vec<String>,
+    /// Actions (`push`, `pull`, `mount`, `delete`) not sent.
+    pub actions: Vec<String>,
+}
+
+/// `[notifications.spool]`: berth's own. Events are written here before the request that caused them is
+/// answered, and removed once every endpoint has them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The most events kept; when full, the oldest undelivered ones are dropped (and counted)
+    /// (env `BERTH_NOTIFICATIONS_SPOOL_MAXEVENTS`).
+    pub maxevents: u64,
+    /// This registry's spool among others in one bucket: replicas sharing storage need distinct names
+    /// (env `BERTH_NOTIFICATIONS_SPOOL_NODE`). Default: `local` on a filesystem, the host name on S3.
+    pub node: Option<String>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            maxevents: 100_000,
+            node: None,
+        }
+    }
+}
+
+/// The actions events have.
+pub const EVENT_ACTIONS: [&str; 4] = ["push", "pull", "mount", "delete"];
 
 /// `[health]`, registry:2's structure: the storage check and file checks.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -249,6 +348,27 @@ pub struct HttpConfig {
 pub struct DebugConfig {
     /// `host:port` or `:port` (env `REGISTRY_HTTP_DEBUG_ADDR`); unset: no debug listener.
     pub addr: Option<String>,
+    /// `[http.debug.prometheus]`: metrics on the debug listener.
+    pub prometheus: PrometheusConfig,
+}
+
+/// `[http.debug.prometheus]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Serve the metrics (env `REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED`).
+    pub enabled: bool,
+    /// Their path (env `REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH`), default `/metrics`.
+    pub path: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: false,
+            path: "/metrics".into(),
+        }
+    }
 }
 
 /// `[storage]`
@@ -478,6 +598,23 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("REGISTRY_LOG_LEVEL", "log.level"),
     ("REGISTRY_HTTP_DEBUG_ADDR", "http.debug.addr"),
     (
+        "REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED",
+        "http.debug.prometheus.enabled",
+    ),
+    (
+        "REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH",
+        "http.debug.prometheus.path",
+    ),
+    (
+        "REGISTRY_NOTIFICATIONS_EVENTS_INCLUDEREFERENCES",
+        "notifications.events.includereferences",
+    ),
+    (
+        "BERTH_NOTIFICATIONS_SPOOL_MAXEVENTS",
+        "notifications.spool.maxevents",
+    ),
+    ("BERTH_NOTIFICATIONS_SPOOL_NODE", "notifications.spool.node"),
+    (
         "REGISTRY_HEALTH_STORAGEDRIVER_ENABLED",
         "health.storagedriver.enabled",
     ),
@@ -635,6 +772,35 @@ impl Config {
         if let Some(v) = env("REGISTRY_HTTP_DEBUG_ADDR") {
             config.http.debug.addr = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = non_empty(env("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED")) {
+            if let Some(b) = parse_bool("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", &v, &mut problems)
+            {
+                config.http.debug.prometheus.enabled = b;
+            }
+        }
+        if let Some(v) = non_empty(env("REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH")) {
+            config.http.debug.prometheus.path = v;
+        }
+        if let Some(v) = non_empty(env("REGISTRY_NOTIFICATIONS_EVENTS_INCLUDEREFERENCES")) {
+            if let Some(b) = parse_bool(
+                "REGISTRY_NOTIFICATIONS_EVENTS_INCLUDEREFERENCES",
+                &v,
+                &mut problems,
+            ) {
+                config.notifications.events.includereferences = b;
+            }
+        }
+        if let Some(v) = non_empty(env("BERTH_NOTIFICATIONS_SPOOL_MAXEVENTS")) {
+            match v.trim().parse::<u64>() {
+                Ok(n) => config.notifications.spool.maxevents = n,
+                Err(_) => problems.push(format!(
+                    "BERTH_NOTIFICATIONS_SPOOL_MAXEVENTS: {v:?} is not a number"
+                )),
+            }
+        }
+        if let Some(v) = non_empty(env("BERTH_NOTIFICATIONS_SPOOL_NODE")) {
+            config.notifications.spool.node = Some(v);
+        }
         if let Some(v) = non_empty(env("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED")) {
             if let Some(b) = parse_bool("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED", &v, &mut problems)
             {
@@ -710,6 +876,21 @@ impl Config {
             StorageDriver::S3 => p.extend(self.storage.s3.validate()),
         }
         p.extend(self.gc.validate());
+        let prom = &self.http.debug.prometheus;
+        if !prom.path.starts_with('/') || prom.path.contains(['?', '#', ' ']) {
+            p.push(format!(
+                "http.debug.prometheus.path: {:?} must be a path like /metrics",
+                prom.path
+            ));
+        }
+        if prom.enabled && self.http.debug.addr.is_none() {
+            p.push(
+                "http.debug.prometheus.enabled: needs http.debug.addr (REGISTRY_HTTP_DEBUG_ADDR), \
+                 where the metrics are served"
+                    .into(),
+            );
+        }
+        p.extend(self.notifications.problems());
         if self.http.debug.addr.is_some() && self.debug_addr().is_none_or(|a| a.is_err()) {
             p.push(format!(
                 "http.debug.addr: {:?} is not an address like 127.0.0.1:5001 or :5001",
@@ -784,6 +965,73 @@ impl Config {
     /// The external base URL without a trailing slash, if configured.
     pub fn external_base(&self) -> Option<&str> {
         self.http.host.as_deref().map(|h| h.trim_end_matches('/'))
+    }
+}
+
+impl NotificationsConfig {
+    /// The endpoints events go to (those not disabled).
+    pub fn active(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().filter(|e| !e.disabled)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.spool.maxevents == 0 {
+            p.push("notifications.spool.maxevents: must be at least 1".into());
+        }
+        if let Some(node) = &self.spool.node {
+            if node.is_empty()
+                || node.len() > 64
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                || node.starts_with('.')
+            {
+                p.push(format!(
+                    "notifications.spool.node: {node:?} must be 1 to 64 letters, digits, '.', '-' or '_'"
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let key = format!("notifications.endpoints[{i}]");
+            if e.name.is_empty() || e.name.len() > 64 || e.name.chars().any(|c| c.is_control()) {
+                p.push(format!("{key}.name: must be 1 to 64 printable characters"));
+            } else if !names.insert(e.name.as_str()) {
+                p.push(format!("{key}.name: {:?} names two endpoints", e.name));
+            }
+            match http::Uri::try_from(e.url.as_str()) {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some() => {}
+                _ => p.push(format!(
+                    "{key}.url: {:?} is not an http:// or https:// URL",
+                    e.url
+                )),
+            }
+            for (what, v) in [("timeout", &e.timeout), ("backoff", &e.backoff)] {
+                if let Err(m) = parse_duration(v) {
+                    p.push(format!("{key}.{what}: {m}"));
+                }
+            }
+            for (name, values) in &e.headers {
+                if http::HeaderName::try_from(name.as_str()).is_err()
+                    || values
+                        .iter()
+                        .any(|v| http::HeaderValue::try_from(v.as_str()).is_err())
+                {
+                    p.push(format!("{key}.headers: {name:?} is not a valid header"));
+                }
+            }
+            for a in &e.ignore.actions {
+                if !EVENT_ACTIONS.contains(&a.as_str()) {
+                    p.push(format!(
+                        "{key}.ignore.actions: {a:?} is not one of push, pull, mount, delete"
+                    ));
+                }
+            }
+        }
+        p
     }
 }
 
@@ -960,5 +1208,87 @@ mod tests {
         std::fs::write(&f, "[http]\naddr = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
         let e = Config::load(Some(&f), &env_of(&[])).unwrap_err();
         assert!(e[0].contains("c.toml: line 3:"), "{e:?}");
+    }
+
+    #[test]
+    fn notifications_read_registry_2_keys_and_every_problem_is_named() {
+        let good: Config = toml::from_str(
+            r#"
+[http.debug]
+addr = "127.0.0.1:5001"
+[http.debug.prometheus]
+enabled = true
+path = "/m"
+[notifications.events]
+includereferences = true
+[[notifications.endpoints]]
+name = "ci"
+url = "https://hooks.example/registry"
+headers = { Authorization = ["Bearer x"], X-Two = ["a", "b"] }
+timeout = "500ms"
+threshold = 5
+backoff = "2s"
+ignoredmediatypes = ["application/octet-stream"]
+ignore = { mediatypes = ["text/plain"], actions = ["pull"] }
+[[notifications.endpoints]]
+name = "off"
+url = "http://x/"
+disabled = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(good.validate(), Vec::<String>::new());
+        assert_eq!(good.notifications.active().count(), 1);
+        assert_eq!(good.notifications.endpoints[0].headers["X-Two"], ["a", "b"]);
+        assert_eq!(good.notifications.spool.maxevents, 100_000);
+        let bad: Config = toml::from_str(
+            r#"
+[http.debug.prometheus]
+enabled = true
+path = "metrics"
+[notifications.spool]
+maxevents = 0
+node = "../x"
+[[notifications.endpoints]]
+name = "a"
+url = "ftp://x/"
+timeout = "soon"
+ignore = { actions = ["pul"] }
+[[notifications.endpoints]]
+name = "a"
+url = "http://y/"
+headers = { "bad header" = ["v"] }
+"#,
+        )
+        .unwrap();
+        let p = bad.validate().join("\n");
+        for want in [
+            "http.debug.prometheus.path",
+            "http.debug.prometheus.enabled: needs http.debug.addr",
+            "notifications.spool.maxevents",
+            "notifications.spool.node",
+            "notifications.endpoints[0].url",
+            "notifications.endpoints[0].timeout",
+            "notifications.endpoints[0].ignore.actions: \"pul\"",
+            "notifications.endpoints[1].name: \"a\" names two endpoints",
+            "notifications.endpoints[1].headers",
+        ] {
+            assert!(p.contains(want), "{want} missing from:\n{p}");
+        }
+        let env = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+                ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
+                ("REGISTRY_NOTIFICATIONS_EVENTS_INCLUDEREFERENCES", "true"),
+                ("BERTH_NOTIFICATIONS_SPOOL_MAXEVENTS", "7"),
+                ("BERTH_NOTIFICATIONS_SPOOL_NODE", "node-1"),
+            ]),
+        )
+        .unwrap();
+        assert!(env.http.debug.prometheus.enabled);
+        assert!(env.notifications.events.includereferences);
+        assert_eq!(env.notifications.spool.maxevents, 7);
+        assert_eq!(env.notifications.spool.node.as_deref(), Some("node-1"));
     }
 }

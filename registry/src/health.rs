@@ -7,6 +7,10 @@
 //!   `_berth/health/`; unhealthy after `threshold` failures in a row.
 //! - `storage_free_space` (filesystem): the free space is above the reserve uploads never use.
 //! - one check per `[[health.file]]`, named by the file: unhealthy while the file exists (to drain a node).
+//! - `notifications_spool`: the notification spool is not full.
+//!
+//! With `http.debug.prometheus.enabled`, the listener also serves the metrics ([`crate::metrics`]) on
+//! `http.debug.prometheus.path`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -172,12 +176,48 @@ fn answer(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Sets the gauges read from the state of things (free space, uploads, the spool) and renders every metric.
+pub async fn scrape(app: &App) -> String {
+    let m = app.store.metrics();
+    m.uploads_open
+        .set(i64::try_from(app.store.upload_sessions()).unwrap_or(i64::MAX));
+    if let Ok(Some(space)) = app.store.storage().space().await {
+        m.free_bytes
+            .set(i64::try_from(space.available).unwrap_or(i64::MAX));
+        m.reserve_bytes
+            .set(i64::try_from(space.reserve).unwrap_or(i64::MAX));
+    }
+    if let Some(n) = app.events.get() {
+        n.refresh_metrics();
+    }
+    m.render()
+}
+
 async fn debug_request(
     health: Arc<Health>,
+    app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let prometheus = &app.config.http.debug.prometheus;
     let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, path) if prometheus.enabled && path == prometheus.path => {
+            let mut resp = answer(StatusCode::OK, scrape(&app).await);
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            resp
+        }
         (&Method::GET | &Method::HEAD, HEALTH_PATH) => {
+            // The spool check is read at once: it is a comparison of two numbers.
+            let spool = app.events.get().filter(|n| n.spool_full()).map(|_| {
+                format!(
+                    "the notification spool is full ({} events): endpoints are not keeping up, and the \
+                     oldest undelivered events are being dropped",
+                    app.config.notifications.spool.maxevents
+                )
+            });
+            health.set("notifications_spool", spool.map_or(Ok(()), Err));
             let (ok, body) = health.report();
             let status = if ok {
                 StatusCode::OK
@@ -197,6 +237,7 @@ async fn debug_request(
 pub async fn serve_debug(
     listener: TcpListener,
     health: Arc<Health>,
+    app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -212,8 +253,10 @@ pub async fn serve_debug(
             },
             _ = &mut shutdown => break,
         };
-        let h = Arc::clone(&health);
-        let service = hyper::service::service_fn(move |req| debug_request(Arc::clone(&h), req));
+        let (h, a) = (Arc::clone(&health), Arc::clone(&app));
+        let service = hyper::service::service_fn(move |req| {
+            debug_request(Arc::clone(&h), Arc::clone(&a), req)
+        });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -6,8 +6,10 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod linger;
+pub mod metrics;
 pub mod oci;
 pub mod paths;
 pub mod ranges;
@@ -22,21 +24,39 @@ pub use config::Config;
 
 /// Builds the application for a configuration: opens the storage and the store over it.
 pub fn build(config: Config) -> std::io::Result<Arc<App>> {
-    let storage: Arc<dyn storage::Storage> = match config.storage.driver {
-        config::StorageDriver::Filesystem => Arc::new(
-            storage::fs::FsStorage::new(&config.storage.root_directory)?.with_min_free(
-                config::parse_min_free(&config.storage.min_free)
-                    .unwrap_or(storage::fs::MinFree::Auto),
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (storage, driver): (Arc<dyn storage::Storage>, &'static str) = match config.storage.driver {
+        config::StorageDriver::Filesystem => (
+            Arc::new(
+                storage::fs::FsStorage::new(&config.storage.root_directory)?.with_min_free(
+                    config::parse_min_free(&config.storage.min_free)
+                        .unwrap_or(storage::fs::MinFree::Auto),
+                ),
             ),
+            "filesystem",
         ),
-        config::StorageDriver::S3 => Arc::new(
-            storage::s3::S3Storage::new(&config.storage.s3.options())
-                .map_err(std::io::Error::other)?,
+        config::StorageDriver::S3 => (
+            Arc::new(
+                storage::s3::S3Storage::new(&config.storage.s3.options())
+                    .map_err(std::io::Error::other)?,
+            ),
+            "s3",
         ),
     };
+    // Storage operations are timed only when the metrics are served.
+    let storage: Arc<dyn storage::Storage> = if config.http.debug.prometheus.enabled {
+        Arc::new(metrics::MeteredStorage::new(
+            storage,
+            driver,
+            Arc::clone(&metrics),
+        ))
+    } else {
+        storage
+    };
     Ok(Arc::new(App {
-        store: store::RegistryStore::new(storage),
+        store: store::RegistryStore::with_metrics(storage, metrics),
         config,
+        events: std::sync::OnceLock::new(),
     }))
 }
 
@@ -74,24 +94,60 @@ pub fn spawn_collector(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
         loop {
             ticks.tick().await;
             let began = std::time::Instant::now();
+            let runs = &store.metrics().gc_runs;
             match store.collect_garbage(&opts).await {
-                Ok(r) => tracing::info!(
-                    tags = r.tags.len(),
-                    blobs = r.blobs.len(),
-                    bytes = r.bytes,
-                    manifests = r.manifests.len(),
-                    links = r.links,
-                    uploads = r.uploads.len(),
-                    live = r.blobs_live,
-                    spared = r.spared,
-                    took_ms = began.elapsed().as_millis() as u64,
-                    "garbage collection done"
-                ),
+                Ok(r) => {
+                    runs.with_label_values(&["done"]).inc();
+                    tracing::info!(
+                        tags = r.tags.len(),
+                        blobs = r.blobs.len(),
+                        bytes = r.bytes,
+                        manifests = r.manifests.len(),
+                        links = r.links,
+                        uploads = r.uploads.len(),
+                        live = r.blobs_live,
+                        spared = r.spared,
+                        took_ms = began.elapsed().as_millis() as u64,
+                        "garbage collection done"
+                    )
+                }
                 Err(store::gc::GcError::Busy(owner)) => {
+                    runs.with_label_values(&["skipped"]).inc();
                     tracing::info!(%owner, "garbage collection skipped: another collector runs")
                 }
-                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                Err(e) => {
+                    runs.with_label_values(&["failed"]).inc();
+                    tracing::warn!(error = %e, "garbage collection failed")
+                }
             }
         }
     }))
+}
+
+/// Counts the blob store in the background, once, so that `berth_registry_blobs` starts from the truth; from
+/// then on pushes and collections keep it up to date.
+pub fn spawn_census(app: &Arc<App>) -> tokio::task::JoinHandle<()> {
+    let store = app.store.clone();
+    tokio::spawn(async move {
+        match store.count_blobs().await {
+            Ok((n, bytes)) => tracing::debug!(blobs = n, bytes, "blob store counted"),
+            Err(e) => tracing::warn!(error = %e, "cannot count the blob store"),
+        }
+    })
+}
+
+/// Starts notifications when endpoints are configured: opens the spool (resuming what an earlier run left)
+/// and the delivery tasks. `port` is the one the registry listens on (events name it as their source).
+pub async fn start_notifications(app: &Arc<App>, port: u16) -> Result<(), storage::StorageError> {
+    let started = events::Notifier::start(
+        &app.config,
+        port,
+        Arc::clone(app.store.storage()),
+        Arc::clone(app.store.metrics()),
+    )
+    .await?;
+    if let Some(n) = started {
+        let _ = app.events.set(n);
+    }
+    Ok(())
 }

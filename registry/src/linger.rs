@@ -5,6 +5,8 @@
 //! `berth-net`, shared with berth-proxy.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +38,7 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     read: bool,
     expects_continue: bool,
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
@@ -45,7 +48,14 @@ impl RequestBody {
             inner: Some(inner),
             read: false,
             expects_continue,
+            received: None,
         }
+    }
+
+    /// Adds the size of every data frame read to `received`.
+    pub fn counting(mut self, received: Arc<AtomicU64>) -> Self {
+        self.received = Some(received);
+        self
     }
 }
 
@@ -59,10 +69,16 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         this.read = true;
-        match this.inner.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(b) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(b).poll_frame(cx);
+        if let (Some(n), Poll::Ready(Some(Ok(frame)))) = (&this.received, &polled) {
+            if let Some(data) = frame.data_ref() {
+                n.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

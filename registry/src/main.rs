@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -12,8 +13,8 @@ use berth_registry::{build, config::ENV_VARS, server, Config};
 #[derive(Parser)]
 #[command(version, after_help = env_help())]
 struct Cli {
-    /// TOML configuration file (see docs/registry-config.md); environment variables override it.
-    #[arg(long, short = 'c', global = true)]
+    /// TOML configuration file (see docs/registry.md); environment variables override it.
+    #[arg(long, short = 'c', global = true, env = "REGISTRY_CONFIGURATION_PATH")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -239,15 +240,28 @@ fn main() -> ExitCode {
             let _ = writeln!(out, "berth-registry listening on {local}");
             if let Some(d) = &debug {
                 let addr = d.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                tracing::info!(debug = %addr, "debug listener: {}", berth_registry::health::HEALTH_PATH);
+                let prom = &app.config.http.debug.prometheus;
+                let metrics = if prom.enabled { prom.path.as_str() } else { "" };
+                tracing::info!(debug = %addr, "debug listener: {} {metrics}", berth_registry::health::HEALTH_PATH);
                 let _ = writeln!(out, "berth-registry debug on {addr}");
             }
             let _ = out.flush();
         }
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        if let Err(e) = berth_registry::start_notifications(&app, port).await {
+            eprintln!("berth-registry: notifications: cannot open the spool: {e}");
+            return ExitCode::FAILURE;
+        }
         if let Some(d) = debug {
             let health = berth_registry::health::Health::spawn(&app);
-            tokio::spawn(berth_registry::health::serve_debug(d, health, std::future::pending()));
+            tokio::spawn(berth_registry::health::serve_debug(
+                d,
+                health,
+                Arc::clone(&app),
+                std::future::pending(),
+            ));
         }
+        berth_registry::spawn_census(&app);
         match app.store.storage().space().await {
             Ok(Some(sp)) => tracing::info!(
                 free = %berth_registry::storage::human_bytes(sp.available),

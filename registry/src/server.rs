@@ -28,7 +28,11 @@ fn header_u64(h: &http::HeaderMap, name: http::header::HeaderName) -> Option<u64
     h.get(name)?.to_str().ok()?.parse().ok()
 }
 
-async fn logged(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn logged(
+    app: Arc<App>,
+    peer: std::net::SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -39,6 +43,10 @@ async fn logged(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .filter(|v| v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| format!("r{}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)));
+    req.extensions_mut().insert(crate::api::RequestMeta {
+        peer,
+        id: request_id.clone(),
+    });
     let bytes_in = header_u64(req.headers(), CONTENT_LENGTH);
     let expects_continue = req
         .headers()
@@ -46,8 +54,37 @@ async fn logged(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // A body the handler leaves unread is thrown away in the background, so the error reaches the client and
     // the connection survives for its retry.
-    let req = req.map(|b| RequestBody::new(b, expects_continue));
+    // Requests are counted only when the metrics are served.
+    let metrics = app
+        .config
+        .http
+        .debug
+        .prometheus
+        .enabled
+        .then(|| Arc::clone(app.store.metrics()));
+    let handler = crate::api::handler_index(&path);
+    let in_flight = metrics
+        .as_ref()
+        .map(|m| crate::metrics::InFlight::start(m, handler));
+    let received = Arc::new(AtomicU64::new(0));
+    let req = req.map(|b| RequestBody::new(b, expects_continue).counting(Arc::clone(&received)));
     let resp = app.handle(req).await;
+    drop(in_flight);
+    if let Some(metrics) = metrics {
+        let bytes_out = if method == http::Method::HEAD {
+            0
+        } else {
+            header_u64(resp.headers(), CONTENT_LENGTH).unwrap_or(0)
+        };
+        metrics.request_done(
+            handler,
+            &method,
+            resp.status().as_u16(),
+            started.elapsed(),
+            received.load(Ordering::Relaxed),
+            bytes_out,
+        );
+    }
     tracing::info!(
         target: "access",
         request_id = %request_id,
@@ -80,7 +117,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| logged(app.clone(), req));
+        let service = service_fn(move |req| logged(app.clone(), peer, req));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -114,6 +114,8 @@ pub struct Authenticator {
     /// Recent duration of checks at the file's slowest cost (an average), in nanoseconds: failures of cheaper
     /// hashes are padded to at least this, so that on a busy machine they still take as long as the slow ones.
     slow_check_ns: std::sync::atomic::AtomicU64,
+    /// Counts credentials answered from the verified-credential cache (a metric).
+    cache_hits: Option<prometheus::IntCounter>,
 }
 
 type CheckKey = ([u8; 32], IpAddr);
@@ -256,7 +258,14 @@ impl Authenticator {
             checks: Mutex::new(HashMap::new()),
             next_check: std::sync::atomic::AtomicU64::new(0),
             slow_check_ns: std::sync::atomic::AtomicU64::new(0),
+            cache_hits: None,
         }
+    }
+
+    /// Counts cache hits on `counter`.
+    pub fn with_cache_hits(mut self, counter: prometheus::IntCounter) -> Self {
+        self.cache_hits = Some(counter);
+        self
     }
 
     /// Reload the file if its mtime, size or inode changed; clears the credential cache when it did.
@@ -338,6 +347,9 @@ impl Authenticator {
             }
         }
         if let Some(user) = self.cache.lookup(header) {
+            if let Some(c) = &self.cache_hits {
+                c.inc();
+            }
             return Ok(user);
         }
         let creds = parse_basic(header).ok_or(AuthFailure::Malformed)?;

@@ -377,6 +377,8 @@ pub struct Proxy {
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
     pub state: Arc<berth_proxy::server::ProxyState>,
+    /// Where the metrics are served, when the config asked for them (`metrics_listen`).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Proxy {
@@ -409,11 +411,12 @@ impl Proxy {
         };
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server =
+        let mut server =
             tokio::task::spawn_blocking(move || berth_proxy::server::Server::new(config, listener))
                 .await
                 .unwrap()
                 .unwrap();
+        let metrics = server.bind_metrics().await.unwrap();
         let addr = server.local_addr().unwrap();
         let cert = server.cert();
         let state = server.state();
@@ -430,6 +433,7 @@ impl Proxy {
             shutdown: Some(tx),
             task,
             state,
+            metrics,
         }
     }
 
@@ -607,6 +611,8 @@ impl<S: tokio::io::AsyncRead + Unpin> RawConn<S> {
 pub struct RealRegistry {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// What the registry prints after its listen line (the debug address, when it has one).
+    pub stdout: std::io::BufReader<std::process::ChildStdout>,
     _dir: tempfile::TempDir,
 }
 
@@ -640,9 +646,8 @@ impl RealRegistry {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("berth-registry listening on ")
@@ -652,6 +657,7 @@ impl RealRegistry {
         RealRegistry {
             child,
             addr,
+            stdout,
             _dir: dir,
         }
     }
@@ -717,4 +723,66 @@ pub async fn h2_get_headers(
     let headers = resp.headers().clone();
     let _ = resp.into_body().collect().await;
     (status, headers)
+}
+
+/// A plain-HTTP `GET` (the operator listener): the head and the body.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// `GET /metrics` over plain HTTP: the text.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (head, body) = plain_get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of the sample whose line starts with `series` (name and labels), 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).filter(|v| v.starts_with(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `promtool check metrics` (Debian package prometheus, installed by scripts/install-test-deps.sh) passes on
+/// `text`.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt install prometheus; scripts/install-test-deps.sh does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -45,6 +45,7 @@ impl App {
                 })
             }
         };
+        let reply = reply.notify(self.blob_event("pull", &name, &d, size, None));
         if head {
             return Ok(reply);
         }
@@ -60,7 +61,9 @@ impl App {
         let d = digest(d)?;
         self.require_delete()?;
         self.store.delete_blob(&name, &d).await?;
+        let event = self.deletion(&name, Some(&d), None);
         Ok(Reply::new(StatusCode::ACCEPTED)
+            .notify(event)
             .header("docker-content-digest", d.to_string())
             .header(CONTENT_LENGTH, "0"))
     }

@@ -8,7 +8,8 @@ use http_body_util::BodyExt;
 
 use super::{digest, full, App, Reply};
 use crate::error::RegistryError;
-use crate::oci::{Reference, RepoName, Tag};
+use crate::events::{Pending, Target};
+use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::store::StoredManifest;
 
 /// Parses a reference: a digest when it contains `:`, else a tag.
@@ -76,7 +77,13 @@ impl App {
         // A reference that is neither a tag nor a digest names no manifest: 404, as clients expect.
         let r = reference(r).map_err(|_| RegistryError::ManifestUnknown)?;
         let m = self.find_manifest(&name, &r).await?;
+        let tag = match &r {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        let event = self.manifest_event("pull", &name, tag, &m.digest, &m.media_type, &m.bytes);
         let reply = Reply::new(StatusCode::OK)
+            .notify(event)
             .header(CONTENT_TYPE, &m.media_type)
             .header(CONTENT_LENGTH, m.bytes.len().to_string())
             .header("docker-content-digest", m.digest.to_string())
@@ -117,9 +124,19 @@ impl App {
         };
         let pushed = self
             .store
-            .put_manifest(&name, tag, expected, bytes, content_type.as_deref())
+            .put_manifest(&name, tag, expected, bytes.clone(), content_type.as_deref())
             .await?;
+        let event = if self.notifying() {
+            let media_type = match content_type.as_deref() {
+                Some(ct) if !ct.is_empty() => ct.to_string(),
+                _ => crate::store::detect_media_type(&bytes),
+            };
+            self.manifest_event("push", &name, tag, &pushed.digest, &media_type, &bytes)
+        } else {
+            None
+        };
         let mut reply = Reply::new(StatusCode::CREATED)
+            .notify(event)
             .header(
                 LOCATION,
                 format!(
@@ -146,10 +163,104 @@ impl App {
         if !self.store.repo_exists(&name).await? {
             return Err(RegistryError::NameUnknown);
         }
-        match &r {
-            Reference::Digest(d) => self.store.delete_manifest(&name, d).await?,
-            Reference::Tag(t) => self.store.delete_tag(&name, t).await?,
-        }
-        Ok(Reply::new(StatusCode::ACCEPTED).header(CONTENT_LENGTH, "0"))
+        let event = match &r {
+            Reference::Digest(d) => {
+                self.store.delete_manifest(&name, d).await?;
+                self.deletion(&name, Some(d), None)
+            }
+            Reference::Tag(t) => {
+                self.store.delete_tag(&name, t).await?;
+                self.deletion(&name, None, Some(t))
+            }
+        };
+        Ok(Reply::new(StatusCode::ACCEPTED)
+            .notify(event)
+            .header(CONTENT_LENGTH, "0"))
     }
+
+    /// A manifest's push or pull event, when events are recorded.
+    fn manifest_event(
+        &self,
+        action: &'static str,
+        name: &RepoName,
+        tag: Option<&Tag>,
+        d: &Digest,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Option<Pending> {
+        let notifier = self.events.get()?;
+        let size = bytes.len() as u64;
+        Some(Pending {
+            action,
+            target: Target {
+                media_type: media_type.to_string(),
+                size,
+                length: size,
+                digest: d.to_string(),
+                repository: name.to_string(),
+                tag: tag.map(|t| t.to_string()).unwrap_or_default(),
+                references: if notifier.include_references() {
+                    references_of(bytes)
+                } else {
+                    Vec::new()
+                },
+                ..Target::default()
+            },
+            path: format!("/v2/{name}/manifests/{d}"),
+        })
+    }
+
+    /// A delete event (of a manifest or blob by digest, or of a tag), when events are recorded.
+    pub(super) fn deletion(
+        &self,
+        name: &RepoName,
+        d: Option<&Digest>,
+        tag: Option<&Tag>,
+    ) -> Option<Pending> {
+        self.events.get()?;
+        Some(Pending {
+            action: "delete",
+            target: Target {
+                digest: d.map(|d| d.to_string()).unwrap_or_default(),
+                repository: name.to_string(),
+                tag: tag.map(|t| t.to_string()).unwrap_or_default(),
+                ..Target::default()
+            },
+            path: String::new(),
+        })
+    }
+}
+
+/// The descriptors a manifest references, as registry:2 lists them: an image's config and layers, an index's
+/// manifests (with their platform).
+fn references_of(bytes: &[u8]) -> Vec<serde_json::Value> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Vec::new();
+    };
+    let keep = |d: &serde_json::Value| {
+        let mut out = serde_json::Map::new();
+        for k in [
+            "mediaType",
+            "size",
+            "digest",
+            "urls",
+            "annotations",
+            "platform",
+        ] {
+            if let Some(x) = d.get(k) {
+                out.insert(k.to_string(), x.clone());
+            }
+        }
+        serde_json::Value::Object(out)
+    };
+    let mut refs = Vec::new();
+    if let Some(c) = v.get("config") {
+        refs.push(keep(c));
+    }
+    for list in ["layers", "manifests"] {
+        if let Some(items) = v.get(list).and_then(|l| l.as_array()) {
+            refs.extend(items.iter().map(keep));
+        }
+    }
+    refs
 }

@@ -16,6 +16,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, BodyStream, Full, Stre
 
 use crate::config::Config;
 use crate::error::RegistryError;
+use crate::events::{Notifier, Pending, Target, BLOB_MEDIA_TYPE};
 use crate::linger::RequestBody;
 use crate::oci::{Digest, DigestError, RepoName};
 use crate::storage::ByteStream;
@@ -33,6 +34,17 @@ pub struct App {
     pub store: RegistryStore,
     /// The configuration.
     pub config: Config,
+    /// Notifications, once started ([`crate::start_notifications`]); unset when no endpoint is configured.
+    pub events: std::sync::OnceLock<Arc<Notifier>>,
+}
+
+/// What the accept loop knows of a request, passed to the handlers in its extensions.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// The TCP peer.
+    pub peer: std::net::SocketAddr,
+    /// The request's id (`X-Request-Id`, else one of ours).
+    pub id: String,
 }
 
 /// What the router recognised in a path below `/v2/`.
@@ -78,6 +90,24 @@ fn route(path: &str) -> Option<Route<'_>> {
             Some(Route::Upload(name, last))
         }
         _ => None,
+    }
+}
+
+/// The route's position in [`crate::metrics::HANDLERS`] (registry:2's `handler` label values, plus berth's
+/// own routes).
+pub fn handler_index(path: &str) -> usize {
+    match route(path) {
+        Some(Route::Base) => 0,
+        Some(Route::Catalog) => 1,
+        Some(Route::Tags(_)) => 2,
+        Some(Route::Manifest(..)) => 3,
+        Some(Route::Blob(..)) => 4,
+        Some(Route::Upload(_, "")) => 5,
+        Some(Route::Upload(..)) => 6,
+        Some(Route::Referrers(..)) => 7,
+        Some(Route::V1Ping) => 8,
+        Some(Route::V1Search) => 9,
+        None => 10,
     }
 }
 
@@ -138,6 +168,7 @@ pub struct Reply {
     status: StatusCode,
     headers: HeaderMap,
     body: Body,
+    event: Option<Pending>,
 }
 
 impl Reply {
@@ -147,7 +178,14 @@ impl Reply {
             status,
             headers: HeaderMap::new(),
             body: empty(),
+            event: None,
         }
+    }
+
+    /// Attaches an event, recorded before the reply goes out.
+    pub fn notify(mut self, event: Option<Pending>) -> Reply {
+        self.event = event;
+        self
     }
 
     /// Adds a header; values that are not valid header text are dropped (they come from our own formatting).
@@ -240,11 +278,61 @@ impl App {
         }
     }
 
+    /// Whether events are being recorded.
+    pub(crate) fn notifying(&self) -> bool {
+        self.events.get().is_some()
+    }
+
+    /// A blob's event, when events are recorded.
+    pub(crate) fn blob_event(
+        &self,
+        action: &'static str,
+        name: &RepoName,
+        d: &Digest,
+        size: u64,
+        from: Option<&RepoName>,
+    ) -> Option<Pending> {
+        if !self.notifying() {
+            return None;
+        }
+        Some(Pending {
+            action,
+            target: Target {
+                media_type: BLOB_MEDIA_TYPE.into(),
+                size,
+                length: size,
+                digest: d.to_string(),
+                repository: name.to_string(),
+                from_repository: from.map(|f| f.to_string()).unwrap_or_default(),
+                ..Target::default()
+            },
+            path: format!("/v2/{name}/blobs/{d}"),
+        })
+    }
+
     /// Handles one request; never fails (errors become OCI error responses).
     pub async fn handle(self: Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         let head = req.method() == Method::HEAD;
+        // What an event needs of the request, taken before the handler consumes it.
+        let origin = self.events.get().map(|_| {
+            let meta = req.extensions().get::<RequestMeta>();
+            let (record, actor) = crate::events::request_record(
+                req.method(),
+                req.headers(),
+                meta.map(|m| m.peer),
+                meta.map(|m| m.id.as_str()).unwrap_or_default(),
+            );
+            (record, actor, self.base_url(req.headers()))
+        });
         let mut resp = match self.dispatch(req).await {
-            Ok(r) => r.into_response(),
+            Ok(mut r) => {
+                if let (Some(event), Some(notifier), Some((record, actor, base))) =
+                    (r.event.take(), self.events.get(), origin)
+                {
+                    notifier.record(event, &base, record, actor).await;
+                }
+                r.into_response()
+            }
             Err(e) => {
                 if let RegistryError::Internal(cause) = &e {
                     tracing::error!(%cause, "request failed");
@@ -367,5 +455,26 @@ mod tests {
         assert_eq!(route("/v2/a"), None);
         assert_eq!(route("/v3/"), None);
         assert_eq!(route("/v2/x/uploads/1"), None);
+        use crate::metrics::HANDLERS;
+        assert_eq!(HANDLERS[handler_index("/v2/")], "base");
+        assert_eq!(HANDLERS[handler_index("/v2/_catalog")], "catalog");
+        assert_eq!(HANDLERS[handler_index("/v2/a/tags/list")], "tags");
+        assert_eq!(HANDLERS[handler_index("/v2/a/manifests/x")], "manifest");
+        assert_eq!(HANDLERS[handler_index("/v2/a/blobs/sha256:0")], "blob");
+        assert_eq!(
+            HANDLERS[handler_index("/v2/a/blobs/uploads/")],
+            "blob_upload"
+        );
+        assert_eq!(
+            HANDLERS[handler_index("/v2/a/blobs/uploads/1")],
+            "blob_upload_chunk"
+        );
+        assert_eq!(
+            HANDLERS[handler_index("/v2/a/referrers/sha256:0")],
+            "referrers"
+        );
+        assert_eq!(HANDLERS[handler_index("/v1/_ping")], "v1_ping");
+        assert_eq!(HANDLERS[handler_index("/v1/search")], "v1_search");
+        assert_eq!(HANDLERS[handler_index("/x")], "unknown");
     }
 }

@@ -105,7 +105,14 @@ impl App {
                 None => None,
             };
             if self.store.mount_blob(&name, &d, from.as_ref()).await? {
-                return Ok(self.created_blob(req.headers(), &name, &d));
+                let event = match self.notifying() {
+                    true => {
+                        let size = self.store.blob_size(&d).await?.unwrap_or(0);
+                        self.blob_event("mount", &name, &d, size, from.as_ref())
+                    }
+                    false => None,
+                };
+                return Ok(self.created_blob(req.headers(), &name, &d).notify(event));
             }
         }
         let monolithic = match param(&q, "digest") {
@@ -121,11 +128,13 @@ impl App {
         // The client of a single-request upload never learns the session's id, so nobody could cancel it: a
         // body that fails, or a request dropped mid-body, removes the session here.
         let mut abandoned = AbandonedUpload(Some((self.store.clone(), session.clone())));
-        self.store
+        let size = self
+            .store
             .commit_upload(&session, &d, Some((None, len, body_stream(body))))
             .await?;
         abandoned.0 = None;
-        Ok(self.created_blob(&parts.headers, &name, &d))
+        let event = self.blob_event("push", &name, &d, size, None);
+        Ok(self.created_blob(&parts.headers, &name, &d).notify(event))
     }
 
     pub(super) async fn upload_status(
@@ -178,9 +187,11 @@ impl App {
         } else {
             Some((start, len, body_stream(body)))
         };
-        self.fail_full(&s, self.store.commit_upload(&s, &d, final_chunk).await)
+        let size = self
+            .fail_full(&s, self.store.commit_upload(&s, &d, final_chunk).await)
             .await?;
-        Ok(self.created_blob(&parts.headers, &s.name, &d))
+        let event = self.blob_event("push", &s.name, &d, size, None);
+        Ok(self.created_blob(&parts.headers, &s.name, &d).notify(event))
     }
 
     /// A session that ran out of space is removed before the answer, so nothing partial stays on the disk;

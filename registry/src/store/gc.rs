@@ -109,6 +109,8 @@ pub struct GcReport {
     pub tags: Vec<RemovedTag>,
     /// Blobs seen in storage.
     pub blobs_seen: u64,
+    /// Their total size.
+    pub bytes_seen: u64,
     /// Blobs marked live.
     pub blobs_live: u64,
     /// Candidates spared because a push in flight pinned them, or they were written again meanwhile.
@@ -637,6 +639,20 @@ impl RegistryStore {
             })
         };
         let result = self.collect_with(opts, hold.as_mut()).await;
+        if let (Ok(r), false) = (&result, opts.dry_run) {
+            // The walk just counted the blob store: the census starts again from it.
+            let m = self.metrics();
+            m.census_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            m.blobs.set(
+                i64::try_from(r.blobs_seen.saturating_sub(r.blobs.len() as u64))
+                    .unwrap_or(i64::MAX),
+            );
+            m.blob_bytes
+                .set(i64::try_from(r.bytes_seen.saturating_sub(r.bytes)).unwrap_or(i64::MAX));
+            m.gc_freed_bytes.inc_by(r.bytes);
+            m.gc_deleted_blobs.inc_by(r.blobs.len() as u64);
+        }
         if let Some(hold) = &hold {
             // Whatever happened, pushes stop treating this collector's batch as doomed.
             let _ = storage.delete(&paths::gc_sweep(hold.lease.epoch)).await;
@@ -743,6 +759,7 @@ impl RegistryStore {
                 continue;
             };
             report.blobs_seen += 1;
+            report.bytes_seen += meta.size;
             if linked.contains(&d) {
                 present_linked.insert(&d);
             }

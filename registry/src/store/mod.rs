@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 
 use crate::error::RegistryError;
+use crate::metrics::Metrics;
 use crate::oci::{media, Algorithm, Digest, Hasher, Manifest, ManifestKind, RepoName, Tag};
 use crate::paths;
 use crate::storage::{ByteStream, Storage, StorageError};
@@ -52,6 +53,7 @@ pub struct PushedManifest {
 pub struct RegistryStore {
     storage: Arc<dyn Storage>,
     uploads: Arc<uploads::UploadStates>,
+    metrics: Arc<Metrics>,
 }
 
 /// Whether a storage error means "absent".
@@ -88,10 +90,49 @@ pub fn detect_media_type(bytes: &[u8]) -> String {
 impl RegistryStore {
     /// A store over `storage`.
     pub fn new(storage: Arc<dyn Storage>) -> RegistryStore {
+        RegistryStore::with_metrics(storage, Arc::new(Metrics::new()))
+    }
+
+    /// A store over `storage` that keeps `metrics`' blob census and upload gauge up to date.
+    pub fn with_metrics(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) -> RegistryStore {
         RegistryStore {
             storage,
             uploads: Arc::new(uploads::UploadStates::default()),
+            metrics,
         }
+    }
+
+    /// The metrics this store keeps.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Upload sessions this process holds state for.
+    pub fn upload_sessions(&self) -> usize {
+        self.uploads.len()
+    }
+
+    /// Counts the blobs in the blob store (one walk) and sets the census to what it found.
+    pub async fn count_blobs(&self) -> Result<(u64, u64), StorageError> {
+        use std::sync::atomic::Ordering;
+        let epoch = self.metrics.census_epoch.load(Ordering::SeqCst);
+        let root = paths::blobs_root();
+        let mut walk = self.storage.walk(&root);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some((key, meta)) = walk.try_next().await? {
+            if key.ends_with("/data") {
+                n += 1;
+                bytes += meta.size;
+            }
+        }
+        // A collection that finished meanwhile counted more recently.
+        if self.metrics.census_epoch.load(Ordering::SeqCst) == epoch {
+            self.metrics.blobs.set(i64::try_from(n).unwrap_or(i64::MAX));
+            self.metrics
+                .blob_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        Ok((n, bytes))
     }
 
     /// The backend.
@@ -379,7 +420,9 @@ impl RegistryStore {
         self.check_references(name, manifest).await?;
         pin.check_fresh()?;
         if self.blob_size(digest).await? != Some(bytes.len() as u64) {
+            let size = bytes.len() as u64;
             self.storage.put(&paths::blob_data(digest), bytes).await?;
+            self.metrics.blob_added(size);
         }
         self.write_link(&paths::revision_link(name, digest), digest)
             .await?;

@@ -97,8 +97,7 @@ impl UploadStates {
     }
 
     /// Number of sessions with a kept state.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -396,6 +395,7 @@ impl RegistryStore {
             self.storage
                 .rename(&data_key, &paths::blob_data(digest))
                 .await?;
+            self.metrics.blob_added(size);
         }
         let linked = self.link_blob(&s.name, digest).await?;
         self.storage
