@@ -97,6 +97,14 @@ def main(paths):
         if cpu:
             out.append(f"| HEAD blob h2, berth-proxy CPU us per request, without / with access rules | "
                        f"{f(cpu['without'])} / {f(cpu['with'])} | | |")
+    mt = r.get("metrics")
+    if mt:
+        out.append(f"| HEAD blob h2 req/s, berth without / with metrics scraped every second | "
+                   f"{f(mt['without_rps'])} / {f(mt['with_rps'])} | | {mt['ratio'] * 100:.1f}% |")
+        cpu = mt.get("cpu_us_per_request")
+        if cpu:
+            out.append(f"| HEAD blob h2, berth-proxy + berth-registry CPU us per request, without / with metrics | "
+                       f"{f(cpu['without'])} / {f(cpu['with'])} | | |")
     cp = r.get("concurrent_pulls")
     if cp:
         out.append(f"| 64 concurrent pulls, aggregate MB/s | {f(cp['berth']['MBps'])} | {f(cp['nginx']['MBps'])} | "

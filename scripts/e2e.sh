@@ -17,7 +17,8 @@
 #      credentials first: blob PUTs with bodies of 3 MiB and 2 bytes get a complete 401 and then succeed with
 #      Basic credentials; an artifact manifest (artifactType, empty config) is pushed and fetched back;
 #   6. docker-compose up of the real compose.yml (images built here, nothing pulled): the registry's health
-#      check (/debug/health) passes, login, push, pull; down;
+#      check (/debug/health) passes, login, push, pull, the proxy's health check (/_berth/ready) passes, both
+#      /metrics count the push (promtool check metrics); down;
 #      the data survives a second up;
 #   7. scripts/start.sh: login and push with skopeo, SIGINT, both processes gone.
 # Steps 3 to 5 hide the system's trust store from the client, so only the CA given to the client itself counts.
@@ -433,6 +434,27 @@ docker push "$CHOST/e2e/compose:1" >"$WORK/push3.log" 2>&1 || { cat "$WORK/push3
 docker rmi "$CHOST/e2e/compose:1" >/dev/null
 docker pull "$CHOST/e2e/compose:1" >/dev/null 2>&1 || die "pull from compose stack failed"
 info "login, push, pull: ok"
+# The proxy's health check reads /_berth/ready on its operator listener (127.0.0.1:9043 in the container).
+PROXY_CONTAINER=$(cd "$COMPOSE_DIR" && "${DC[@]}" ps -q proxy)
+proxy_healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$PROXY_CONTAINER")" = healthy ]; }
+wait_until 60 proxy_healthy ||
+  die "the proxy container is not healthy: $(docker inspect -f '{{json .State.Health}}' "$PROXY_CONTAINER")"
+info "proxy container healthy (its check reads /_berth/ready)"
+# Both metrics endpoints, inside the containers, counted the push.
+in_container_get() { # CONTAINER PORT PATH
+  docker exec "$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2 && printf 'GET $3 HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+}
+in_container_get "$PROXY_CONTAINER" 9043 /metrics >"$WORK/proxy-metrics.txt" || die "no proxy metrics"
+grep -Eq '^berth_proxy_requests_total\{class="2xx",method="put",route="manifest"\} [1-9]' "$WORK/proxy-metrics.txt" ||
+  die "the proxy's metrics do not count the manifest push: $(grep requests_total "$WORK/proxy-metrics.txt")"
+in_container_get "$REG_CONTAINER" 5001 /metrics >"$WORK/registry-metrics.txt" || die "no registry metrics"
+grep -Eq '^registry_http_requests_total\{code="201",handler="manifest",method="put"\} [1-9]' "$WORK/registry-metrics.txt" ||
+  die "the registry's metrics do not count the manifest push: $(grep requests_total "$WORK/registry-metrics.txt")"
+for f in proxy-metrics registry-metrics; do
+  sed '1,/^\r\{0,1\}$/d' "$WORK/$f.txt" | promtool check metrics >"$WORK/$f.check" 2>&1 ||
+    { cat "$WORK/$f.check"; die "promtool rejects the $f"; }
+done
+info "metrics of both containers count the push; promtool check metrics passes on both"
 (cd "$COMPOSE_DIR" && "${DC[@]}" down -t 10) >/dev/null 2>&1 || die "docker-compose down failed"
 info "down"
 docker rmi "$CHOST/e2e/compose:1" >/dev/null
