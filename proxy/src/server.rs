@@ -339,7 +339,6 @@ impl Server {
             let mut closing = closing_rx.clone();
             let open = crate::metrics::OpenConnection::start(&state.metrics);
             tokio::spawn(async move {
-                let _open = open;
                 let Some(tls) =
                     handshake(acceptor, tcp, peer, handshake_timeout, &state.metrics).await
                 else {
@@ -350,7 +349,8 @@ impl Server {
                     tls,
                     |tls| tls.into_inner().0,
                     linger_bounds,
-                    Some(Box::new(permit)),
+                    // The slot and the open-connection count go when lingering is over.
+                    Some(Box::new((permit, open))),
                 );
                 let activity = Arc::new(Activity::default());
                 let a = Arc::clone(&activity);

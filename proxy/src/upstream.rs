@@ -61,13 +61,9 @@ impl Upstreams {
 
     /// Counts upstream errors and tracks each replica's state in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        if !metrics.enabled() {
-            return self;
+        if metrics.enabled() {
+            self.metrics = Some(metrics);
         }
-        for t in &self.targets {
-            metrics.upstream_up.with_label_values(&[t.as_str()]).set(1);
-        }
-        self.metrics = Some(metrics);
         self
     }
 

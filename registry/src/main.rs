@@ -261,7 +261,9 @@ fn main() -> ExitCode {
                 std::future::pending(),
             ));
         }
-        berth_registry::spawn_census(&app);
+        if app.config.http.debug.prometheus.enabled {
+            berth_registry::spawn_census(&app);
+        }
         match app.store.storage().space().await {
             Ok(Some(sp)) => tracing::info!(
                 free = %berth_registry::storage::human_bytes(sp.available),

@@ -367,13 +367,6 @@ impl Metrics {
         self.blobs.inc();
         self.blob_bytes.add(i64::try_from(size).unwrap_or(i64::MAX));
     }
-
-    /// Takes blobs out of the census.
-    pub fn blobs_removed(&self, count: u64, bytes: u64) {
-        self.blobs.sub(i64::try_from(count).unwrap_or(i64::MAX));
-        self.blob_bytes
-            .sub(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
 }
 
 fn itoa_status(status: u16) -> [u8; 3] {

@@ -559,6 +559,16 @@ async fn events_are_registry_2_shaped_in_order_and_survive_refusals_and_sigkill(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(receiver.count(), 15, "nothing delivered twice");
+
+    // Restarted with the spool drained (the delivered batches and their numbers gone, the endpoint's position
+    // kept): new events are numbered after that position and delivered.
+    reg.kill();
+    let reg = Registry::start_at(&root, &env);
+    let again = push_blob(&reg, "team/last", b"after a drained restart").await;
+    receiver
+        .wait_until("the event after a drained restart", |r| r.count() >= 16)
+        .await;
+    assert_eq!(receiver.events()[15].target.digest, again);
 }
 
 #[tokio::test]
@@ -617,4 +627,119 @@ async fn a_full_spool_drops_the_oldest_events_and_counts_them() {
         assert!(Instant::now() < deadline, "health stays {:?}", r.body);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn on_s3_each_replica_spools_in_the_bucket_and_delivers_after_sigkill() {
+    let moto = common::s3::Moto::start();
+    moto.create_bucket("events");
+    let receiver = Receiver::start().await;
+    receiver.refuse.store(true, Ordering::SeqCst);
+    let work = tempfile::tempdir().unwrap();
+    let cfg = config(work.path(), &receiver, "");
+    let start = |node: &'static str| {
+        let mut env: Vec<(String, String)> = moto.registry_env("events", "");
+        env.push((
+            "REGISTRY_CONFIGURATION_PATH".into(),
+            cfg.to_str().unwrap().into(),
+        ));
+        env.push(("BERTH_NOTIFICATIONS_SPOOL_NODE".into(), node.into()));
+        env.push(("BERTH_GC_INTERVAL".into(), "0".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Registry::start(&env)
+    };
+    let (mut a, mut b) = (start("replica-a"), start("replica-b"));
+    let mut from_a = Vec::new();
+    let mut from_b = Vec::new();
+    for i in 0..3 {
+        from_a.push(push_blob(&a, "s3/app", format!("a{i}").as_bytes()).await);
+        from_b.push(push_blob(&b, "s3/app", format!("b{i}").as_bytes()).await);
+    }
+    receiver
+        .wait_until("refusals", |r| r.refused.load(Ordering::SeqCst) >= 2)
+        .await;
+    a.kill();
+    b.kill();
+    assert_eq!(receiver.count(), 0);
+    // Each replica's events are in the bucket, under its own name.
+    let keys = moto.keys("events");
+    for node in ["replica-a", "replica-b"] {
+        let batches = keys
+            .iter()
+            .filter(|k| k.starts_with(&format!("_berth/events/{node}/batches/")))
+            .count();
+        assert_eq!(batches, 3, "{node}: {keys:?}");
+    }
+    receiver.refuse.store(false, Ordering::SeqCst);
+    let (_a, _b) = (start("replica-a"), start("replica-b"));
+    receiver.wait_until("both spools", |r| r.count() >= 6).await;
+    let got = receiver.events();
+    assert_eq!(got.len(), 6, "nothing delivered twice");
+    let of = |instance_prefix: &[String]| -> Vec<String> {
+        got.iter()
+            .map(|e| e.target.digest.clone())
+            .filter(|d| instance_prefix.contains(d))
+            .collect()
+    };
+    assert_eq!(of(&from_a), from_a, "replica-a's order kept");
+    assert_eq!(of(&from_b), from_b, "replica-b's order kept");
+}
+
+#[tokio::test]
+async fn a_corrupt_batch_is_skipped_and_counted() {
+    let receiver = Receiver::start().await;
+    receiver.refuse.store(true, Ordering::SeqCst);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("data");
+    let cfg = config(work.path(), &receiver, "");
+    let env = [
+        ("REGISTRY_CONFIGURATION_PATH", cfg.to_str().unwrap()),
+        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+        ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
+        ("BERTH_STORAGE_MIN_FREE", "0"),
+    ];
+    let mut reg = Registry::start_at(&root, &env);
+    let _ = debug_of(&mut reg);
+    let mut pushed = Vec::new();
+    for i in 0..3 {
+        pushed.push(push_blob(&reg, "lost/app", format!("lost {i}").as_bytes()).await);
+    }
+    reg.kill();
+    let dir = root.join("_berth/events/local/batches");
+    let mut batches: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    batches.sort();
+    assert_eq!(batches.len(), 3);
+    std::fs::write(&batches[0], b"not json").unwrap();
+    receiver.refuse.store(false, Ordering::SeqCst);
+    let mut reg = Registry::start_at(&root, &env);
+    let debug = debug_of(&mut reg);
+    receiver
+        .wait_until("the two readable events", |r| r.count() >= 2)
+        .await;
+    let got: Vec<String> = receiver
+        .events()
+        .iter()
+        .map(|e| e.target.digest.clone())
+        .collect();
+    assert_eq!(
+        got,
+        pushed[1..].to_vec(),
+        "the corrupt batch is skipped, the rest kept in order"
+    );
+    let m = metric_becomes(
+        &debug,
+        "registry_notifications_pending{endpoint=\"hook\"}",
+        |v| v == 0.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &m,
+            "berth_registry_notifications_dropped_total{endpoint=\"hook\"}"
+        ),
+        1.0
+    );
 }

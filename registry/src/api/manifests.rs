@@ -127,10 +127,8 @@ impl App {
             .put_manifest(&name, tag, expected, bytes.clone(), content_type.as_deref())
             .await?;
         let event = if self.notifying() {
-            let media_type = match content_type.as_deref() {
-                Some(ct) if !ct.is_empty() => ct.to_string(),
-                _ => crate::store::detect_media_type(&bytes),
-            };
+            // The media type pulls will serve, so that push and pull events agree.
+            let media_type = crate::store::detect_media_type(&bytes);
             self.manifest_event("push", &name, tag, &pushed.digest, &media_type, &bytes)
         } else {
             None

@@ -107,7 +107,8 @@ impl App {
             if self.store.mount_blob(&name, &d, from.as_ref()).await? {
                 let event = match self.notifying() {
                     true => {
-                        let size = self.store.blob_size(&d).await?.unwrap_or(0);
+                        // The mount is done: a failure to read the size only leaves it out of the event.
+                        let size = self.store.blob_size(&d).await.ok().flatten().unwrap_or(0);
                         self.blob_event("mount", &name, &d, size, from.as_ref())
                     }
                     false => None,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::spool::{Pos, Spool};
+use super::spool::{BatchError, Pos, Spool};
 use super::{wanted, Envelope, Event, EVENTS_MEDIA_TYPE};
 use crate::config::{parse_duration, Endpoint};
 use crate::metrics::Metrics;
@@ -70,18 +70,23 @@ impl Sink {
     async fn run(mut self, i: usize, spool: Arc<Spool>) {
         self.threshold = self.endpoint.threshold.max(1);
         loop {
-            let Some((seq, start)) = spool.next_batch(i) else {
-                let after = spool.cursor(i).seq;
-                spool.wait_past(after).await;
-                continue;
-            };
-            let events = match spool.read_batch(seq).await {
-                Ok(e) => e,
-                Err(e) if e.is_not_found() => {
-                    // Dropped from a full spool meanwhile: the position has moved past it.
+            let (seq, count, start) = match spool.next_batch(i) {
+                Ok(next) => next,
+                Err(written) => {
+                    spool.wait_past(written).await;
                     continue;
                 }
-                Err(e) => {
+            };
+            let events = match spool.read_batch(seq, count).await {
+                Ok(e) => e,
+                Err(BatchError::Lost(why)) => {
+                    if spool.cursor(i).seq <= seq {
+                        tracing::error!(endpoint = %self.endpoint.name, "notifications: {why}; its events are skipped");
+                        spool.skip_lost(i, seq, count).await;
+                    }
+                    continue;
+                }
+                Err(BatchError::Storage(e)) => {
                     tracing::warn!(endpoint = %self.endpoint.name, error = %e, "notifications: cannot read the spool");
                     tokio::time::sleep(self.backoff).await;
                     continue;
@@ -109,15 +114,17 @@ impl Sink {
                     }
                 }
                 index = end;
-                spool
-                    .advance(
-                        i,
-                        Pos {
-                            seq,
-                            index: u32::try_from(index).unwrap_or(u32::MAX),
-                        },
-                    )
-                    .await;
+                if index < events.len() {
+                    spool
+                        .advance(
+                            i,
+                            Pos {
+                                seq,
+                                index: u32::try_from(index).unwrap_or(u32::MAX),
+                            },
+                        )
+                        .await;
+                }
             }
             spool
                 .advance(

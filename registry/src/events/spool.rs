@@ -1,10 +1,11 @@
 //! The event spool: batches of events in storage, each written atomically before the requests whose events
 //! it holds are answered, and one position per endpoint (what it has been sent).
 //!
-//! Keys, under `_berth/events/<node>/`: `batches/<seq>` (a JSON array of events, `seq` zero-padded so that
-//! listing order is delivery order) and `cursors/<hex of the endpoint name>` (`"<seq> <index>"`: the next
-//! event the endpoint gets). A batch is removed once every endpoint is past it. Concurrent requests share one
-//! write (group commit), so spooling costs one durable write per group, not per request.
+//! Keys, under `_berth/events/<node>/`: `batches/<seq>-<count>` (a JSON array of `count` events, `seq`
+//! zero-padded so that listing order is delivery order, the count in the name so that opening the spool is one
+//! listing) and `cursors/<hex of the endpoint name>` (`"<seq> <index>"`: the next event the endpoint gets). A
+//! batch is removed once every endpoint is past it. Concurrent requests share one write (group commit), so
+//! spooling costs one durable write per group, not per request.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,24 @@ use crate::storage::{Storage, StorageError};
 
 /// Largest batch object read back.
 const BATCH_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// Why a batch could not be read.
+#[derive(Debug)]
+pub enum BatchError {
+    /// The batch is gone or unreadable for good (removed by hand, corrupt): its events are lost.
+    Lost(String),
+    /// A storage failure that may pass.
+    Storage(StorageError),
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Lost(m) => write!(f, "{m}"),
+            BatchError::Storage(e) => write!(f, "{e}"),
+        }
+    }
+}
 /// Most events group-committed in one batch.
 const GROUP_MAX: usize = 1024;
 
@@ -66,12 +85,20 @@ pub struct Spool {
     metrics: Arc<Metrics>,
     tx: mpsc::Sender<(Event, Ack)>,
     state: Mutex<State>,
-    /// One more than the last batch written.
+    /// How many batches this process has written.
     committed: watch::Sender<u64>,
 }
 
-fn seq_name(seq: u64) -> String {
-    format!("{seq:020}")
+fn batch_name(b: Batch) -> String {
+    format!("{:020}-{}", b.seq, b.count)
+}
+
+fn parse_batch_name(name: &str) -> Option<Batch> {
+    let (seq, count) = name.split_once('-')?;
+    Some(Batch {
+        seq: seq.parse().ok()?,
+        count: count.parse().ok()?,
+    })
 }
 
 impl Spool {
@@ -87,27 +114,12 @@ impl Spool {
         let dir = format!("_berth/events/{node}");
         let mut state = State::default();
         for name in storage.list(&format!("{dir}/batches")).await? {
-            let Ok(seq) = name.parse::<u64>() else {
+            let Some(b) = parse_batch_name(&name) else {
                 continue;
             };
-            let key = format!("{dir}/batches/{name}");
-            let bytes = match storage.read_small(&key, BATCH_LIMIT).await {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            };
-            match serde_json::from_slice::<Vec<Event>>(&bytes) {
-                Ok(events) => {
-                    let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
-                    state.batches.push_back(Batch { seq, count });
-                    state.total += u64::from(count);
-                    state.next_seq = state.next_seq.max(seq + 1);
-                }
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "notification spool: unreadable batch removed");
-                    storage.delete(&key).await?;
-                }
-            }
+            state.batches.push_back(b);
+            state.total += u64::from(b.count);
+            state.next_seq = state.next_seq.max(b.seq.saturating_add(1));
         }
         let first = state
             .batches
@@ -116,17 +128,32 @@ impl Spool {
             .unwrap_or(state.next_seq);
         for name in names {
             let key = format!("{dir}/cursors/{}", hex::encode(name));
-            let pos = match storage.read_small(&key, 128).await {
-                Ok(b) => parse_pos(&b).unwrap_or(Pos {
-                    seq: first,
-                    index: 0,
-                }),
-                Err(e) if e.is_not_found() => Pos {
-                    seq: first,
-                    index: 0,
-                },
+            let saved = match storage.read_small(&key, 128).await {
+                Ok(b) => parse_pos(&b),
+                Err(e) if e.is_not_found() => None,
                 Err(e) => return Err(e),
             };
+            let mut pos = saved.unwrap_or(Pos {
+                seq: first,
+                index: 0,
+            });
+            // A position at the end of a batch is the start of the next one.
+            if let Some(b) = state.batches.iter().find(|b| b.seq == pos.seq) {
+                if pos.index >= b.count {
+                    pos = Pos {
+                        seq: b.seq.saturating_add(1),
+                        index: 0,
+                    };
+                }
+            }
+            // Batches already delivered are removed, and with them the record of their numbers: the next
+            // batch is numbered after every position, or it would sort before the endpoints and never be sent.
+            let past = if pos.index > 0 {
+                pos.seq.saturating_add(1)
+            } else {
+                pos.seq
+            };
+            state.next_seq = state.next_seq.max(past);
             state.cursors.push(pos);
         }
         if state.total > 0 {
@@ -139,7 +166,7 @@ impl Spool {
             .spool_capacity
             .set(i64::try_from(max).unwrap_or(i64::MAX));
         let (tx, rx) = mpsc::channel(GROUP_MAX * 4);
-        let (committed, _) = watch::channel(state.next_seq);
+        let (committed, _) = watch::channel(0);
         let spool = Arc::new(Spool {
             storage,
             dir,
@@ -180,30 +207,32 @@ impl Spool {
                 }
             }
             let (events, acks): (Vec<Event>, Vec<Ack>) = group.into_iter().unzip();
-            let seq = {
+            let batch = {
                 let mut s = self.lock();
                 let seq = s.next_seq;
                 s.next_seq += 1;
-                seq
+                Batch {
+                    seq,
+                    count: u32::try_from(events.len()).unwrap_or(u32::MAX),
+                }
             };
             let result = match serde_json::to_vec(&events) {
                 Ok(bytes) => self
                     .storage
-                    .put(&self.batch_key(seq), Bytes::from(bytes))
+                    .put(&self.batch_key(batch), Bytes::from(bytes))
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if result.is_ok() {
-                let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
                 let doomed = {
                     let mut s = self.lock();
-                    s.batches.push_back(Batch { seq, count });
-                    s.total += u64::from(count);
+                    s.batches.push_back(batch);
+                    s.total += u64::from(batch.count);
                     self.make_room(&mut s)
                 };
                 self.remove(doomed).await;
-                self.committed.send_replace(seq + 1);
+                self.committed.send_modify(|n| *n += 1);
             }
             for ack in acks {
                 let _ = ack.send(result.clone());
@@ -213,7 +242,7 @@ impl Spool {
 
     /// Drops the oldest batches while the spool holds more than it may, moving endpoints that had not got
     /// them past them (and counting what each lost). Returns the batches to remove from storage.
-    fn make_room(&self, s: &mut State) -> Vec<u64> {
+    fn make_room(&self, s: &mut State) -> Vec<Batch> {
         let mut doomed = Vec::new();
         while s.total > self.max && s.batches.len() > 1 {
             let Some(b) = s.batches.pop_front() else {
@@ -245,23 +274,23 @@ impl Spool {
                     };
                 }
             }
-            doomed.push(b.seq);
+            doomed.push(b);
         }
         doomed
     }
 
-    async fn remove(&self, seqs: Vec<u64>) {
-        if seqs.is_empty() {
+    async fn remove(&self, batches: Vec<Batch>) {
+        if batches.is_empty() {
             return;
         }
-        let keys: Vec<String> = seqs.iter().map(|s| self.batch_key(*s)).collect();
+        let keys: Vec<String> = batches.iter().map(|b| self.batch_key(*b)).collect();
         if let Err(e) = self.storage.delete_batch(&keys, false).await {
             tracing::warn!(error = %e, "notification spool: cannot remove delivered batches");
         }
     }
 
-    fn batch_key(&self, seq: u64) -> String {
-        format!("{}/batches/{}", self.dir, seq_name(seq))
+    fn batch_key(&self, b: Batch) -> String {
+        format!("{}/batches/{}", self.dir, batch_name(b))
     }
 
     /// Endpoint `i`'s position.
@@ -269,28 +298,57 @@ impl Spool {
         self.lock().cursors[i]
     }
 
-    /// The first batch endpoint `i` has not had in full, if any.
-    pub fn next_batch(&self, i: usize) -> Option<(u64, u32)> {
+    /// The first batch endpoint `i` has not had in full, with where in it to start; or, when it has had
+    /// everything, how many batches had been written then (for [`Spool::wait_past`]).
+    pub fn next_batch(&self, i: usize) -> Result<(u64, u32, u32), u64> {
         let s = self.lock();
         let c = s.cursors[i];
-        s.batches
-            .iter()
-            .find(|b| b.after(c) > 0)
-            .map(|b| (b.seq, if c.seq == b.seq { c.index } else { 0 }))
+        // Batches are in order of their numbers: the first not wholly before the position.
+        let from = s
+            .batches
+            .partition_point(|b| b.after(c) == 0 && b.seq <= c.seq);
+        match s.batches.range(from..).find(|b| b.after(c) > 0) {
+            Some(b) => Ok((b.seq, b.count, if c.seq == b.seq { c.index } else { 0 })),
+            None => Err(*self.committed.borrow()),
+        }
     }
 
     /// A batch's events.
-    pub async fn read_batch(&self, seq: u64) -> Result<Vec<Event>, StorageError> {
-        let key = self.batch_key(seq);
-        let bytes = self.storage.read_small(&key, BATCH_LIMIT).await?;
+    pub async fn read_batch(&self, seq: u64, count: u32) -> Result<Vec<Event>, BatchError> {
+        let key = self.batch_key(Batch { seq, count });
+        let bytes = match self.storage.read_small(&key, BATCH_LIMIT).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(BatchError::Lost(format!("{key} is gone"))),
+            Err(e) => return Err(BatchError::Storage(e)),
+        };
         serde_json::from_slice(&bytes)
-            .map_err(|e| StorageError::Io(key, std::io::Error::other(e.to_string())))
+            .map_err(|e| BatchError::Lost(format!("{key} is not a batch of events: {e}")))
     }
 
-    /// Waits until batch `seq` (or a later one) has been written.
-    pub async fn wait_past(&self, seq: u64) {
+    /// Waits until more batches than `written` have been written.
+    pub async fn wait_past(&self, written: u64) {
         let mut rx = self.committed.subscribe();
-        let _ = rx.wait_for(|written| *written > seq).await;
+        let _ = rx.wait_for(|n| *n > written).await;
+    }
+
+    /// Endpoint `i` cannot have batch `seq` (lost): it moves past it, and what it had not had is counted as
+    /// dropped.
+    pub async fn skip_lost(&self, i: usize, seq: u64, count: u32) {
+        let lost = Batch { seq, count }.after(self.cursor(i));
+        if lost > 0 {
+            self.metrics
+                .notify_dropped
+                .with_label_values(&[self.names[i].as_str()])
+                .inc_by(lost);
+        }
+        self.advance(
+            i,
+            Pos {
+                seq: seq.saturating_add(1),
+                index: 0,
+            },
+        )
+        .await;
     }
 
     /// Endpoint `i` has had everything before `pos`: remembers it (in storage too) and removes the batches
@@ -311,7 +369,7 @@ impl Spool {
                 }
                 s.batches.pop_front();
                 s.total -= u64::from(b.count);
-                doomed.push(b.seq);
+                doomed.push(b);
             }
             (doomed, pos)
         };
@@ -365,6 +423,13 @@ mod tests {
         assert_eq!(b.after(Pos { seq: 5, index: 10 }), 0);
         assert_eq!(b.after(Pos { seq: 6, index: 0 }), 0);
         assert_eq!(parse_pos(b"12 3\n"), Some(Pos { seq: 12, index: 3 }));
+        let b = Batch { seq: 7, count: 3 };
+        assert_eq!(
+            parse_batch_name(&batch_name(b)).map(|x| (x.seq, x.count)),
+            Some((7, 3))
+        );
+        assert!(batch_name(b).starts_with("00000000000000000007-"));
+        assert!(parse_batch_name("7").is_none());
         assert_eq!(parse_pos(b"x"), None);
     }
 }
