@@ -283,6 +283,22 @@ async fn the_operator_listener_answers_probes_and_follows_the_upstream() {
         head.starts_with("HTTP/1.1 200"),
         "liveness does not depend on the upstream"
     );
+    // Plain HTTP sent to the TLS port is a handshake failure of its own kind.
+    let (head, _) = plain_get(proxy.addr, "/v2/").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let m = scrape(admin).await;
+    assert_eq!(
+        sample(
+            &m,
+            "berth_proxy_tls_handshakes_total{result=\"plain_http\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "berth_proxy_tls_handshakes_total{result=\"ok\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]
