@@ -2,7 +2,11 @@
 //! answered without being read is thrown away (up to a bound) so the connection can serve the retry, and a
 //! connection being closed lingers (its write side shut, whatever the client still sends read and dropped, for a
 //! bounded time) so that unread bytes in the socket never make the kernel send a reset that destroys the answer
-//! already sent (nginx's `discard_body` and `lingering_close`).
+//! already sent (nginx's `discard_body` and `lingering_close`). Also the metric labels both share
+//! ([`labels`]) and the plain-HTTP listener each keeps for operators ([`operator`]).
+
+pub mod labels;
+pub mod operator;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -8,11 +8,11 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use berth_net::labels::{method_index, slots, METHODS};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -85,14 +85,7 @@ pub const ROUTES: [&str; 14] = [
     "token",
     "other",
 ];
-const METHODS: [&str; 8] = [
-    "get", "head", "put", "post", "patch", "delete", "options", "other",
-];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
-    (0..n).map(|_| OnceLock::new()).collect()
-}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -294,24 +287,6 @@ fn class_index(status: u16) -> usize {
     }
 }
 
-fn method_index(m: &Method) -> usize {
-    match *m {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::PUT => 2,
-        Method::POST => 3,
-        Method::PATCH => 4,
-        Method::DELETE => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
-
-/// Lower-case method; anything unusual is `other`.
-pub fn method_label(m: &Method) -> &'static str {
-    METHODS[method_index(m)]
-}
-
 /// The route class of a path, as the registry names its routes (`base`, `manifest`, `blob`,
 /// `blob_upload`, `blob_upload_chunk`, `tags`, `catalog`, `referrers`, `search`), or the proxy's own
 /// (`ping`, `health`, `ready`, `token`), else `other`.
@@ -413,32 +388,8 @@ pub async fn serve(
     handler: AdminHandler,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("metrics listener: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let h = Arc::clone(&handler);
-        let service = hyper::service::service_fn(move |req| {
-            let answer = h(req);
-            async move { Ok::<_, std::convert::Infallible>(answer.await) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let handle = move |req| handler(req);
+    berth_net::operator::serve(listener, handle, "metrics listener", shutdown).await;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use berth_net::labels::{method_index, slots, METHODS};
 use bytes::Bytes;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -106,31 +107,11 @@ pub const HANDLERS: [&str; 11] = [
     "v1_search",
     "unknown",
 ];
-const METHODS: [&str; 8] = [
-    "get", "head", "put", "post", "patch", "delete", "options", "other",
-];
 /// The statuses the registry answers with; others are counted through a label lookup.
 const CODES: [u16; 22] = [
     200, 201, 202, 204, 206, 301, 302, 304, 307, 400, 401, 403, 404, 405, 409, 413, 416, 429, 500,
     502, 503, 507,
 ];
-
-fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
-    (0..n).map(|_| OnceLock::new()).collect()
-}
-
-fn method_index(m: &http::Method) -> usize {
-    match *m {
-        http::Method::GET => 0,
-        http::Method::HEAD => 1,
-        http::Method::PUT => 2,
-        http::Method::POST => 3,
-        http::Method::PATCH => 4,
-        http::Method::DELETE => 5,
-        http::Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -376,11 +357,6 @@ fn itoa_status(status: u16) -> [u8; 3] {
         b'0' + (s / 10 % 10) as u8,
         b'0' + (s % 10) as u8,
     ]
-}
-
-/// The method label: lower case, as registry:2 writes it; anything unusual is `other`.
-pub fn method_label(m: &http::Method) -> &'static str {
-    METHODS[method_index(m)]
 }
 
 /// A request in flight on a route, for `registry_http_in_flight_requests`.

@@ -245,6 +245,22 @@ impl fmt::Display for Reference {
     }
 }
 
+/// A random UUID (version 4), as text.
+pub fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// An upload session id: a lowercase hyphenated UUID as registry:2 makes them (we accept any
 /// `[a-zA-Z0-9-]{1,64}` so sessions started by registry:2 can be resumed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -253,19 +269,7 @@ pub struct UploadId(String);
 impl UploadId {
     /// A fresh random id (UUID v4 form).
     pub fn generate() -> UploadId {
-        let b: [u8; 16] = rand::random();
-        let mut b = b;
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let h = hex::encode(b);
-        UploadId(format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        ))
+        UploadId(uuid_v4())
     }
 
     /// The id as text.

@@ -255,6 +255,23 @@ async fn push_blob(reg: &Registry, repo: &str, data: &[u8]) -> String {
     d
 }
 
+/// A request without a body, as berth-proxy forwards one for alice; the status.
+async fn as_alice(reg: &Registry, method: Method, path: &str) -> StatusCode {
+    reg.send(method, path, &[USER], full(Bytes::new()))
+        .await
+        .status
+}
+
+/// The environment of a registry notifying per `cfg`, with metrics on the debug listener.
+fn notifying(cfg: &std::path::Path) -> Vec<(&str, &str)> {
+    vec![
+        ("REGISTRY_CONFIGURATION_PATH", cfg.to_str().unwrap()),
+        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+        ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
+        ("BERTH_STORAGE_MIN_FREE", "0"),
+    ]
+}
+
 fn metric(text: &str, line_start: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(line_start))
@@ -290,12 +307,7 @@ async fn events_are_registry_2_shaped_in_order_and_survive_refusals_and_sigkill(
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("data");
     let cfg = config(work.path(), &receiver, "");
-    let env = [
-        ("REGISTRY_CONFIGURATION_PATH", cfg.to_str().unwrap()),
-        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
-        ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
-        ("BERTH_STORAGE_MIN_FREE", "0"),
-    ];
+    let env = notifying(&cfg);
     let mut reg = Registry::start_at(&root, &env);
     let debug = debug_of(&mut reg);
 
@@ -340,53 +352,38 @@ async fn events_are_registry_2_shaped_in_order_and_survive_refusals_and_sigkill(
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = reg
-        .send(
-            Method::GET,
-            &format!("/v2/team/app/blobs/{ld}"),
-            &[USER],
-            full(Bytes::new()),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let r = reg
-        .send(
+    assert_eq!(
+        as_alice(&reg, Method::GET, &format!("/v2/team/app/blobs/{ld}")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        as_alice(
+            &reg,
             Method::POST,
-            &format!("/v2/other/blobs/uploads/?mount={ld}&from=team/app"),
-            &[USER],
-            full(Bytes::new()),
+            &format!("/v2/other/blobs/uploads/?mount={ld}&from=team/app")
         )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
+        .await,
+        StatusCode::CREATED
+    );
     // A manifest by digest too, so a tag delete leaves something to delete by digest.
-    let r = reg
-        .send(
+    assert_eq!(
+        as_alice(&reg, Method::DELETE, "/v2/team/app/manifests/v1").await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        as_alice(
+            &reg,
             Method::DELETE,
-            "/v2/team/app/manifests/v1",
-            &[USER],
-            full(Bytes::new()),
+            &format!("/v2/team/app/manifests/{md}")
         )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    let r = reg
-        .send(
-            Method::DELETE,
-            &format!("/v2/team/app/manifests/{md}"),
-            &[USER],
-            full(Bytes::new()),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
+        .await,
+        StatusCode::ACCEPTED
+    );
     // Failures make no events.
-    let r = reg
-        .send(
-            Method::GET,
-            "/v2/team/app/manifests/nope",
-            &[USER],
-            full(Bytes::new()),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        as_alice(&reg, Method::GET, "/v2/team/app/manifests/nope").await,
+        StatusCode::NOT_FOUND
+    );
 
     receiver.wait_until("8 events", |r| r.count() >= 8).await;
     let events = receiver.events();
@@ -582,12 +579,7 @@ async fn a_full_spool_drops_the_oldest_events_and_counts_them() {
         &receiver,
         "[notifications.spool]\nmaxevents = 3\n",
     );
-    let env = [
-        ("REGISTRY_CONFIGURATION_PATH", cfg.to_str().unwrap()),
-        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
-        ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
-        ("BERTH_STORAGE_MIN_FREE", "0"),
-    ];
+    let env = notifying(&cfg);
     let mut reg = Registry::start_at(&root, &env);
     let debug = debug_of(&mut reg);
     let mut pushed = Vec::new();
@@ -692,12 +684,7 @@ async fn a_corrupt_batch_is_skipped_and_counted() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("data");
     let cfg = config(work.path(), &receiver, "");
-    let env = [
-        ("REGISTRY_CONFIGURATION_PATH", cfg.to_str().unwrap()),
-        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
-        ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
-        ("BERTH_STORAGE_MIN_FREE", "0"),
-    ];
+    let env = notifying(&cfg);
     let mut reg = Registry::start_at(&root, &env);
     let _ = debug_of(&mut reg);
     let mut pushed = Vec::new();

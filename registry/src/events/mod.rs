@@ -140,21 +140,7 @@ pub struct Pending {
     pub path: String,
 }
 
-/// A random UUID (version 4).
-pub fn uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub use crate::oci::uuid_v4 as uuid;
 
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
