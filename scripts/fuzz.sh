@@ -2,7 +2,9 @@
 # Runs every cargo-fuzz target in fuzz/ for a while each (stable toolchain, no sanitizer):
 #   scripts/fuzz.sh [SECONDS]        (default 60 per target)
 # Installs cargo-fuzz when missing. A crash stops the run; its input stays in fuzz/artifacts/TARGET/ (turn it into
-# a test next to the parser before fixing it). The corpus grows in fuzz/corpus/TARGET/ (not tracked).
+# a test next to the parser before fixing it). The corpus grows in fuzz/corpus/TARGET/ (not tracked), starting
+# from the small real examples in fuzz/seeds/TARGET/ (tracked). The test suite runs it for a few seconds per
+# target so that the targets keep building and the seeds keep passing.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT/fuzz"
@@ -12,7 +14,10 @@ for target in $(cargo fuzz list); do
   step "fuzz $target for ${SECS}s"
   log=$(mktemp)
   rc=0
-  cargo fuzz run -s none "$target" -- -max_total_time="$SECS" >"$log" 2>&1 || rc=$?
+  mkdir -p "corpus/$target"
+  seeds=()
+  [ -d "seeds/$target" ] && seeds=("seeds/$target")
+  cargo fuzz run -s none "$target" "corpus/$target" "${seeds[@]}" -- -max_total_time="$SECS" >"$log" 2>&1 || rc=$?
   grep -E '^Done|panicked|SUMMARY|Test unit' "$log" | sed 's/^/    /' || true
   rm -f "$log"
   [ "$rc" = 0 ] || die "fuzz target $target failed (exit $rc): the input is in fuzz/artifacts/$target/"

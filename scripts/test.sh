@@ -12,6 +12,9 @@ step "cargo test --workspace"
 cargo build --workspace --locked --bins
 cargo test --workspace --locked
 
+step "fuzz targets, a few seconds each (scripts/fuzz.sh 600 is the long run)"
+scripts/fuzz.sh 5
+
 step "release binaries for the end-to-end suite"
 cargo build --release --locked --bins
 

@@ -111,6 +111,20 @@ pub fn handler_index(path: &str) -> usize {
     }
 }
 
+/// The repository a request path names, as the router reads it (`None` for routes without one: the base,
+/// the catalog, search, ping, and paths it does not route). berth-proxy's access rules must read the same name
+/// from the same path; the `router` fuzz target checks that they do.
+pub fn repository_in(path: &str) -> Option<&str> {
+    match route(path)? {
+        Route::Tags(n)
+        | Route::Manifest(n, _)
+        | Route::Blob(n, _)
+        | Route::Upload(n, _)
+        | Route::Referrers(n, _) => Some(n),
+        Route::Base | Route::Catalog | Route::V1Ping | Route::V1Search => None,
+    }
+}
+
 /// Parses a repository name from the path.
 fn repo(name: &str) -> Result<RepoName, RegistryError> {
     name.parse().map_err(|_| RegistryError::NameInvalid)
