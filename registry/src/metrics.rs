@@ -318,19 +318,18 @@ impl Metrics {
         let h = handler.min(HANDLERS.len() - 1);
         let m = method_index(method);
         let (handler, method) = (HANDLERS[h], METHODS[m]);
-        let code = itoa_status(status);
-        let code = std::str::from_utf8(&code[..]).unwrap_or("0");
+        // The status is turned into text only when its series is first looked up.
+        let count = || {
+            let code = itoa_status(status);
+            let code = std::str::from_utf8(&code[..]).unwrap_or("0");
+            self.http_requests
+                .with_label_values(&[code, handler, method])
+        };
         match CODES.iter().position(|c| *c == status) {
             Some(c) => self.requests_by[(h * METHODS.len() + m) * CODES.len() + c]
-                .get_or_init(|| {
-                    self.http_requests
-                        .with_label_values(&[code, handler, method])
-                })
+                .get_or_init(count)
                 .inc(),
-            None => self
-                .http_requests
-                .with_label_values(&[code, handler, method])
-                .inc(),
+            None => count().inc(),
         }
         self.duration_by[h * METHODS.len() + m]
             .get_or_init(|| self.http_duration.with_label_values(&[handler, method]))

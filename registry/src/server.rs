@@ -67,7 +67,14 @@ async fn logged(
         .as_ref()
         .map(|m| crate::metrics::InFlight::start(m, handler));
     let received = Arc::new(AtomicU64::new(0));
-    let req = req.map(|b| RequestBody::new(b, expects_continue).counting(Arc::clone(&received)));
+    let req = req.map(|b| {
+        let body = RequestBody::new(b, expects_continue);
+        // Bytes are counted only for the metrics.
+        match metrics {
+            Some(_) => body.counting(Arc::clone(&received)),
+            None => body,
+        }
+    });
     let resp = app.handle(req).await;
     drop(in_flight);
     if let Some(metrics) = metrics {
