@@ -1,5 +1,6 @@
-//! Forwarding: which route a request target is, the header rewrite towards the upstream and back, and the body
-//! wrappers that stream (never collect) while counting bytes and enforcing idle timeouts and size limits.
+//! Forwarding: which route a request target is, the header rewrite towards the upstream and back, and the one
+//! body wrapper ([`RelayBody`]) that streams (never collects) while counting bytes and enforcing idle timeouts and
+//! size limits.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -13,6 +14,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+
+use crate::error::ProxyError;
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -197,13 +200,25 @@ pub type Counter = Arc<AtomicU64>;
 /// Called once when a body is dropped (finished or aborted): used for the access log.
 pub type OnDrop = Box<dyn FnOnce() + Send + Sync>;
 
-/// A body wrapper that streams frames through unchanged while counting data bytes, failing when the body idles
-/// longer than a timeout or grows past a limit, and running a callback when dropped.
-pub struct MeteredBody<B> {
-    inner: Pin<Box<B>>,
-    counter: Counter,
+/// Every body the proxy relays, request or response, in one wrapper: the one place where a byte of a body
+/// passes through the proxy. It streams frames through unchanged (never collects), with the behaviours each
+/// direction composes:
+/// - [`count`](RelayBody::new): data bytes are added to a counter (access log, metrics);
+/// - [`limit`](RelayBody::limit): fails past a size, flagging it;
+/// - [`idle_timeout`](RelayBody::idle_timeout): fails when no frame arrives for a while the reader waits;
+/// - [`split`](RelayBody::split): hands long data frames on in pieces (no copy);
+/// - [`track`](RelayBody::track): reports how far a request body got to the timer waiting for the upstream's
+///   answer, and which side failed;
+/// - [`deferred`](RelayBody::deferred): a handle on a body kept in a shared slot until an upstream connection
+///   first reads it (so a failed connection attempt leaves it untouched for the next replica); on first read
+///   the handle becomes the body itself, so even then each byte is handled once;
+/// - [`on_drop`](RelayBody::on_drop): a callback when the body is dropped, finished or not.
+pub struct RelayBody<B> {
+    source: Source<B>,
+    counter: Option<Counter>,
     limit: Option<(u64, Arc<AtomicBool>)>,
     idle: Option<(Duration, Pin<Box<Sleep>>, bool)>,
+    progress: Option<Arc<Progress>>,
     on_drop: Option<OnDrop>,
     /// With `split`, data frames longer than this are handed on in pieces of this size.
     split: Option<usize>,
@@ -211,14 +226,39 @@ pub struct MeteredBody<B> {
     rest: Bytes,
 }
 
-impl<B> MeteredBody<B> {
-    /// Wrap `inner`, adding data bytes to `counter`.
+/// Where a [`RelayBody`] reads from.
+enum Source<B> {
+    Body(Pin<Box<B>>),
+    /// A body in a shared slot, taken on first read.
+    Deferred(DeferredSlot<B>),
+}
+
+/// A request body waiting for the upstream connection that reads it.
+pub type DeferredSlot<B> = Arc<Mutex<Option<RelayBody<B>>>>;
+
+impl<B> RelayBody<B> {
+    /// Wrap `inner`, adding its data bytes to `counter`.
     pub fn new(inner: B, counter: Counter) -> Self {
-        MeteredBody {
-            inner: Box::pin(inner),
-            counter,
+        RelayBody {
+            source: Source::Body(Box::pin(inner)),
+            counter: Some(counter),
             limit: None,
             idle: None,
+            progress: None,
+            on_drop: None,
+            split: None,
+            rest: Bytes::new(),
+        }
+    }
+
+    /// A handle reading the body in `slot` on first use (and becoming it).
+    pub fn deferred(slot: DeferredSlot<B>) -> Self {
+        RelayBody {
+            source: Source::Deferred(slot),
+            counter: None,
+            limit: None,
+            idle: None,
+            progress: None,
             on_drop: None,
             split: None,
             rest: Bytes::new(),
@@ -243,14 +283,26 @@ impl<B> MeteredBody<B> {
         self
     }
 
+    /// Report progress (and the client's failures) to `progress`.
+    pub(crate) fn track(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
     /// Run `f` when the body is dropped.
     pub fn on_drop(mut self, f: OnDrop) -> Self {
         self.on_drop = Some(f);
         self
     }
+
+    fn note(&self, f: impl FnOnce(&mut ProgressState)) {
+        if let Some(p) = &self.progress {
+            p.update(f);
+        }
+    }
 }
 
-impl<B> Drop for MeteredBody<B> {
+impl<B> Drop for RelayBody<B> {
     fn drop(&mut self) {
         if let Some(f) = self.on_drop.take() {
             f();
@@ -258,7 +310,7 @@ impl<B> Drop for MeteredBody<B> {
     }
 }
 
-/// The error a [`MeteredBody`] fails with when no frame arrived within its idle timeout.
+/// The error a [`RelayBody`] fails with when no frame arrived within its idle timeout.
 #[derive(Debug)]
 pub struct BodyIdle;
 impl std::fmt::Display for BodyIdle {
@@ -268,7 +320,7 @@ impl std::fmt::Display for BodyIdle {
 }
 impl std::error::Error for BodyIdle {}
 
-/// The error a [`MeteredBody`] fails with when its limit is exceeded.
+/// The error a [`RelayBody`] fails with when its limit is exceeded.
 #[derive(Debug)]
 pub struct BodyTooLarge;
 impl std::fmt::Display for BodyTooLarge {
@@ -278,7 +330,7 @@ impl std::fmt::Display for BodyTooLarge {
 }
 impl std::error::Error for BodyTooLarge {}
 
-impl<B> Body for MeteredBody<B>
+impl<B> Body for RelayBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -291,36 +343,77 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Source::Deferred(slot) = &this.source {
+            let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match taken {
+                // The handle becomes the body (its own behaviours are none: nothing is lost).
+                Some(body) => *this = body,
+                None => return Poll::Ready(Some(Err("request body already consumed".into()))),
+            }
+        }
         if !this.rest.is_empty() {
             let n = this.split.unwrap_or(usize::MAX).min(this.rest.len());
-            return Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))));
+            let piece = this.rest.split_to(n);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
-        match this.inner.as_mut().poll_frame(cx) {
+        let Source::Body(inner) = &mut this.source else {
+            unreachable!("a deferred body was replaced by the one it waited for");
+        };
+        match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some((_, _, waiting)) = &mut this.idle {
                     *waiting = false;
                 }
                 if let Some(data) = frame.data_ref() {
-                    let total = this.counter.fetch_add(data.len() as u64, Ordering::Relaxed)
-                        + data.len() as u64;
+                    let n = data.len() as u64;
+                    let total = match &this.counter {
+                        Some(c) => c.fetch_add(n, Ordering::Relaxed) + n,
+                        None => 0,
+                    };
                     if let Some((max, exceeded)) = &this.limit {
                         if total > *max {
                             exceeded.store(true, Ordering::Relaxed);
+                            this.note(|s| {
+                                s.waiting_on_client = false;
+                                s.fault = Some(ProxyError::PayloadTooLarge);
+                            });
                             return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                         }
                     }
                 }
-                match (this.split, frame.into_data()) {
+                let frame = match (this.split, frame.into_data()) {
                     (Some(max), Ok(mut data)) if data.len() > max => {
                         this.rest = data.split_off(max);
-                        Poll::Ready(Some(Ok(Frame::data(data))))
+                        Frame::data(data)
                     }
-                    (_, Ok(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                    (_, Err(frame)) => Poll::Ready(Some(Ok(frame))),
+                    (_, Ok(data)) => Frame::data(data),
+                    (_, Err(frame)) => frame,
+                };
+                if this.progress.is_some() {
+                    let ended = Body::is_end_stream(&*this);
+                    this.note(|s| {
+                        s.last = Instant::now();
+                        s.waiting_on_client = false;
+                        s.ended = ended;
+                    });
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                this.note(|s| {
+                    s.waiting_on_client = false;
+                    s.fault = Some(ProxyError::ClientAborted);
+                });
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.note(|s| {
+                    s.last = Instant::now();
+                    s.waiting_on_client = false;
+                    s.ended = true;
+                });
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if let Some((timeout, sleep, waiting)) = &mut this.idle {
                     if !*waiting {
@@ -328,20 +421,40 @@ where
                         sleep.as_mut().reset(Instant::now() + *timeout);
                     }
                     if sleep.as_mut().poll(cx).is_ready() {
+                        this.note(|s| {
+                            s.waiting_on_client = false;
+                            s.fault = Some(ProxyError::ClientTimeout);
+                        });
                         return Poll::Ready(Some(Err(Box::new(BodyIdle))));
                     }
                 }
+                this.note(|s| s.waiting_on_client = true);
                 Poll::Pending
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty() && self.inner.is_end_stream()
+        match &self.source {
+            Source::Body(inner) => self.rest.is_empty() && inner.is_end_stream(),
+            Source::Deferred(slot) => slot
+                .lock()
+                .map(|s| s.as_ref().is_some_and(|b| b.is_end_stream()))
+                .unwrap_or(false),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
+        let mut hint = match &self.source {
+            Source::Body(inner) => inner.size_hint(),
+            Source::Deferred(slot) => {
+                return slot
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.as_ref().map(|b| b.size_hint()))
+                    .unwrap_or_default()
+            }
+        };
         let rest = self.rest.len() as u64;
         hint.set_lower(hint.lower().saturating_add(rest));
         if let Some(upper) = hint.upper() {
@@ -351,67 +464,45 @@ where
     }
 }
 
-/// A request body that stays in a shared slot until the upstream connection first reads it, so a request whose
-/// connection attempt failed can be sent to the next upstream with its body untouched.
-pub struct DeferredBody<B> {
-    slot: Arc<Mutex<Option<B>>>,
-    taken: Option<Pin<Box<B>>>,
+/// How far a request body got, as of its last frame.
+#[derive(Debug, Clone)]
+pub(crate) struct ProgressState {
+    /// When the body last delivered a frame or ended (or was created).
+    pub last: Instant,
+    /// The body was polled and is waiting for the client to send more.
+    pub waiting_on_client: bool,
+    /// The whole body was handed to the upstream connection.
+    pub ended: bool,
+    /// The client's side of the body failed: too large, idle, or broken off.
+    pub fault: Option<ProxyError>,
 }
 
-impl<B> DeferredBody<B> {
-    /// A body reading from `slot` on first use.
-    pub fn new(slot: Arc<Mutex<Option<B>>>) -> Self {
-        DeferredBody { slot, taken: None }
-    }
-}
+/// How far a request body got, shared between the body ([`RelayBody::track`]) and the timer waiting for the
+/// upstream's answer.
+#[derive(Debug)]
+pub(crate) struct Progress(Mutex<ProgressState>);
 
-impl<B> Body for DeferredBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if this.taken.is_none() {
-            let taken = this.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            match taken {
-                Some(b) => this.taken = Some(Box::pin(b)),
-                None => return Poll::Ready(Some(Err("request body already consumed".into()))),
-            }
-        }
-        match &mut this.taken {
-            Some(b) => b.as_mut().poll_frame(cx).map_err(Into::into),
-            None => Poll::Ready(None),
-        }
+impl Progress {
+    /// `ended`: the body is empty (hyper will not poll it).
+    pub fn new(ended: bool) -> Self {
+        Progress(Mutex::new(ProgressState {
+            last: Instant::now(),
+            waiting_on_client: false,
+            ended,
+            fault: None,
+        }))
     }
 
-    fn is_end_stream(&self) -> bool {
-        match &self.taken {
-            Some(b) => b.is_end_stream(),
-            None => self
-                .slot
-                .lock()
-                .map(|s| s.as_ref().is_some_and(|b| b.is_end_stream()))
-                .unwrap_or(false),
-        }
+    pub fn state(&self) -> ProgressState {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match &self.taken {
-            Some(b) => b.size_hint(),
-            None => self
-                .slot
-                .lock()
-                .ok()
-                .and_then(|s| s.as_ref().map(|b| b.size_hint()))
-                .unwrap_or_default(),
-        }
+    fn update(&self, f: impl FnOnce(&mut ProgressState)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn client_fault(&self) -> Option<ProxyError> {
+        self.state().fault
     }
 }
 
@@ -427,7 +518,7 @@ mod tests {
         let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         let counter: Counter = Arc::new(AtomicU64::new(0));
         let mut body =
-            MeteredBody::new(Full::new(Bytes::from(data.clone())), counter.clone()).split(16_375);
+            RelayBody::new(Full::new(Bytes::from(data.clone())), counter.clone()).split(16_375);
         assert_eq!(body.size_hint().exact(), Some(40_000));
         let mut sizes = Vec::new();
         let mut got = Vec::new();
@@ -440,6 +531,65 @@ mod tests {
         assert_eq!(sizes, [16_375, 16_375, 7_250]);
         assert_eq!(got, data);
         assert_eq!(counter.load(Ordering::Relaxed), 40_000);
+    }
+
+    /// A deferred handle becomes the body it waited for on first read: bytes are counted once, the limit and
+    /// the progress still apply, and a second handle on the same slot finds it taken.
+    #[tokio::test]
+    async fn a_deferred_handle_becomes_its_body() {
+        let counter: Counter = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Progress::new(false));
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = RelayBody::new(
+            Full::new(Bytes::from_static(b"0123456789")),
+            counter.clone(),
+        )
+        .limit(10, exceeded.clone())
+        .track(Arc::clone(&progress));
+        let slot: DeferredSlot<_> = Arc::new(Mutex::new(Some(body)));
+        let first = RelayBody::deferred(Arc::clone(&slot));
+        assert_eq!(first.size_hint().exact(), Some(10));
+        let got = first.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"0123456789");
+        assert_eq!(counter.load(Ordering::Relaxed), 10);
+        assert!(!exceeded.load(Ordering::Relaxed));
+        let st = progress.state();
+        assert!(st.ended && st.fault.is_none());
+        let second = RelayBody::deferred(slot);
+        let err = second.collect().await.expect_err("the body was taken");
+        assert_eq!(err.to_string(), "request body already consumed");
+
+        // Past the limit: the error, the flag and the progress all say so.
+        let progress = Arc::new(Progress::new(false));
+        let body = RelayBody::new(Full::new(Bytes::from_static(b"0123456789")), counter)
+            .limit(15, exceeded.clone())
+            .track(Arc::clone(&progress));
+        let err = body.collect().await.expect_err("over the limit");
+        assert!(err.downcast_ref::<BodyTooLarge>().is_some());
+        assert!(exceeded.load(Ordering::Relaxed));
+        assert_eq!(progress.client_fault(), Some(ProxyError::PayloadTooLarge));
+    }
+
+    /// A body that stops arriving fails with [`BodyIdle`] after its idle timeout, and its progress names the
+    /// client as the one at fault.
+    #[tokio::test]
+    async fn an_idle_body_times_out() {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = http_body_util::StreamBody::new(tokio_stream_of(rx));
+        let progress = Arc::new(Progress::new(false));
+        let body = RelayBody::new(stream, Arc::new(AtomicU64::new(0)))
+            .idle_timeout(Duration::from_millis(50))
+            .track(Arc::clone(&progress));
+        let err = body.collect().await.expect_err("idle");
+        assert!(err.downcast_ref::<BodyIdle>().is_some());
+        assert_eq!(progress.client_fault(), Some(ProxyError::ClientTimeout));
+    }
+
+    /// A receiver as a stream of frames.
+    fn tokio_stream_of(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     fn c(target: &str) -> Result<Route, &'static str> {

@@ -28,7 +28,7 @@ use crate::error::{json_response, ProxyError};
 use crate::filter::UserAgentFilter;
 use crate::forward::{
     classify, client_host, rewrite_request_headers, strip_hop_by_hop, BoxError, ClientContext,
-    MeteredBody, ProxyBody, Route, API_VERSION, API_VERSION_HEADER,
+    ProxyBody, RelayBody, Route, API_VERSION, API_VERSION_HEADER,
 };
 use crate::log::AccessRecord;
 use crate::metrics::Metrics;
@@ -741,7 +741,7 @@ async fn handle(
     // arriving, writes the access log when done.
     let read_timeout = Duration::from_secs(state.config.read_timeout_secs);
     let resp = resp.map(|body| {
-        let body = MeteredBody::new(body, bytes_out)
+        let body = RelayBody::new(body, bytes_out)
             .idle_timeout(read_timeout)
             .on_drop(Box::new(move || {
                 record.emit();
@@ -1168,7 +1168,7 @@ async fn forward(
     }
     let exceeded = Arc::new(AtomicBool::new(false));
     let read_timeout = Duration::from_secs(cfg.read_timeout_secs);
-    let mut body = MeteredBody::new(body, bytes_in).idle_timeout(read_timeout);
+    let mut body = RelayBody::new(body, bytes_in).idle_timeout(read_timeout);
     if let Some(max) = limit {
         body = body.limit(max, Arc::clone(&exceeded));
     }

@@ -1,14 +1,10 @@
 //! The upstream registries: a keep-alive connection pool, connect and read timeouts, and round-robin over
 //! several replicas with failover when a connection cannot be made.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::Frame;
 use tokio::time::Instant;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -20,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::ProxyError;
-use crate::forward::{BodyIdle, BodyTooLarge, BoxError, DeferredBody, ProxyBody};
+use crate::forward::{DeferredSlot, Progress, ProxyBody, RelayBody};
 
 /// The upstream replicas and the pool used to reach them.
 pub struct Upstreams {
@@ -94,18 +90,14 @@ impl Upstreams {
     pub async fn send<B>(
         &self,
         parts: http::request::Parts,
-        body: B,
+        body: RelayBody<B>,
     ) -> Result<Response<Incoming>, ProxyError>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<crate::forward::BoxError>,
     {
-        let progress = Arc::new(Progress::new(body.is_end_stream()));
-        let body = TrackedBody {
-            inner: Box::pin(body),
-            progress: Arc::clone(&progress),
-        };
-        let slot = Arc::new(Mutex::new(Some(body)));
+        let progress = Arc::new(Progress::new(http_body::Body::is_end_stream(&body)));
+        let slot: DeferredSlot<B> = Arc::new(Mutex::new(Some(body.track(Arc::clone(&progress)))));
         let n = self.targets.len();
         if n == 0 {
             return Err(ProxyError::UpstreamUnavailable);
@@ -124,7 +116,7 @@ impl Upstreams {
                 .path_and_query(path.clone())
                 .build()
                 .map_err(|_| ProxyError::Internal)?;
-            let mut req = Request::new(DeferredBody::new(Arc::clone(&slot)).boxed());
+            let mut req = Request::new(RelayBody::deferred(Arc::clone(&slot)).boxed());
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_11;
@@ -247,119 +239,6 @@ async fn answer<F: std::future::Future>(
                 }
             }
         }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct ProgressState {
-    /// When the body last delivered a frame or ended (or was created).
-    last: Instant,
-    /// The body was polled and is waiting for the client to send more.
-    waiting_on_client: bool,
-    /// The whole body was handed to the upstream connection.
-    ended: bool,
-    /// The client's side of the body failed.
-    fault: Option<ProxyError>,
-}
-
-/// How far the request body got, shared between the body and the timer waiting for the upstream's answer.
-#[derive(Debug)]
-struct Progress(Mutex<ProgressState>);
-
-impl Progress {
-    /// `ended`: the body is empty (hyper will not poll it).
-    fn new(ended: bool) -> Self {
-        Progress(Mutex::new(ProgressState {
-            last: Instant::now(),
-            waiting_on_client: false,
-            ended,
-            fault: None,
-        }))
-    }
-
-    fn state(&self) -> ProgressState {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut ProgressState)) {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-
-    fn client_fault(&self) -> Option<ProxyError> {
-        self.state().fault
-    }
-}
-
-/// Which client-side body failure an error is: too large, idle, or broken off.
-fn classify_body_error(e: &BoxError) -> ProxyError {
-    if e.downcast_ref::<BodyTooLarge>().is_some() {
-        ProxyError::PayloadTooLarge
-    } else if e.downcast_ref::<BodyIdle>().is_some() {
-        ProxyError::ClientTimeout
-    } else {
-        ProxyError::ClientAborted
-    }
-}
-
-/// The request body on its way upstream, reporting its progress to the answer timer.
-struct TrackedBody<B> {
-    inner: Pin<Box<B>>,
-    progress: Arc<Progress>,
-}
-
-impl<B> http_body::Body for TrackedBody<B>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let ended = this.inner.is_end_stream();
-                this.progress.update(|s| {
-                    s.last = Instant::now();
-                    s.waiting_on_client = false;
-                    s.ended = ended;
-                });
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let e: BoxError = e.into();
-                let fault = classify_body_error(&e);
-                this.progress.update(|s| {
-                    s.waiting_on_client = false;
-                    s.fault = Some(fault);
-                });
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.progress.update(|s| {
-                    s.last = Instant::now();
-                    s.waiting_on_client = false;
-                    s.ended = true;
-                });
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                this.progress.update(|s| s.waiting_on_client = true);
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
