@@ -13,7 +13,7 @@ import sys
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import targets  # noqa: E402
+from summary import targets  # noqa: E402
 
 
 def f(x, nd=1):
