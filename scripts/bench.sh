@@ -10,6 +10,14 @@
 # durations, finishes in a few minutes and exits non-zero if either stack fails to serve. The method and the last
 # measured figures are in bench/README.md.
 #   BERTH_BIN_DIR=DIR  use these binaries instead of building
+#
+#   scripts/bench.sh --soak DURATION [--s3] [--clients N] [--out FILE.json] [more: bench/soak.py --help]
+#
+# The soak instead: berth alone under 32 clients of mixed load (pushes, pulls, listings, deletes with the collector
+# running, wrong passwords, aborted uploads, dropped connections) for DURATION (600, 10m), on the filesystem or on
+# a moto_server bucket (--s3); records every failure, latency per operation over time and the RSS and open files
+# of both processes every second; writes JSON and a PNG of them; exits non-zero on any failure or, for runs of
+# 5 minutes or more, when memory, file descriptors or latency drift.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
@@ -26,4 +34,10 @@ else
   BIN=$BERTH_BIN_DIR
 fi
 
+if [ "${1:-}" = "--soak" ]; then
+  shift
+  python3 -c 'import matplotlib' >/dev/null 2>&1 || python3 -m pip install -q matplotlib
+  command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
+  exec python3 bench/soak.py --bin-dir "$BIN" "$@"
+fi
 exec python3 bench/bench.py --bin-dir "$BIN" "$@"

@@ -26,3 +26,14 @@ step "benchmark smoke run (both stacks serve; figures are not checked)"
 BENCH_OUT=$(mktemp /tmp/berth-bench-smoke.XXXXXX.json)
 BERTH_BIN_DIR=target/release scripts/bench.sh --smoke --out "$BENCH_OUT"
 rm -f "$BENCH_OUT"
+
+step "soak smoke runs: 30 s of mixed load on the filesystem and on S3 (any failed operation fails the suite)"
+SOAK_DIR=$(mktemp -d /tmp/berth-soak-smoke.XXXXXX)
+for storage in fs s3; do
+  extra=()
+  [ "$storage" = s3 ] && extra=(--s3)
+  BERTH_BIN_DIR=target/release scripts/bench.sh --soak 30s "${extra[@]}" --clients 16 --max-layer 8M \
+    --gc-interval 5s --gc-grace 10s --out "$SOAK_DIR/soak-$storage.json"
+  [ -s "$SOAK_DIR/soak-$storage.png" ] || die "the soak wrote no PNG"
+done
+rm -rf "$SOAK_DIR"
