@@ -448,6 +448,38 @@ impl Manifest {
     }
 }
 
+/// Stored manifest bytes as a JSON value, read as registry:2's decoder reads them: bytes that are not UTF-8 are
+/// taken as U+FFFD instead of making the whole document unreadable. `Null` when it is not JSON.
+pub fn json_lenient(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_str(&String::from_utf8_lossy(bytes)),
+    }
+    .unwrap_or_default()
+}
+
+/// The digests of a manifest's descriptors exactly as validation reads them ([`Manifest::parse`] without its
+/// checks): config, layers, child manifests and subject, as written. `None` when that reading fails. The
+/// collector adds these to what it reads leniently, so that anything a push accepted keeps what it references,
+/// whatever a lenient reading makes of the same bytes (a string that is not UTF-8 in a field validation skips
+/// fails the lenient one).
+pub fn declared_digests(bytes: &[u8]) -> Option<(Vec<String>, Vec<String>, Option<String>)> {
+    let raw: RawManifest = serde_json::from_str(&String::from_utf8_lossy(bytes)).ok()?;
+    let blobs = raw
+        .config
+        .into_iter()
+        .chain(raw.layers.unwrap_or_default())
+        .map(|d| d.digest)
+        .collect();
+    let children = raw
+        .manifests
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.digest)
+        .collect();
+    Some((blobs, children, raw.subject.map(|d| d.digest)))
+}
+
 /// Whether `ct` names a manifest type this registry stores.
 pub fn is_manifest_type(ct: &str) -> bool {
     matches!(

@@ -232,9 +232,7 @@ impl App {
 /// The descriptors a manifest references, as registry:2 lists them: an image's config and layers, an index's
 /// manifests (with their platform).
 fn references_of(bytes: &[u8]) -> Vec<serde_json::Value> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return Vec::new();
-    };
+    let v = crate::oci::json_lenient(bytes);
     let keep = |d: &serde_json::Value| {
         let mut out = serde_json::Map::new();
         for k in [

@@ -570,9 +570,11 @@ pub struct References {
 }
 
 /// What stored manifest bytes refer to, read leniently: anything that is not JSON, or not a manifest, refers
-/// to nothing; a descriptor without a valid digest is skipped.
+/// to nothing; a descriptor without a valid digest is skipped. Plus every digest the push's validation read from
+/// the same bytes ([`crate::oci::declared_digests`]): a manifest the registry accepted never loses what it
+/// references to a reading that differs from validation's.
 pub fn references(bytes: &[u8]) -> References {
-    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let v = crate::oci::json_lenient(bytes);
     let digest_at = |d: &serde_json::Value, field: &str| {
         d.get(field)
             .and_then(|s| s.as_str())
@@ -606,6 +608,22 @@ pub fn references(bytes: &[u8]) -> References {
                 .collect()
         })
         .unwrap_or_default();
+    if let Some((blobs, children, subject)) = crate::oci::declared_digests(bytes) {
+        let parsed = |l: Vec<String>| l.into_iter().filter_map(|d| Digest::parse(&d).ok());
+        for d in parsed(blobs) {
+            if !r.blobs.contains(&d) {
+                r.blobs.push(d);
+            }
+        }
+        for d in parsed(children) {
+            if !r.children.contains(&d) {
+                r.children.push(d);
+            }
+        }
+        if r.subject.is_none() {
+            r.subject = subject.and_then(|d| Digest::parse(&d).ok());
+        }
+    }
     r
 }
 
@@ -1453,5 +1471,28 @@ mod tests {
         let schema1 = serde_json::json!({"fsLayers": [{"blobSum": d('f')}]});
         assert_eq!(references(schema1.to_string().as_bytes()).blobs.len(), 1);
         assert!(references(b"not json").blobs.is_empty());
+    }
+
+    /// A manifest with bytes that are not UTF-8 in a field validation skips passes validation (as it does in
+    /// registry:2, whose decoder replaces them); the collector still sees its config and layers (found by the
+    /// fuzz target `manifest_references`: it once saw nothing, and a collection would have deleted them).
+    #[test]
+    fn references_survive_bytes_that_are_not_utf8() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let mut bytes = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"x","digest":"{}","size":2}},"layers":[{{"mediaType":"y","digest":"{}","size":5}}],"other":"#,
+            crate::oci::media::OCI_MANIFEST,
+            d('a'),
+            d('b')
+        )
+        .into_bytes();
+        bytes.extend_from_slice(b"\"bad \xff\xfe bytes\"}");
+        assert!(crate::oci::Manifest::parse(&bytes, None).is_ok());
+        let r = references(&bytes);
+        let want: Vec<Digest> = [d('a'), d('b')]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(r.blobs, want);
     }
 }

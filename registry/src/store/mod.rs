@@ -67,7 +67,7 @@ fn absent<T>(r: Result<T, StorageError>) -> Result<Option<T>, RegistryError> {
 
 /// Media type of stored manifest bytes, as registry:2 decides it: the `mediaType` field, else the structure.
 pub fn detect_media_type(bytes: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
+    let v = crate::oci::json_lenient(bytes);
     if let Some(mt) = v.get("mediaType").and_then(|m| m.as_str()) {
         if !mt.is_empty() {
             return mt.to_string();
