@@ -211,7 +211,8 @@ pub type OnDrop = Box<dyn FnOnce() + Send + Sync>;
 ///   answer, and which side failed;
 /// - [`deferred`](RelayBody::deferred): a handle on a body kept in a shared slot until an upstream connection
 ///   first reads it (so a failed connection attempt leaves it untouched for the next replica); on first read
-///   the handle becomes the body itself, so even then each byte is handled once;
+///   the handle becomes the body itself, so even then each byte is handled once. Behaviours go on the body in
+///   the slot: a handle has none (checked in debug builds);
 /// - [`on_drop`](RelayBody::on_drop): a callback when the body is dropped, finished or not.
 pub struct RelayBody<B> {
     source: Source<B>,
@@ -224,6 +225,8 @@ pub struct RelayBody<B> {
     split: Option<usize>,
     /// The rest of a data frame being handed on in pieces.
     rest: Bytes,
+    /// Data bytes of this body so far (what `limit` is checked against).
+    passed: u64,
 }
 
 /// Where a [`RelayBody`] reads from.
@@ -248,6 +251,7 @@ impl<B> RelayBody<B> {
             on_drop: None,
             split: None,
             rest: Bytes::new(),
+            passed: 0,
         }
     }
 
@@ -262,6 +266,7 @@ impl<B> RelayBody<B> {
             on_drop: None,
             split: None,
             rest: Bytes::new(),
+            passed: 0,
         }
     }
 
@@ -271,7 +276,7 @@ impl<B> RelayBody<B> {
         self
     }
 
-    /// Fail once more than `max` bytes went through, setting `exceeded`.
+    /// Fail once more than `max` data bytes of this body went through, setting `exceeded`.
     pub fn limit(mut self, max: u64, exceeded: Arc<AtomicBool>) -> Self {
         self.limit = Some((max, exceeded));
         self
@@ -343,95 +348,105 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Source::Deferred(slot) = &this.source {
+        // A handle becomes the body in its slot (which may be a handle in turn).
+        while let Source::Deferred(slot) = &this.source {
+            debug_assert!(
+                this.counter.is_none()
+                    && this.limit.is_none()
+                    && this.idle.is_none()
+                    && this.progress.is_none()
+                    && this.on_drop.is_none()
+                    && this.split.is_none(),
+                "behaviours belong on the body in the slot, not on its handle"
+            );
             let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             match taken {
-                // The handle becomes the body (its own behaviours are none: nothing is lost).
                 Some(body) => *this = body,
                 None => return Poll::Ready(Some(Err("request body already consumed".into()))),
             }
         }
-        if !this.rest.is_empty() {
+        let frame = if !this.rest.is_empty() {
             let n = this.split.unwrap_or(usize::MAX).min(this.rest.len());
-            let piece = this.rest.split_to(n);
-            return Poll::Ready(Some(Ok(Frame::data(piece))));
-        }
-        let Source::Body(inner) = &mut this.source else {
-            unreachable!("a deferred body was replaced by the one it waited for");
-        };
-        match inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some((_, _, waiting)) = &mut this.idle {
-                    *waiting = false;
-                }
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    let total = match &this.counter {
-                        Some(c) => c.fetch_add(n, Ordering::Relaxed) + n,
-                        None => 0,
-                    };
-                    if let Some((max, exceeded)) = &this.limit {
-                        if total > *max {
-                            exceeded.store(true, Ordering::Relaxed);
-                            this.note(|s| {
-                                s.waiting_on_client = false;
-                                s.fault = Some(ProxyError::PayloadTooLarge);
-                            });
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+            Frame::data(this.rest.split_to(n))
+        } else {
+            let Source::Body(inner) = &mut this.source else {
+                unreachable!("the loop above leaves no handle");
+            };
+            match inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some((_, _, waiting)) = &mut this.idle {
+                        *waiting = false;
+                    }
+                    if let Some(data) = frame.data_ref() {
+                        let n = data.len() as u64;
+                        if let Some(c) = &this.counter {
+                            c.fetch_add(n, Ordering::Relaxed);
+                        }
+                        this.passed = this.passed.saturating_add(n);
+                        if let Some((max, exceeded)) = &this.limit {
+                            if this.passed > *max {
+                                exceeded.store(true, Ordering::Relaxed);
+                                this.note(|s| {
+                                    s.waiting_on_client = false;
+                                    s.fault = Some(ProxyError::PayloadTooLarge);
+                                });
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                            }
                         }
                     }
-                }
-                let frame = match (this.split, frame.into_data()) {
-                    (Some(max), Ok(mut data)) if data.len() > max => {
-                        this.rest = data.split_off(max);
-                        Frame::data(data)
+                    match (this.split, frame.into_data()) {
+                        (Some(max), Ok(mut data)) if data.len() > max => {
+                            this.rest = data.split_off(max);
+                            Frame::data(data)
+                        }
+                        (_, Ok(data)) => Frame::data(data),
+                        (_, Err(frame)) => frame,
                     }
-                    (_, Ok(data)) => Frame::data(data),
-                    (_, Err(frame)) => frame,
-                };
-                if this.progress.is_some() {
-                    let ended = Body::is_end_stream(&*this);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.note(|s| {
+                        s.waiting_on_client = false;
+                        s.fault = Some(ProxyError::ClientAborted);
+                    });
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
                     this.note(|s| {
                         s.last = Instant::now();
                         s.waiting_on_client = false;
-                        s.ended = ended;
+                        s.ended = true;
                     });
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.note(|s| {
-                    s.waiting_on_client = false;
-                    s.fault = Some(ProxyError::ClientAborted);
-                });
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                this.note(|s| {
-                    s.last = Instant::now();
-                    s.waiting_on_client = false;
-                    s.ended = true;
-                });
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if let Some((timeout, sleep, waiting)) = &mut this.idle {
-                    if !*waiting {
-                        *waiting = true;
-                        sleep.as_mut().reset(Instant::now() + *timeout);
+                Poll::Pending => {
+                    if let Some((timeout, sleep, waiting)) = &mut this.idle {
+                        if !*waiting {
+                            *waiting = true;
+                            sleep.as_mut().reset(Instant::now() + *timeout);
+                        }
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            this.note(|s| {
+                                s.waiting_on_client = false;
+                                s.fault = Some(ProxyError::ClientTimeout);
+                            });
+                            return Poll::Ready(Some(Err(Box::new(BodyIdle))));
+                        }
                     }
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        this.note(|s| {
-                            s.waiting_on_client = false;
-                            s.fault = Some(ProxyError::ClientTimeout);
-                        });
-                        return Poll::Ready(Some(Err(Box::new(BodyIdle))));
-                    }
+                    this.note(|s| s.waiting_on_client = true);
+                    return Poll::Pending;
                 }
-                this.note(|s| s.waiting_on_client = true);
-                Poll::Pending
             }
+        };
+        // Every frame handed on, whole or a piece of one, leaves through here.
+        if this.progress.is_some() {
+            let ended = Body::is_end_stream(&*this);
+            this.note(|s| {
+                s.last = Instant::now();
+                s.waiting_on_client = false;
+                s.ended = ended;
+            });
         }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -533,8 +548,9 @@ mod tests {
         assert_eq!(counter.load(Ordering::Relaxed), 40_000);
     }
 
-    /// A deferred handle becomes the body it waited for on first read: bytes are counted once, the limit and
-    /// the progress still apply, and a second handle on the same slot finds it taken.
+    /// A deferred handle leaves its body in the slot until the first read (what a retry on the next replica
+    /// relies on), then hands on the body's frames with the body's behaviours: its progress says `ended` with
+    /// the last frame, before the final poll; a second handle finds the slot empty.
     #[tokio::test]
     async fn a_deferred_handle_becomes_its_body() {
         let counter: Counter = Arc::new(AtomicU64::new(0));
@@ -547,42 +563,106 @@ mod tests {
         .limit(10, exceeded.clone())
         .track(Arc::clone(&progress));
         let slot: DeferredSlot<_> = Arc::new(Mutex::new(Some(body)));
-        let first = RelayBody::deferred(Arc::clone(&slot));
+        let mut first = RelayBody::deferred(Arc::clone(&slot));
         assert_eq!(first.size_hint().exact(), Some(10));
-        let got = first.collect().await.unwrap().to_bytes();
-        assert_eq!(&got[..], b"0123456789");
+        assert!(!first.is_end_stream());
+        assert!(slot.lock().unwrap().is_some(), "looking took the body");
+        let data = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&data[..], b"0123456789");
+        assert!(
+            slot.lock().unwrap().is_none(),
+            "reading left the body in the slot"
+        );
+        assert!(
+            progress.state().ended,
+            "the last frame did not say the body ended"
+        );
+        assert!(first.frame().await.is_none());
         assert_eq!(counter.load(Ordering::Relaxed), 10);
         assert!(!exceeded.load(Ordering::Relaxed));
-        let st = progress.state();
-        assert!(st.ended && st.fault.is_none());
+        assert!(progress.client_fault().is_none());
         let second = RelayBody::deferred(slot);
         let err = second.collect().await.expect_err("the body was taken");
         assert_eq!(err.to_string(), "request body already consumed");
+    }
 
-        // Past the limit: the error, the flag and the progress all say so.
+    /// The limit counts the body's own bytes, also through a handle: past it, the error, the flag and the
+    /// progress all say so.
+    #[tokio::test]
+    async fn the_limit_holds_through_a_handle() {
+        let counter: Counter = Arc::new(AtomicU64::new(0));
         let progress = Arc::new(Progress::new(false));
-        let body = RelayBody::new(Full::new(Bytes::from_static(b"0123456789")), counter)
-            .limit(15, exceeded.clone())
-            .track(Arc::clone(&progress));
-        let err = body.collect().await.expect_err("over the limit");
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = RelayBody::new(
+            Full::new(Bytes::from_static(b"0123456789")),
+            counter.clone(),
+        )
+        .limit(9, exceeded.clone())
+        .track(Arc::clone(&progress));
+        let handle = RelayBody::deferred(Arc::new(Mutex::new(Some(body))));
+        let err = handle.collect().await.expect_err("over the limit");
         assert!(err.downcast_ref::<BodyTooLarge>().is_some());
         assert!(exceeded.load(Ordering::Relaxed));
         assert_eq!(progress.client_fault(), Some(ProxyError::PayloadTooLarge));
+        assert_eq!(counter.load(Ordering::Relaxed), 10);
     }
 
-    /// A body that stops arriving fails with [`BodyIdle`] after its idle timeout, and its progress names the
-    /// client as the one at fault.
+    /// Pieces of a split frame report progress like whole frames: the last piece says the body ended.
+    #[tokio::test]
+    async fn split_pieces_report_progress() {
+        let progress = Arc::new(Progress::new(false));
+        let mut body = RelayBody::new(
+            Full::new(Bytes::from(vec![7u8; 40_000])),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .split(16_375)
+        .track(Arc::clone(&progress));
+        let mut got = 0;
+        for _ in 0..3 {
+            assert!(!progress.state().ended);
+            got += body
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap()
+                .len();
+        }
+        assert_eq!(got, 40_000);
+        assert!(
+            progress.state().ended,
+            "the last piece did not say the body ended"
+        );
+        assert!(body.frame().await.is_none());
+    }
+
+    /// A body that stops arriving fails with [`BodyIdle`] once its idle timeout passes with nothing sent, also
+    /// after a frame went through, and its progress names the client as the one at fault.
     #[tokio::test]
     async fn an_idle_body_times_out() {
-        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
         let stream = http_body_util::StreamBody::new(tokio_stream_of(rx));
         let progress = Arc::new(Progress::new(false));
-        let body = RelayBody::new(stream, Arc::new(AtomicU64::new(0)))
+        let counter: Counter = Arc::new(AtomicU64::new(0));
+        let mut body = RelayBody::new(stream, counter.clone())
             .idle_timeout(Duration::from_millis(50))
             .track(Arc::clone(&progress));
-        let err = body.collect().await.expect_err("idle");
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"abc"));
+            body.frame().await
+        })
+        .await
+        .expect("the idle timeout never fired");
+        let err = got.unwrap().expect_err("idle");
         assert!(err.downcast_ref::<BodyIdle>().is_some());
+        assert_eq!(counter.load(Ordering::Relaxed), 3);
         assert_eq!(progress.client_fault(), Some(ProxyError::ClientTimeout));
+        drop(tx);
     }
 
     /// A receiver as a stream of frames.
