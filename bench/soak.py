@@ -21,7 +21,8 @@ the proxy over TLS with their own keep-alive connection, each picking its next o
   abort       an upload broken off mid-body (the connection dropped), or one cancelled with DELETE
   drop        a blob download dropped after its first 64 KiB
 
-Every operation is timed; an operation fails when berth answers something the client did not cause (a 5xx, a
+Before the clock starts, every client pushes one image (the warm-up: pulls have images from the first second,
+and the processes have met a full load once). Every operation is timed; an operation fails when berth answers something the client did not cause (a 5xx, a
 wrong status, a digest that does not match, a broken connection the client did not break). A sampler records the
 RSS and open file descriptors of both processes every second. The result: per operation and per minute, the count,
 p50 and p99; every failure with its time and message; the samples; and the targets (0 failures; RSS and file
@@ -491,6 +492,14 @@ class Run:
                 w.client.close()
         w.client.close()
 
+    def preload(self, n):
+        w = Worker(1000 + n, self)
+        try:
+            op_push(w)
+        except Exception as e:  # counted like any failure
+            self.record(0.0, "push", 0.0, False, 0, f"warm-up: {type(e).__name__}: {e}")
+        w.client.close()
+
     def sampler(self):
         pids = {role: p.pid for role, p in self.stack.procs}
         while not self.stop.wait(1.0):
@@ -697,6 +706,15 @@ def main(argv=None):
         expect(status, (201,), "base manifest", body)
         w.client.close()
         log(f"proxy {stack.base}, registry 127.0.0.1:{stack.registry_port}, work {work}")
+        # Warm-up, before the clock: every client pushes one image, so that pulls have images from the first
+        # second and the processes have met a full load once (their buffers and pools are grown).
+        r.t0 = time.monotonic()
+        preload = [threading.Thread(target=r.preload, args=(n,), daemon=True) for n in range(a.clients)]
+        for t in preload:
+            t.start()
+        for t in preload:
+            t.join()
+        log(f"warm-up: {r.images.count()} images pushed in {time.monotonic() - r.t0:.0f}s")
         r.t0 = time.monotonic()
         threads = [threading.Thread(target=r.sampler, daemon=True)]
         threads += [threading.Thread(target=r.worker, args=(n,), daemon=True) for n in range(a.clients)]
