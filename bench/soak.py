@@ -4,7 +4,10 @@
     scripts/bench.sh --soak DURATION [--s3] [--clients 32] [--max-layer 256M] [--out FILE.json]
     (or python3 bench/soak.py --bin-dir target/release DURATION ...; DURATION like 600, 10m, 30s)
 
-One berth stack (berth-registry with deletes on and the online garbage collector running every --gc-interval,
+One berth stack (berth-registry with deletes on and the online garbage collector running every --gc-interval with
+--gc-grace, 30 s and 5 minutes by default: the grace must be longer than the longest push, whose first layers wait
+unreferenced until its manifest arrives; a shorter one makes such a push fail with MANIFEST_BLOB_UNKNOWN, as
+docs/gc.md says it must,
 berth-proxy with TLS and an htpasswd user in front of it), on the local filesystem or, with --s3, on a moto_server
 bucket, both started here as child processes and stopped by PID at the end. --clients threads (default 32) talk to
 the proxy over TLS with their own keep-alive connection, each picking its next operation at random:
@@ -470,8 +473,8 @@ class Run:
         with self.lock:
             self.records.append((round(t, 3), op, round(secs, 4), ok, nbytes))
             if err:
-                self.failures.append({"t": round(t, 1), "op": op, "error": err})
-                log(f"FAILURE at {t:.1f}s: {op}: {err}")
+                self.failures.append({"t": round(t, 1), "op": op, "seconds": round(secs, 1), "error": err})
+                log(f"FAILURE at {t:.1f}s: {op} after {secs:.1f}s: {err}")
 
     def worker(self, n):
         w = Worker(n, self)
@@ -664,7 +667,8 @@ def main(argv=None):
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--max-layer", type=parse_size, default=256 * MiB, help="largest new layer (default 256M)")
     ap.add_argument("--gc-interval", default="30s", help="the collector's interval (BERTH_GC_INTERVAL)")
-    ap.add_argument("--gc-grace", default="60s", help="its grace (BERTH_GC_GRACE)")
+    ap.add_argument("--gc-grace", default="5m", help="its grace (BERTH_GC_GRACE); longer than the longest push, "
+                                                     "or such a push fails by design (docs/gc.md)")
     ap.add_argument("--window", type=float, default=None, help="seconds per summary window (default 60, or a "
                                                                  "sixth of a run shorter than 6 minutes)")
     ap.add_argument("--seed", type=int, default=1)

@@ -548,11 +548,16 @@ mod tests {
         assert_eq!(counter.load(Ordering::Relaxed), 40_000);
     }
 
-    /// A deferred handle leaves its body in the slot until the first read (what a retry on the next replica
-    /// relies on), then hands on the body's frames with the body's behaviours: its progress says `ended` with
-    /// the last frame, before the final poll; a second handle finds the slot empty.
-    #[tokio::test]
-    async fn a_deferred_handle_becomes_its_body() {
+    /// A tracked 10-byte body with a limit, and what reports on it: its counter, progress and limit flag.
+    #[allow(clippy::type_complexity)]
+    fn ten_bytes_limited_to(
+        limit: u64,
+    ) -> (
+        RelayBody<Full<Bytes>>,
+        Counter,
+        Arc<Progress>,
+        Arc<AtomicBool>,
+    ) {
         let counter: Counter = Arc::new(AtomicU64::new(0));
         let progress = Arc::new(Progress::new(false));
         let exceeded = Arc::new(AtomicBool::new(false));
@@ -560,8 +565,17 @@ mod tests {
             Full::new(Bytes::from_static(b"0123456789")),
             counter.clone(),
         )
-        .limit(10, exceeded.clone())
+        .limit(limit, exceeded.clone())
         .track(Arc::clone(&progress));
+        (body, counter, progress, exceeded)
+    }
+
+    /// A deferred handle leaves its body in the slot until the first read (what a retry on the next replica
+    /// relies on), then hands on the body's frames with the body's behaviours: its progress says `ended` with
+    /// the last frame, before the final poll; a second handle finds the slot empty.
+    #[tokio::test]
+    async fn a_deferred_handle_becomes_its_body() {
+        let (body, counter, progress, exceeded) = ten_bytes_limited_to(10);
         let slot: DeferredSlot<_> = Arc::new(Mutex::new(Some(body)));
         let mut first = RelayBody::deferred(Arc::clone(&slot));
         assert_eq!(first.size_hint().exact(), Some(10));
@@ -590,15 +604,7 @@ mod tests {
     /// progress all say so.
     #[tokio::test]
     async fn the_limit_holds_through_a_handle() {
-        let counter: Counter = Arc::new(AtomicU64::new(0));
-        let progress = Arc::new(Progress::new(false));
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let body = RelayBody::new(
-            Full::new(Bytes::from_static(b"0123456789")),
-            counter.clone(),
-        )
-        .limit(9, exceeded.clone())
-        .track(Arc::clone(&progress));
+        let (body, counter, progress, exceeded) = ten_bytes_limited_to(9);
         let handle = RelayBody::deferred(Arc::new(Mutex::new(Some(body))));
         let err = handle.collect().await.expect_err("over the limit");
         assert!(err.downcast_ref::<BodyTooLarge>().is_some());
