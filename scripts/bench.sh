@@ -22,6 +22,19 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
 
+if [ "${1:-}" = "--soak" ]; then
+  shift
+  step "soak: tools"
+  need openssl:openssl python3:python3 htpasswd:apache2-utils
+  python3 -c 'import matplotlib' >/dev/null 2>&1 || python3 -m pip install -q matplotlib
+  command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
+  if [ -z "${BERTH_BIN_DIR:-}" ]; then
+    step "soak: release binaries"
+    cargo build --release --locked --bins
+  fi
+  exec python3 bench/soak.py --bin-dir "${BERTH_BIN_DIR:-target/release}" "$@"
+fi
+
 step "bench: tools"
 need curl:curl openssl:openssl python3:python3 nginx:nginx docker-registry:docker-registry \
   htpasswd:apache2-utils skopeo:skopeo h2load:nghttp2-client dockerd:docker.io docker:docker.io ip:iproute2
@@ -34,10 +47,4 @@ else
   BIN=$BERTH_BIN_DIR
 fi
 
-if [ "${1:-}" = "--soak" ]; then
-  shift
-  python3 -c 'import matplotlib' >/dev/null 2>&1 || python3 -m pip install -q matplotlib
-  command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
-  exec python3 bench/soak.py --bin-dir "$BIN" "$@"
-fi
 exec python3 bench/bench.py --bin-dir "$BIN" "$@"
