@@ -242,23 +242,20 @@ pub type DeferredSlot<B> = Arc<Mutex<Option<RelayBody<B>>>>;
 impl<B> RelayBody<B> {
     /// Wrap `inner`, adding its data bytes to `counter`.
     pub fn new(inner: B, counter: Counter) -> Self {
-        RelayBody {
-            source: Source::Body(Box::pin(inner)),
-            counter: Some(counter),
-            limit: None,
-            idle: None,
-            progress: None,
-            on_drop: None,
-            split: None,
-            rest: Bytes::new(),
-            passed: 0,
-        }
+        let mut body = Self::bare(Source::Body(Box::pin(inner)));
+        body.counter = Some(counter);
+        body
     }
 
     /// A handle reading the body in `slot` on first use (and becoming it).
     pub fn deferred(slot: DeferredSlot<B>) -> Self {
+        Self::bare(Source::Deferred(slot))
+    }
+
+    /// A body with no behaviours.
+    fn bare(source: Source<B>) -> Self {
         RelayBody {
-            source: Source::Deferred(slot),
+            source,
             counter: None,
             limit: None,
             idle: None,

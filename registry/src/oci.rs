@@ -451,11 +451,7 @@ impl Manifest {
 /// Stored manifest bytes as a JSON value, read as registry:2's decoder reads them: bytes that are not UTF-8 are
 /// taken as U+FFFD instead of making the whole document unreadable. `Null` when it is not JSON.
 pub fn json_lenient(bytes: &[u8]) -> serde_json::Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_str(&String::from_utf8_lossy(bytes)),
-    }
-    .unwrap_or_default()
+    serde_json::from_str(&String::from_utf8_lossy(bytes)).unwrap_or_default()
 }
 
 /// The digests of a manifest's descriptors exactly as validation reads them ([`Manifest::parse`] without its
@@ -463,8 +459,9 @@ pub fn json_lenient(bytes: &[u8]) -> serde_json::Value {
 /// collector adds these to what it reads leniently, so that anything a push accepted keeps what it references,
 /// whatever a lenient reading makes of the same bytes (a string that is not UTF-8 in a field validation skips
 /// fails the lenient one).
-pub fn declared_digests(bytes: &[u8]) -> Option<(Vec<String>, Vec<String>, Option<String>)> {
-    let raw: RawManifest = serde_json::from_str(&String::from_utf8_lossy(bytes)).ok()?;
+/// `text` is the bytes as [`json_lenient`] reads them (`String::from_utf8_lossy`).
+pub fn declared_digests(text: &str) -> Option<(Vec<String>, Vec<String>, Option<String>)> {
+    let raw: RawManifest = serde_json::from_str(text).ok()?;
     let blobs = raw
         .config
         .into_iter()

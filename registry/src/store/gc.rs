@@ -574,7 +574,9 @@ pub struct References {
 /// the same bytes ([`crate::oci::declared_digests`]): a manifest the registry accepted never loses what it
 /// references to a reading that differs from validation's.
 pub fn references(bytes: &[u8]) -> References {
-    let v = crate::oci::json_lenient(bytes);
+    // One lossy decoding (borrowed when the bytes are UTF-8), read both ways.
+    let text = String::from_utf8_lossy(bytes);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let digest_at = |d: &serde_json::Value, field: &str| {
         d.get(field)
             .and_then(|s| s.as_str())
@@ -608,7 +610,7 @@ pub fn references(bytes: &[u8]) -> References {
                 .collect()
         })
         .unwrap_or_default();
-    if let Some((blobs, children, subject)) = crate::oci::declared_digests(bytes) {
+    if let Some((blobs, children, subject)) = crate::oci::declared_digests(&text) {
         let parsed = |l: Vec<String>| l.into_iter().filter_map(|d| Digest::parse(&d).ok());
         for d in parsed(blobs) {
             if !r.blobs.contains(&d) {
