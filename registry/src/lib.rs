@@ -73,8 +73,23 @@ pub fn gc_options(config: &Config) -> store::gc::GcOptions {
     }
 }
 
+/// The scheduled collections' task; [`Collector::stop`] ends it before the runtime goes away.
+pub struct Collector {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Stops the schedule. A collection under way is dropped where it stands, as a crash would leave it (the
+    /// next collector resumes once its lease expires); it is logged as interrupted, not as failed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 /// Starts the scheduled collections (`gc.interval`; none when it is zero), logging what each freed.
-pub fn spawn_collector(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn_collector(app: &Arc<App>) -> Option<Collector> {
     let interval = app.config.gc.interval();
     if interval.is_zero() {
         tracing::info!("garbage collection off (gc.interval is 0)");
@@ -88,14 +103,30 @@ pub fn spawn_collector(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
         delete_untagged = opts.delete_untagged,
         "garbage collection scheduled"
     );
-    Some(tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stopped.changed() => return,
+            }
             let began = std::time::Instant::now();
+            tracing::debug!("garbage collection started");
             let runs = &store.metrics().gc_runs;
-            match store.collect_garbage(&opts).await {
+            let result = tokio::select! {
+                r = store.collect_garbage(&opts) => r,
+                _ = stopped.changed() => {
+                    runs.with_label_values(&["interrupted"]).inc();
+                    tracing::info!(
+                        after_ms = began.elapsed().as_millis() as u64,
+                        "garbage collection interrupted by shutdown"
+                    );
+                    return;
+                }
+            };
+            match result {
                 Ok(r) => {
                     runs.with_label_values(&["done"]).inc();
                     tracing::info!(
@@ -121,7 +152,8 @@ pub fn spawn_collector(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
                 }
             }
         }
-    }))
+    });
+    Some(Collector { stop, task })
 }
 
 /// Counts the blob store in the background, once, so that `berth_registry_blobs` starts from the truth; from

@@ -273,8 +273,11 @@ fn main() -> ExitCode {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the free space"),
         }
-        berth_registry::spawn_collector(&app);
+        let collector = berth_registry::spawn_collector(&app);
         server::serve(listener, app, shutdown_signal()).await;
+        if let Some(c) = collector {
+            c.stop().await;
+        }
         tracing::info!("berth-registry stopped");
         ExitCode::SUCCESS
     })

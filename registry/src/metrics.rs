@@ -61,7 +61,8 @@ pub struct Metrics {
     pub blobs: IntGauge,
     /// `berth_registry_blob_bytes`: their total size.
     pub blob_bytes: IntGauge,
-    /// `berth_registry_gc_runs_total{result}`: `done`, `skipped` (another collector held the lease), `failed`.
+    /// `berth_registry_gc_runs_total{result}`: `done`, `skipped` (another collector held the lease), `failed`,
+    /// `interrupted` (by a shutdown).
     pub gc_runs: IntCounterVec,
     /// `berth_registry_gc_freed_bytes_total`.
     pub gc_freed_bytes: IntCounter,
@@ -232,7 +233,7 @@ impl Metrics {
             gc_runs: counter_vec(
                 &r,
                 "berth_registry_gc_runs_total",
-                "Scheduled garbage collections, by result (done, skipped, failed).",
+                "Scheduled garbage collections, by result (done, skipped, failed, interrupted).",
                 &["result"],
             ),
             gc_freed_bytes: counter(

@@ -1014,3 +1014,91 @@ async fn retention_rules_remove_old_tags_and_what_only_they_needed() {
         "{again}"
     );
 }
+
+/// A registry stopped (SIGTERM) while its scheduled collection walks a large store exits cleanly and logs the
+/// collection as interrupted: a shutdown is not a failed collection (operators alert on those).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_stopped_during_a_collection_logs_it_interrupted_not_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    // Enough blobs that a collection's walk takes a while (all recent, so the grace spares them all).
+    let blobs = root.join("docker/registry/v2/blobs/sha256");
+    for i in 0..20_000u32 {
+        let d = sha256(&i.to_le_bytes());
+        let hex = d.trim_start_matches("sha256:");
+        let dir = blobs.join(&hex[..2]).join(hex);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("data"), i.to_le_bytes()).unwrap();
+    }
+    let mut interrupted = 0;
+    for attempt in 0..10 {
+        let log = dir.path().join(format!("registry-{attempt}.log"));
+        let mut reg = Registry::start_logged(
+            &root,
+            &[
+                ("BERTH_GC_INTERVAL", "1s"),
+                ("BERTH_GC_GRACE", "1h"),
+                ("REGISTRY_LOG_LEVEL", "debug"),
+            ],
+            Some(&log),
+        );
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // A collection has started and not yet ended.
+        while {
+            let l = read();
+            l.matches("garbage collection started").count()
+                <= l.matches("garbage collection done").count()
+                    + l.matches("garbage collection skipped").count()
+                    + l.matches("garbage collection failed").count()
+        } {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no collection started: {}",
+                read()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let status = reg.terminate();
+        let l = read();
+        assert!(status.success(), "exit {status:?}: {l}");
+        assert!(
+            !l.contains("garbage collection failed"),
+            "a shutdown was logged as a failed collection: {l}"
+        );
+        if l.contains("garbage collection interrupted by shutdown") {
+            interrupted += 1;
+            // The lease the interrupted collection held expires; until then a new process skips, never fails.
+            let log = dir.path().join(format!("registry-{attempt}-after.log"));
+            let mut reg = Registry::start_logged(
+                &root,
+                &[
+                    ("BERTH_GC_INTERVAL", "1s"),
+                    ("BERTH_GC_GRACE", "1h"),
+                    ("REGISTRY_LOG_LEVEL", "info"),
+                ],
+                Some(&log),
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("garbage collection skipped")
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the next collection did not skip: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(reg.terminate().success());
+            let after = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(!after.contains("garbage collection failed"), "{after}");
+            break;
+        }
+    }
+    assert!(
+        interrupted > 0,
+        "no attempt stopped the registry while a collection ran"
+    );
+}
