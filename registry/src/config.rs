@@ -386,6 +386,87 @@ pub struct StorageConfig {
     pub min_free: String,
     /// `[storage.s3]`: the bucket, when `driver = "s3"`.
     pub s3: S3Config,
+    /// `[storage.cache]`: the metadata cache (docs/registry.md).
+    pub cache: CacheConfig,
+}
+
+/// `[storage.cache]`: the in-memory metadata cache (blob sizes, links, tags, small manifests).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `inmemory` or `none` (env `REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR`); default: `inmemory` on S3, `none` on
+    /// a filesystem (whose reads the kernel already caches).
+    pub blobdescriptor: Option<String>,
+    /// How long entries that are not content-addressed (links, tags) are trusted: what bounds how late this
+    /// registry sees another replica's changes (env `BERTH_STORAGE_CACHE_TTL`, default `5s`). Its own changes
+    /// it sees at once.
+    pub ttl: String,
+    /// Most entries kept (env `BERTH_STORAGE_CACHE_MAXENTRIES`, default 100000).
+    pub max_entries: usize,
+    /// Most memory kept, like `32MiB` (env `BERTH_STORAGE_CACHE_MAXBYTES`, default `32MiB`).
+    pub max_bytes: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            blobdescriptor: None,
+            ttl: "5s".into(),
+            max_entries: 100_000,
+            max_bytes: "32MiB".into(),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The cache's limits, or `None` when the cache is off.
+    pub fn cache_limits(&self) -> Option<crate::cache::CacheLimits> {
+        let on = match self.cache.blobdescriptor.as_deref().map(str::trim) {
+            None | Some("") => self.driver == StorageDriver::S3,
+            Some(v) => v.eq_ignore_ascii_case("inmemory"),
+        };
+        on.then(|| crate::cache::CacheLimits {
+            max_entries: self.cache.max_entries,
+            max_bytes: match parse_min_free(&self.cache.max_bytes) {
+                Ok(crate::storage::fs::MinFree::Bytes(n)) => {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }
+                _ => 0,
+            },
+            ttl: parse_duration(&self.cache.ttl).unwrap_or_default(),
+        })
+    }
+
+    fn cache_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let c = &self.cache;
+        if let Some(v) = c.blobdescriptor.as_deref().map(str::trim) {
+            if v.eq_ignore_ascii_case("redis") {
+                p.push(
+                    "storage.cache.blobdescriptor: redis is not supported yet; use inmemory or none"
+                        .into(),
+                );
+            } else if !v.is_empty()
+                && !v.eq_ignore_ascii_case("inmemory")
+                && !v.eq_ignore_ascii_case("none")
+            {
+                p.push(format!(
+                    "storage.cache.blobdescriptor: {v:?} is not inmemory or none"
+                ));
+            }
+        }
+        if let Err(e) = parse_duration(&c.ttl) {
+            p.push(format!("storage.cache.ttl: {e}"));
+        }
+        match parse_min_free(&c.max_bytes) {
+            Ok(crate::storage::fs::MinFree::Bytes(_)) => {}
+            _ => p.push(format!(
+                "storage.cache.max_bytes: {:?} is not a size like 32MiB or 1GB",
+                c.max_bytes
+            )),
+        }
+        p
+    }
 }
 
 /// The storage backends.
@@ -545,6 +626,7 @@ impl Default for StorageConfig {
             delete_enabled: false,
             min_free: "auto".into(),
             s3: S3Config::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -568,6 +650,16 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("REGISTRY_STORAGE_DELETE_ENABLED", "storage.delete_enabled"),
     ("BERTH_STORAGE_MIN_FREE", "storage.min_free"),
+    (
+        "REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR",
+        "storage.cache.blobdescriptor",
+    ),
+    ("BERTH_STORAGE_CACHE_TTL", "storage.cache.ttl"),
+    (
+        "BERTH_STORAGE_CACHE_MAXENTRIES",
+        "storage.cache.max_entries",
+    ),
+    ("BERTH_STORAGE_CACHE_MAXBYTES", "storage.cache.max_bytes"),
     ("REGISTRY_STORAGE", "storage.driver"),
     ("REGISTRY_STORAGE_S3_BUCKET", "storage.s3.bucket"),
     ("REGISTRY_STORAGE_S3_REGION", "storage.s3.region"),
@@ -821,6 +913,23 @@ impl Config {
         if let Some(v) = non_empty(env("BERTH_STORAGE_MIN_FREE")) {
             config.storage.min_free = v;
         }
+        if let Some(v) = non_empty(env("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR")) {
+            config.storage.cache.blobdescriptor = Some(v);
+        }
+        if let Some(v) = non_empty(env("BERTH_STORAGE_CACHE_TTL")) {
+            config.storage.cache.ttl = v;
+        }
+        if let Some(v) = non_empty(env("BERTH_STORAGE_CACHE_MAXENTRIES")) {
+            match v.trim().parse::<usize>() {
+                Ok(n) => config.storage.cache.max_entries = n,
+                Err(_) => problems.push(format!(
+                    "BERTH_STORAGE_CACHE_MAXENTRIES: {v:?} is not a number"
+                )),
+            }
+        }
+        if let Some(v) = non_empty(env("BERTH_STORAGE_CACHE_MAXBYTES")) {
+            config.storage.cache.max_bytes = v;
+        }
         if let Some(v) = non_empty(env("BERTH_GC_INTERVAL")) {
             config.gc.interval = v;
         }
@@ -875,6 +984,7 @@ impl Config {
             }
             StorageDriver::S3 => p.extend(self.storage.s3.validate()),
         }
+        p.extend(self.storage.cache_problems());
         p.extend(self.gc.validate());
         let prom = &self.http.debug.prometheus;
         if !prom.path.starts_with('/') || prom.path.contains(['?', '#', ' ']) {

@@ -4,6 +4,7 @@
 //! start the real binary.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -53,8 +54,12 @@ pub fn build(config: Config) -> std::io::Result<Arc<App>> {
     } else {
         storage
     };
+    let mut store = store::RegistryStore::with_metrics(storage, Arc::clone(&metrics));
+    if let Some(limits) = config.storage.cache_limits() {
+        store = store.with_cache(Arc::new(cache::MetaCache::new(limits, metrics)));
+    }
     Ok(Arc::new(App {
-        store: store::RegistryStore::with_metrics(storage, metrics),
+        store,
         config,
         events: std::sync::OnceLock::new(),
     }))

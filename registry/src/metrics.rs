@@ -64,6 +64,12 @@ pub struct Metrics {
     /// `berth_registry_gc_runs_total{result}`: `done`, `skipped` (another collector held the lease), `failed`,
     /// `interrupted` (by a shutdown).
     pub gc_runs: IntCounterVec,
+    /// `berth_registry_cache_requests_total{result}`: metadata cache lookups, `hit` or `miss`.
+    pub cache_requests: IntCounterVec,
+    /// `berth_registry_cache_entries`: entries the metadata cache holds.
+    pub cache_entries: IntGauge,
+    /// `berth_registry_cache_bytes`: memory they take, as counted against `storage.cache.max_bytes`.
+    pub cache_bytes: IntGauge,
     /// `berth_registry_gc_freed_bytes_total`.
     pub gc_freed_bytes: IntCounter,
     /// `berth_registry_gc_deleted_blobs_total`.
@@ -235,6 +241,22 @@ impl Metrics {
                 "berth_registry_gc_runs_total",
                 "Scheduled garbage collections, by result (done, skipped, failed, interrupted).",
                 &["result"],
+            ),
+            cache_requests: counter_vec(
+                &r,
+                "berth_registry_cache_requests_total",
+                "Metadata cache lookups, by result (hit, miss).",
+                &["result"],
+            ),
+            cache_entries: gauge(
+                &r,
+                "berth_registry_cache_entries",
+                "Entries the metadata cache holds.",
+            ),
+            cache_bytes: gauge(
+                &r,
+                "berth_registry_cache_bytes",
+                "Memory the metadata cache's entries take.",
             ),
             gc_freed_bytes: counter(
                 &r,

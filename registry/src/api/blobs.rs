@@ -19,7 +19,7 @@ impl App {
         let d = digest(d)?;
         let size = self
             .store
-            .repo_blob_size(&name, &d)
+            .serve_blob_size(&name, &d)
             .await?
             .ok_or(RegistryError::BlobUnknown)?;
         let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), size);

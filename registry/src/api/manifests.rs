@@ -55,10 +55,10 @@ impl App {
     ) -> Result<StoredManifest, RegistryError> {
         let d = match r {
             Reference::Digest(d) => Some(d.clone()),
-            Reference::Tag(t) => self.store.resolve_tag(name, t).await?,
+            Reference::Tag(t) => self.store.serve_tag(name, t).await?,
         };
         let found = match d {
-            Some(d) => self.store.manifest_by_digest(name, &d).await?,
+            Some(d) => self.store.serve_manifest(name, &d).await?,
             None => None,
         };
         match found {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
+use crate::cache::{Invalidating, MetaCache};
 use crate::error::RegistryError;
 use crate::metrics::Metrics;
 use crate::oci::{media, Algorithm, Digest, Hasher, Manifest, ManifestKind, RepoName, Tag};
@@ -54,6 +55,8 @@ pub struct RegistryStore {
     storage: Arc<dyn Storage>,
     uploads: Arc<uploads::UploadStates>,
     metrics: Arc<Metrics>,
+    /// The metadata cache the read paths use, when on.
+    cache: Option<Arc<MetaCache>>,
 }
 
 /// Whether a storage error means "absent".
@@ -62,6 +65,17 @@ fn absent<T>(r: Result<T, StorageError>) -> Result<Option<T>, RegistryError> {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The digest a link object holds.
+fn parse_link(key: &str, bytes: &[u8]) -> Result<Option<Digest>, RegistryError> {
+    let text = String::from_utf8_lossy(bytes);
+    match Digest::parse(text.trim()) {
+        Ok(d) => Ok(Some(d)),
+        Err(_) => Err(RegistryError::Internal(format!(
+            "{key}: link holds no valid digest"
+        ))),
     }
 }
 
@@ -99,6 +113,36 @@ impl RegistryStore {
             storage,
             uploads: Arc::new(uploads::UploadStates::default()),
             metrics,
+            cache: None,
+        }
+    }
+
+    /// This store with a metadata cache: its read paths (a blob's `HEAD` and `GET`, a tag, a manifest) ask
+    /// `cache` first, and every write through [`RegistryStore::storage`] invalidates it.
+    pub fn with_cache(mut self, cache: Arc<MetaCache>) -> RegistryStore {
+        self.storage = Arc::new(Invalidating::new(self.storage, Arc::clone(&cache)));
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The metadata cache, when on.
+    pub fn cache(&self) -> Option<&Arc<MetaCache>> {
+        self.cache.as_ref()
+    }
+
+    /// The size of the object at `key`, through the cache when on.
+    async fn cached_size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match &self.cache {
+            Some(c) => c.stat(self.storage.as_ref(), key).await,
+            None => Ok(self.storage.stat(key).await?.map(|m| m.size)),
+        }
+    }
+
+    /// A small object, through the cache when on.
+    async fn cached_small(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
+        match &self.cache {
+            Some(c) => c.read_small(self.storage.as_ref(), key, limit).await,
+            None => self.storage.read_small(key, limit).await,
         }
     }
 
@@ -144,13 +188,15 @@ impl RegistryStore {
         let Some(bytes) = absent(self.storage.read_small(key, LINK_LIMIT).await)? else {
             return Ok(None);
         };
-        let text = String::from_utf8_lossy(&bytes);
-        match Digest::parse(text.trim()) {
-            Ok(d) => Ok(Some(d)),
-            Err(_) => Err(RegistryError::Internal(format!(
-                "{key}: link holds no valid digest"
-            ))),
-        }
+        parse_link(key, &bytes)
+    }
+
+    /// [`RegistryStore::read_link`] through the cache, for read paths only.
+    async fn read_link_cached(&self, key: &str) -> Result<Option<Digest>, RegistryError> {
+        let Some(bytes) = absent(self.cached_small(key, LINK_LIMIT).await)? else {
+            return Ok(None);
+        };
+        parse_link(key, &bytes)
     }
 
     async fn write_link(&self, key: &str, d: &Digest) -> Result<(), RegistryError> {
@@ -173,7 +219,7 @@ impl RegistryStore {
             .map(|m| m.size))
     }
 
-    /// Size of a blob that is part of `name` (linked into the repository and present).
+    /// Size of a blob that is part of `name` (linked into the repository and present), asked of the storage.
     pub async fn repo_blob_size(
         &self,
         name: &RepoName,
@@ -188,6 +234,23 @@ impl RegistryStore {
             return Ok(None);
         }
         self.blob_size(d).await
+    }
+
+    /// [`RegistryStore::repo_blob_size`] through the metadata cache: for answering `HEAD` and `GET` only
+    /// (what a write depends on is asked of the storage, which another replica may have changed).
+    pub async fn serve_blob_size(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        if self
+            .cached_size(&paths::layer_link(name, d))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(self.cached_size(&paths::blob_data(d)).await?)
     }
 
     /// Streams a blob, or a half-open byte range of it.
@@ -277,26 +340,55 @@ impl RegistryStore {
         self.read_link(&paths::tag_current_link(name, tag)).await
     }
 
+    /// [`RegistryStore::resolve_tag`] through the metadata cache, for answering pulls only.
+    pub async fn serve_tag(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<Digest>, RegistryError> {
+        self.read_link_cached(&paths::tag_current_link(name, tag))
+            .await
+    }
+
     /// Reads a manifest by digest, if it is a revision of the repository.
     pub async fn manifest_by_digest(
         &self,
         name: &RepoName,
         d: &Digest,
     ) -> Result<Option<StoredManifest>, RegistryError> {
-        if self
-            .storage
-            .stat(&paths::revision_link(name, d))
-            .await?
-            .is_none()
-        {
+        self.manifest_from(name, d, false).await
+    }
+
+    /// [`RegistryStore::manifest_by_digest`] through the metadata cache, for answering pulls only.
+    pub async fn serve_manifest(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+    ) -> Result<Option<StoredManifest>, RegistryError> {
+        self.manifest_from(name, d, true).await
+    }
+
+    async fn manifest_from(
+        &self,
+        name: &RepoName,
+        d: &Digest,
+        cached: bool,
+    ) -> Result<Option<StoredManifest>, RegistryError> {
+        let (link, data) = (paths::revision_link(name, d), paths::blob_data(d));
+        let linked = if cached {
+            self.cached_size(&link).await?
+        } else {
+            self.storage.stat(&link).await?.map(|m| m.size)
+        };
+        if linked.is_none() {
             return Ok(None);
         }
-        let Some(bytes) = absent(
-            self.storage
-                .read_small(&paths::blob_data(d), STORED_MANIFEST_LIMIT)
-                .await,
-        )?
-        else {
+        let read = if cached {
+            self.cached_small(&data, STORED_MANIFEST_LIMIT).await
+        } else {
+            self.storage.read_small(&data, STORED_MANIFEST_LIMIT).await
+        };
+        let Some(bytes) = absent(read)? else {
             return Ok(None);
         };
         Ok(Some(StoredManifest {
