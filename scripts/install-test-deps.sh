@@ -5,7 +5,7 @@ set -euo pipefail
 need curl:curl skopeo:skopeo docker-registry:docker-registry htpasswd:apache2-utils \
   dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap ip:iproute2 \
   update-ca-certificates:ca-certificates strip:binutils podman:podman containerd:containerd ctr:containerd \
-  chromium:chromium certutil:libnss3-tools promtool:prometheus
+  chromium:chromium certutil:libnss3-tools promtool:prometheus redis-server:redis-server
 command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
 # oras-py, pinned: scripts/oci-artifact-push.py relies on how this version sends its requests (each one without
 # credentials first, then again with Basic credentials after the 401).

@@ -16,6 +16,10 @@
 //!   (links, tags) expires after the configured TTL, which bounds what another replica's writes can leave
 //!   stale here.
 //! - Bounded by entries and bytes; the least recently used entries go first.
+//! - With Redis ([`MetaCache::with_shared`]), links and tags live there only, so replicas see each other's
+//!   writes at once: a write leaves a short-lived tombstone on each key it may have changed, lookups that find
+//!   one ask the storage, and fills only create absent keys (`SET NX`). Redis failing or slow only sends
+//!   lookups to the storage (see [`crate::redis`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -25,6 +29,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::metrics::Metrics;
+use crate::redis::{Redis, Reply};
 use crate::storage::{AppendWriter, ObjectStream, Space, Storage, StorageError};
 
 /// How many recent invalidations a fill is checked against; a fill older than all of them is refused.
@@ -122,6 +127,7 @@ pub struct MetaCache {
     /// Keys under this prefix are content-addressed.
     immutable: String,
     metrics: Arc<Metrics>,
+    shared: Option<Shared>,
 }
 
 /// What a fill remembers from its start.
@@ -135,7 +141,20 @@ impl MetaCache {
             limits,
             immutable: format!("{}/", crate::paths::blobs_root()),
             metrics,
+            shared: None,
         }
+    }
+
+    /// This cache backed by Redis, shared with the other replicas of the same storage (`namespace` tells this
+    /// storage's entries from others'); entries that are not content-addressed live `ttl` there.
+    pub fn with_shared(mut self, redis: Redis, namespace: &str, ttl: Duration) -> MetaCache {
+        self.shared = Some(Shared {
+            redis,
+            prefix: format!("berth:{namespace}:"),
+            repositories: format!("{}/", crate::paths::repositories_root()),
+            ttl,
+        });
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -155,13 +174,28 @@ impl MetaCache {
         if found.is_some() {
             inner.touch(key);
         }
-        drop(inner);
-        let result = if found.is_some() { "hit" } else { "miss" };
+        found
+    }
+
+    fn count(&self, result: &str) {
         self.metrics
             .cache_requests
             .with_label_values(&[result])
             .inc();
-        found
+    }
+
+    /// Whether `key` may be kept in this process's memory: everything without Redis; with Redis only what is
+    /// content-addressed (links and tags live in Redis alone, where every replica's writes invalidate them).
+    fn in_memory(&self, key: &str) -> bool {
+        self.shared.is_none() || key.starts_with(&self.immutable)
+    }
+
+    /// The shared cache, when `key` is something it holds (links, tags, blob facts; never upload state).
+    fn shared_for(&self, key: &str) -> Option<&Shared> {
+        self.shared.as_ref().filter(|sh| {
+            (key.starts_with(&self.immutable) || key.starts_with(&sh.repositories))
+                && !key.contains("/_uploads/")
+        })
     }
 
     /// Marks the start of a fill (before the storage is asked).
@@ -211,8 +245,25 @@ impl MetaCache {
         self.publish(&inner);
     }
 
-    /// Drops `path` and everything under it, and refuses fills of them that began before now.
-    pub fn invalidate(&self, path: &str) {
+    /// Drops `path` and everything under it, here and in Redis, before returning: after the write to `path`
+    /// and before the writer answers.
+    pub async fn invalidate(&self, paths: &[&str]) {
+        for p in paths {
+            self.forget(p);
+        }
+        let Some(sh) = self.shared.as_ref() else {
+            return;
+        };
+        let keys: Vec<String> = paths
+            .iter()
+            .filter(|p| self.shared_for(&format!("{p}/")).is_some() || self.shared_for(p).is_some())
+            .flat_map(|p| sh.affected(p))
+            .collect();
+        sh.tombstones(&keys).await;
+    }
+
+    /// Drops `path` and everything under it from memory, and refuses fills of them that began before now.
+    pub fn forget(&self, path: &str) {
         let mut inner = self.lock();
         inner.generation += 1;
         let g = inner.generation;
@@ -244,13 +295,39 @@ impl MetaCache {
         storage: &dyn Storage,
         key: &str,
     ) -> Result<Option<u64>, StorageError> {
-        if let Some(size) = self.lookup(key, |e| Some(e.size)) {
-            return Ok(Some(size));
+        let memory = self.in_memory(key);
+        if memory {
+            if let Some(size) = self.lookup(key, |e| Some(e.size)) {
+                self.count("hit");
+                return Ok(Some(size));
+            }
         }
         let fill = self.begin();
+        let shared = self.shared_for(key);
+        let mut fill_shared = false;
+        if let Some(sh) = shared {
+            match sh.get(key).await {
+                Lookup::Found(v) => {
+                    self.count("shared_hit");
+                    let size = v.size();
+                    if memory {
+                        self.store(fill, key, size, v.into_bytes());
+                    }
+                    return Ok(Some(size));
+                }
+                Lookup::Absent => fill_shared = true,
+                Lookup::Changed | Lookup::Failed => {}
+            }
+        }
+        self.count("miss");
         let meta = storage.stat(key).await?;
         if let Some(m) = meta {
-            self.store(fill, key, m.size, None);
+            if memory {
+                self.store(fill, key, m.size, None);
+            }
+            if let (true, Some(sh)) = (fill_shared, shared) {
+                sh.fill(key, &Value::Size(m.size)).await;
+            }
         }
         Ok(meta.map(|m| m.size))
     }
@@ -262,18 +339,45 @@ impl MetaCache {
         key: &str,
         limit: u64,
     ) -> Result<Bytes, StorageError> {
-        let hit = self.lookup(key, |e| {
-            e.bytes
-                .as_ref()
-                .filter(|b| b.len() as u64 <= limit)
-                .cloned()
-        });
-        if let Some(b) = hit {
-            return Ok(b);
+        let memory = self.in_memory(key);
+        if memory {
+            let hit = self.lookup(key, |e| {
+                e.bytes
+                    .as_ref()
+                    .filter(|b| b.len() as u64 <= limit)
+                    .cloned()
+            });
+            if let Some(b) = hit {
+                self.count("hit");
+                return Ok(b);
+            }
         }
         let fill = self.begin();
+        let shared = self.shared_for(key);
+        let mut fill_shared = false;
+        if let Some(sh) = shared {
+            match sh.get(key).await {
+                Lookup::Found(Value::Bytes(b)) if b.len() as u64 <= limit => {
+                    self.count("shared_hit");
+                    if memory {
+                        self.store(fill, key, b.len() as u64, Some(b.clone()));
+                    }
+                    return Ok(b);
+                }
+                Lookup::Absent => fill_shared = true,
+                _ => {}
+            }
+        }
+        self.count("miss");
         let bytes = storage.read_small(key, limit).await?;
-        self.store(fill, key, bytes.len() as u64, Some(bytes.clone()));
+        if memory {
+            self.store(fill, key, bytes.len() as u64, Some(bytes.clone()));
+        }
+        if let (true, Some(sh)) = (fill_shared, shared) {
+            if bytes.len() <= SHARED_BYTES_LIMIT {
+                sh.fill(key, &Value::Bytes(bytes.clone())).await;
+            }
+        }
         Ok(bytes)
     }
 
@@ -285,6 +389,131 @@ impl MetaCache {
     /// Whether no entry is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// How long a tombstone (left by a write) keeps fills of its key away: longer than any read that began before
+/// the write can take to come back with its (old) answer.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(10);
+/// Lifetime in Redis of content-addressed entries (a bound for Redis set to evict nothing).
+const STABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest value put in Redis (links are tens of bytes; larger manifests stay in each replica's memory).
+const SHARED_BYTES_LIMIT: usize = 256 * 1024;
+
+/// A cached fact as stored in Redis: `S<size>`, `B<bytes>`, or `T` (a tombstone: changed recently, ask the
+/// storage and do not fill).
+enum Value {
+    Size(u64),
+    Bytes(Bytes),
+}
+
+impl Value {
+    fn size(&self) -> u64 {
+        match self {
+            Value::Size(n) => *n,
+            Value::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    fn into_bytes(self) -> Option<Bytes> {
+        match self {
+            Value::Size(_) => None,
+            Value::Bytes(b) => Some(b),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Value::Size(n) => format!("S{n}").into_bytes(),
+            Value::Bytes(b) => {
+                let mut v = Vec::with_capacity(b.len() + 1);
+                v.push(b'B');
+                v.extend_from_slice(b);
+                v
+            }
+        }
+    }
+}
+
+/// What Redis said about a key.
+enum Lookup {
+    Found(Value),
+    /// No entry: ask the storage, then fill.
+    Absent,
+    /// A tombstone (or an entry that does not parse): ask the storage, do not fill.
+    Changed,
+    /// Redis skipped or failed: ask the storage.
+    Failed,
+}
+
+/// The Redis side of the cache.
+struct Shared {
+    redis: Redis,
+    prefix: String,
+    repositories: String,
+    ttl: Duration,
+}
+
+impl Shared {
+    fn key(&self, key: &str) -> Vec<u8> {
+        format!("{}{key}", self.prefix).into_bytes()
+    }
+
+    async fn get(&self, key: &str) -> Lookup {
+        let k = self.key(key);
+        match self.redis.run(&[vec![&b"GET"[..], &k]], false).await {
+            Some(r) => match r.into_iter().next() {
+                Some(Reply::Nil) => Lookup::Absent,
+                Some(Reply::Data(v)) => match v.first() {
+                    Some(b'S') => std::str::from_utf8(&v[1..])
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .map_or(Lookup::Changed, |n| Lookup::Found(Value::Size(n))),
+                    Some(b'B') => Lookup::Found(Value::Bytes(v.slice(1..))),
+                    _ => Lookup::Changed,
+                },
+                _ => Lookup::Changed,
+            },
+            None => Lookup::Failed,
+        }
+    }
+
+    /// Stores what the storage answered, unless anything is there (a tombstone left by a write since, or a
+    /// fill by another replica).
+    async fn fill(&self, key: &str, v: &Value) {
+        let ttl = if key.starts_with(&self.repositories) {
+            self.ttl
+        } else {
+            STABLE_TTL
+        };
+        let (k, v, ttl) = (self.key(key), v.encode(), ttl.as_secs().max(1).to_string());
+        self.redis
+            .run(
+                &[vec![&b"SET"[..], &k, &v, b"NX", b"EX", ttl.as_bytes()]],
+                true,
+            )
+            .await;
+    }
+
+    /// The keys a write to `path` (an object or a folder) may have changed: the path itself and the objects
+    /// the cache reads in such a folder.
+    fn affected(&self, path: &str) -> Vec<String> {
+        ["", "/link", "/current/link", "/data"]
+            .iter()
+            .map(|s| format!("{path}{s}"))
+            .collect()
+    }
+
+    async fn tombstones(&self, keys: &[String]) {
+        let ttl = TOMBSTONE_TTL.as_secs().to_string();
+        for group in keys.chunks(256) {
+            let ks: Vec<Vec<u8>> = group.iter().map(|k| self.key(k)).collect();
+            let cmds: Vec<Vec<&[u8]>> = ks
+                .iter()
+                .map(|k| vec![&b"SET"[..], k, b"T", b"EX", ttl.as_bytes()])
+                .collect();
+            self.redis.run(&cmds, true).await;
+        }
     }
 }
 
@@ -319,18 +548,17 @@ impl Storage for Invalidating {
     }
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         let r = self.inner.put(key, bytes).await;
-        self.cache.invalidate(key);
+        self.cache.invalidate(&[key]).await;
         r
     }
     async fn append(&self, key: &str) -> Result<Box<dyn AppendWriter>, StorageError> {
         let r = self.inner.append(key).await;
-        self.cache.invalidate(key);
+        self.cache.invalidate(&[key]).await;
         r
     }
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
         let r = self.inner.rename(from, to).await;
-        self.cache.invalidate(from);
-        self.cache.invalidate(to);
+        self.cache.invalidate(&[from, to]).await;
         r
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -341,12 +569,12 @@ impl Storage for Invalidating {
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let r = self.inner.delete(key).await;
-        self.cache.invalidate(key);
+        self.cache.invalidate(&[key]).await;
         r
     }
     async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
         let r = self.inner.create(key, bytes).await;
-        self.cache.invalidate(key);
+        self.cache.invalidate(&[key]).await;
         r
     }
     fn walk(&self, prefix: &str) -> ObjectStream {
@@ -354,9 +582,8 @@ impl Storage for Invalidating {
     }
     async fn delete_batch(&self, keys: &[String], durable: bool) -> Result<(), StorageError> {
         let r = self.inner.delete_batch(keys, durable).await;
-        for k in keys {
-            self.cache.invalidate(k);
-        }
+        let paths: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.cache.invalidate(&paths).await;
         r
     }
     async fn space(&self) -> Result<Option<Space>, StorageError> {
@@ -398,7 +625,7 @@ mod tests {
         ] {
             c.store(c.begin(), k, 1, None);
         }
-        c.invalidate("r/a/_layers/x");
+        c.forget("r/a/_layers/x");
         assert_eq!(get(&c, "r/a/_layers/x/link"), None);
         assert_eq!(get(&c, "r/a/_layers/x"), None);
         assert_eq!(get(&c, "r/a/_layers/xy/link"), Some(1));
@@ -409,18 +636,18 @@ mod tests {
     fn a_fill_that_raced_a_write_of_its_key_is_not_stored() {
         let c = cache(100, 1 << 20, Duration::from_secs(60));
         let fill = c.begin();
-        c.invalidate("r/a");
+        c.forget("r/a");
         c.store(fill, "r/a/link", 1, None);
         assert_eq!(get(&c, "r/a/link"), None);
         // A write elsewhere does not refuse it.
         let fill = c.begin();
-        c.invalidate("r/b");
+        c.forget("r/b");
         c.store(fill, "r/a/link", 2, None);
         assert_eq!(get(&c, "r/a/link"), Some(2));
         // A fill older than every remembered write is refused.
         let fill = c.begin();
         for i in 0..=RECENT {
-            c.invalidate(&format!("other/{i}"));
+            c.forget(&format!("other/{i}"));
         }
         c.store(fill, "r/c/link", 3, None);
         assert_eq!(get(&c, "r/c/link"), None);

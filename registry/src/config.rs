@@ -21,6 +21,105 @@ pub struct Config {
     pub health: HealthConfig,
     /// Webhooks on push, pull, mount and delete (docs/notifications.md).
     pub notifications: NotificationsConfig,
+    /// `[redis]`: the shared metadata cache, with `storage.cache.blobdescriptor = "redis"`.
+    pub redis: RedisConfig,
+}
+
+/// `[redis]`, registry:2's keys: where the shared metadata cache is.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `host:port` (env `REGISTRY_REDIS_ADDR`).
+    pub addr: String,
+    /// Password for `AUTH` (env `REGISTRY_REDIS_PASSWORD`).
+    pub password: Option<String>,
+    /// Database number (env `REGISTRY_REDIS_DB`).
+    pub db: u32,
+    /// Longest wait for a connection (env `REGISTRY_REDIS_DIALTIMEOUT`, default `100ms`).
+    pub dialtimeout: String,
+    /// Longest wait for a lookup before the storage is asked instead (env `REGISTRY_REDIS_READTIMEOUT`,
+    /// default `20ms`).
+    pub readtimeout: String,
+    /// Longest wait for a fill or an invalidation (env `REGISTRY_REDIS_WRITETIMEOUT`, default `200ms`).
+    pub writetimeout: String,
+    /// How long entries that are not content-addressed live in Redis: what bounds staleness when an
+    /// invalidation could not reach Redis (env `BERTH_REDIS_TTL`, default `1m`).
+    pub ttl: String,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("addr", &self.addr)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("db", &self.db)
+            .field("dialtimeout", &self.dialtimeout)
+            .field("readtimeout", &self.readtimeout)
+            .field("writetimeout", &self.writetimeout)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            addr: String::new(),
+            password: None,
+            db: 0,
+            dialtimeout: "100ms".into(),
+            readtimeout: "20ms".into(),
+            writetimeout: "200ms".into(),
+            ttl: "1m".into(),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The client's options (after validation).
+    pub fn options(&self) -> crate::redis::RedisOptions {
+        let d = |s: &str| parse_duration(s).unwrap_or(std::time::Duration::from_millis(100));
+        crate::redis::RedisOptions {
+            addr: self.addr.clone(),
+            password: self.password.clone().filter(|p| !p.is_empty()),
+            db: self.db,
+            dial_timeout: d(&self.dialtimeout),
+            read_timeout: d(&self.readtimeout),
+            write_timeout: d(&self.writetimeout),
+        }
+    }
+
+    fn problems(&self, used: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        if used && self.addr.trim().is_empty() {
+            p.push(
+                "redis.addr: storage.cache.blobdescriptor is redis, so the address (host:port) is needed \
+                 (REGISTRY_REDIS_ADDR)"
+                    .into(),
+            );
+        }
+        if !self.addr.is_empty()
+            && self
+                .addr
+                .rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        {
+            p.push(format!("redis.addr: {:?} is not host:port", self.addr));
+        }
+        for (key, v) in [
+            ("dialtimeout", &self.dialtimeout),
+            ("readtimeout", &self.readtimeout),
+            ("writetimeout", &self.writetimeout),
+            ("ttl", &self.ttl),
+        ] {
+            match parse_duration(v) {
+                Ok(d) if d.is_zero() => p.push(format!("redis.{key}: must be more than 0")),
+                Ok(_) => {}
+                Err(e) => p.push(format!("redis.{key}: {e}")),
+            }
+        }
+        p
+    }
 }
 
 /// `[notifications]`: registry:2's structure (a YAML `notifications:` block translates key for key), plus the
@@ -394,8 +493,8 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// `inmemory` or `none` (env `REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR`); default: `inmemory` on S3, `none` on
-    /// a filesystem (whose reads the kernel already caches).
+    /// `inmemory`, `redis` (shared by replicas, `[redis]`) or `none` (env `REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR`);
+    /// default: `inmemory` on S3, `none` on a filesystem (whose reads the kernel already caches).
     pub blobdescriptor: Option<String>,
     /// How long entries that are not content-addressed (links, tags) are trusted: what bounds how late this
     /// registry sees another replica's changes (env `BERTH_STORAGE_CACHE_TTL`, default `5s`). Its own changes
@@ -423,7 +522,7 @@ impl StorageConfig {
     pub fn cache_limits(&self) -> Option<crate::cache::CacheLimits> {
         let on = match self.cache.blobdescriptor.as_deref().map(str::trim) {
             None | Some("") => self.driver == StorageDriver::S3,
-            Some(v) => v.eq_ignore_ascii_case("inmemory"),
+            Some(v) => v.eq_ignore_ascii_case("inmemory") || v.eq_ignore_ascii_case("redis"),
         };
         on.then(|| crate::cache::CacheLimits {
             max_entries: self.cache.max_entries,
@@ -437,21 +536,38 @@ impl StorageConfig {
         })
     }
 
+    /// Whether the cache is shared through Redis.
+    pub fn cache_in_redis(&self) -> bool {
+        self.cache
+            .blobdescriptor
+            .as_deref()
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("redis"))
+    }
+
+    /// What distinguishes this registry's data from others' in a shared Redis: the bucket and root on S3,
+    /// the data directory on a filesystem.
+    pub fn cache_namespace(&self) -> String {
+        match self.driver {
+            StorageDriver::S3 => format!(
+                "s3:{}/{}",
+                self.s3.bucket,
+                self.s3.root_directory.trim_matches('/')
+            ),
+            StorageDriver::Filesystem => format!("fs:{}", self.root_directory.display()),
+        }
+    }
+
     fn cache_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let c = &self.cache;
         if let Some(v) = c.blobdescriptor.as_deref().map(str::trim) {
-            if v.eq_ignore_ascii_case("redis") {
-                p.push(
-                    "storage.cache.blobdescriptor: redis is not supported yet; use inmemory or none"
-                        .into(),
-                );
-            } else if !v.is_empty()
+            if !v.is_empty()
+                && !v.eq_ignore_ascii_case("redis")
                 && !v.eq_ignore_ascii_case("inmemory")
                 && !v.eq_ignore_ascii_case("none")
             {
                 p.push(format!(
-                    "storage.cache.blobdescriptor: {v:?} is not inmemory or none"
+                    "storage.cache.blobdescriptor: {v:?} is not inmemory, redis or none"
                 ));
             }
         }
@@ -660,6 +776,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "storage.cache.max_entries",
     ),
     ("BERTH_STORAGE_CACHE_MAXBYTES", "storage.cache.max_bytes"),
+    ("REGISTRY_REDIS_ADDR", "redis.addr"),
+    ("REGISTRY_REDIS_PASSWORD", "redis.password"),
+    ("REGISTRY_REDIS_DB", "redis.db"),
+    ("REGISTRY_REDIS_DIALTIMEOUT", "redis.dialtimeout"),
+    ("REGISTRY_REDIS_READTIMEOUT", "redis.readtimeout"),
+    ("REGISTRY_REDIS_WRITETIMEOUT", "redis.writetimeout"),
+    ("BERTH_REDIS_TTL", "redis.ttl"),
     ("REGISTRY_STORAGE", "storage.driver"),
     ("REGISTRY_STORAGE_S3_BUCKET", "storage.s3.bucket"),
     ("REGISTRY_STORAGE_S3_REGION", "storage.s3.region"),
@@ -930,6 +1053,30 @@ impl Config {
         if let Some(v) = non_empty(env("BERTH_STORAGE_CACHE_MAXBYTES")) {
             config.storage.cache.max_bytes = v;
         }
+        if let Some(v) = non_empty(env("REGISTRY_REDIS_ADDR")) {
+            config.redis.addr = v;
+        }
+        if let Some(v) = non_empty(env("REGISTRY_REDIS_PASSWORD")) {
+            config.redis.password = Some(v);
+        }
+        if let Some(v) = non_empty(env("REGISTRY_REDIS_DB")) {
+            match v.trim().parse::<u32>() {
+                Ok(n) => config.redis.db = n,
+                Err(_) => problems.push(format!("REGISTRY_REDIS_DB: {v:?} is not a number")),
+            }
+        }
+        if let Some(v) = non_empty(env("REGISTRY_REDIS_DIALTIMEOUT")) {
+            config.redis.dialtimeout = v;
+        }
+        if let Some(v) = non_empty(env("REGISTRY_REDIS_READTIMEOUT")) {
+            config.redis.readtimeout = v;
+        }
+        if let Some(v) = non_empty(env("REGISTRY_REDIS_WRITETIMEOUT")) {
+            config.redis.writetimeout = v;
+        }
+        if let Some(v) = non_empty(env("BERTH_REDIS_TTL")) {
+            config.redis.ttl = v;
+        }
         if let Some(v) = non_empty(env("BERTH_GC_INTERVAL")) {
             config.gc.interval = v;
         }
@@ -985,6 +1132,7 @@ impl Config {
             StorageDriver::S3 => p.extend(self.storage.s3.validate()),
         }
         p.extend(self.storage.cache_problems());
+        p.extend(self.redis.problems(self.storage.cache_in_redis()));
         p.extend(self.gc.validate());
         let prom = &self.http.debug.prometheus;
         if !prom.path.starts_with('/') || prom.path.contains(['?', '#', ' ']) {
@@ -1189,6 +1337,82 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn the_cache_is_on_for_s3_off_for_a_filesystem_and_redis_needs_an_address() {
+        let fs = Config::load(None, &env_of(&[])).unwrap();
+        assert_eq!(fs.storage.cache_limits(), None);
+        let s3 = [
+            ("REGISTRY_STORAGE", "s3"),
+            ("REGISTRY_STORAGE_S3_BUCKET", "b"),
+            ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", "/r/"),
+        ];
+        let c = Config::load(None, &env_of(&s3)).unwrap();
+        let limits = c.storage.cache_limits().expect("on by default on S3");
+        assert_eq!(limits.ttl, std::time::Duration::from_secs(5));
+        assert_eq!(limits.max_bytes, 32 << 20);
+        assert!(!c.storage.cache_in_redis());
+        assert_eq!(c.storage.cache_namespace(), "s3:b/r");
+        let off = Config::load(
+            None,
+            &env_of(&[("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "none")]),
+        )
+        .unwrap();
+        assert_eq!(off.storage.cache_limits(), None);
+        let redis = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "redis"),
+                ("REGISTRY_REDIS_ADDR", "cache:6379"),
+                ("REGISTRY_REDIS_PASSWORD", "s3cret"),
+                ("REGISTRY_REDIS_DB", "2"),
+                ("REGISTRY_REDIS_READTIMEOUT", "5ms"),
+            ]),
+        )
+        .unwrap();
+        assert!(redis.storage.cache_in_redis());
+        let o = redis.redis.options();
+        assert_eq!((o.addr.as_str(), o.db), ("cache:6379", 2));
+        assert_eq!(o.password.as_deref(), Some("s3cret"));
+        assert_eq!(o.read_timeout, std::time::Duration::from_millis(5));
+        assert!(
+            !format!("{redis:?}").contains("s3cret"),
+            "the password is printed"
+        );
+        let problems = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "redis"),
+                ("BERTH_STORAGE_CACHE_MAXBYTES", "lots"),
+                ("REGISTRY_REDIS_DB", "x"),
+            ]),
+        )
+        .unwrap_err();
+        for key in [
+            "redis.addr:",
+            "storage.cache.max_bytes:",
+            "REGISTRY_REDIS_DB:",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key} {problems:?}"
+            );
+        }
+        let problems = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "memcached"),
+                ("REGISTRY_REDIS_ADDR", "nohost"),
+            ]),
+        )
+        .unwrap_err();
+        for key in ["storage.cache.blobdescriptor:", "redis.addr:"] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key} {problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod oci;
 pub mod paths;
 pub mod ranges;
+pub mod redis;
 pub mod server;
 pub mod storage;
 pub mod store;
@@ -56,7 +57,15 @@ pub fn build(config: Config) -> std::io::Result<Arc<App>> {
     };
     let mut store = store::RegistryStore::with_metrics(storage, Arc::clone(&metrics));
     if let Some(limits) = config.storage.cache_limits() {
-        store = store.with_cache(Arc::new(cache::MetaCache::new(limits, metrics)));
+        let mut c = cache::MetaCache::new(limits, Arc::clone(&metrics));
+        if config.storage.cache_in_redis() {
+            c = c.with_shared(
+                redis::Redis::new(config.redis.options(), metrics),
+                &config.storage.cache_namespace(),
+                config::parse_duration(&config.redis.ttl).unwrap_or_default(),
+            );
+        }
+        store = store.with_cache(Arc::new(c));
     }
     Ok(Arc::new(App {
         store,

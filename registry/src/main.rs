@@ -273,6 +273,21 @@ fn main() -> ExitCode {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the free space"),
         }
+        match (
+            app.config.storage.cache_limits(),
+            app.config.storage.cache_in_redis(),
+        ) {
+            (None, _) => tracing::info!("metadata cache off"),
+            (Some(l), false) => {
+                tracing::info!(ttl = ?l.ttl, max_entries = l.max_entries, max_bytes = l.max_bytes, "metadata cache in memory")
+            }
+            (Some(l), true) => tracing::info!(
+                redis = %app.config.redis.addr,
+                max_entries = l.max_entries,
+                max_bytes = l.max_bytes,
+                "metadata cache in redis (content-addressed entries also in memory)"
+            ),
+        }
         let collector = berth_registry::spawn_collector(&app);
         server::serve(listener, app, shutdown_signal()).await;
         if let Some(c) = collector {

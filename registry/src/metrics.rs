@@ -64,12 +64,17 @@ pub struct Metrics {
     /// `berth_registry_gc_runs_total{result}`: `done`, `skipped` (another collector held the lease), `failed`,
     /// `interrupted` (by a shutdown).
     pub gc_runs: IntCounterVec,
-    /// `berth_registry_cache_requests_total{result}`: metadata cache lookups, `hit` or `miss`.
+    /// `berth_registry_cache_requests_total{result}`: metadata cache lookups, `hit` (memory), `shared_hit`
+    /// (Redis) or `miss`.
     pub cache_requests: IntCounterVec,
     /// `berth_registry_cache_entries`: entries the metadata cache holds.
     pub cache_entries: IntGauge,
     /// `berth_registry_cache_bytes`: memory they take, as counted against `storage.cache.max_bytes`.
     pub cache_bytes: IntGauge,
+    /// `berth_registry_redis_errors_total`: Redis exchanges that failed (refused, timed out, an error reply).
+    pub redis_errors: IntCounter,
+    /// `berth_registry_redis_up`: 1 while the shared cache is used, 0 while its breaker skips it.
+    pub redis_up: IntGauge,
     /// `berth_registry_gc_freed_bytes_total`.
     pub gc_freed_bytes: IntCounter,
     /// `berth_registry_gc_deleted_blobs_total`.
@@ -245,7 +250,7 @@ impl Metrics {
             cache_requests: counter_vec(
                 &r,
                 "berth_registry_cache_requests_total",
-                "Metadata cache lookups, by result (hit, miss).",
+                "Metadata cache lookups, by result (hit in memory, shared_hit in Redis, miss).",
                 &["result"],
             ),
             cache_entries: gauge(
@@ -257,6 +262,16 @@ impl Metrics {
                 &r,
                 "berth_registry_cache_bytes",
                 "Memory the metadata cache's entries take.",
+            ),
+            redis_errors: counter(
+                &r,
+                "berth_registry_redis_errors_total",
+                "Redis exchanges of the shared metadata cache that failed (refused, timed out, an error reply).",
+            ),
+            redis_up: gauge(
+                &r,
+                "berth_registry_redis_up",
+                "1 while the shared metadata cache in Redis is used, 0 while its circuit breaker skips it.",
             ),
             gc_freed_bytes: counter(
                 &r,

@@ -224,3 +224,238 @@ async fn on_s3_another_replicas_tag_push_shows_within_the_ttl() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---- Redis, shared by replicas ----
+
+/// A real redis-server (installed by `scripts/test.sh`), as the operator guide runs it: no persistence,
+/// bounded memory, `allkeys-lru`.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        RedisServer::start_on(port)
+    }
+
+    fn start_on(port: u16) -> RedisServer {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--maxmemory", "64mb"])
+            .args(["--maxmemory-policy", "allkeys-lru"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/install-test-deps.sh)");
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.ping().is_none() {
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A raw command with no arguments' quoting needs; the first reply line.
+    fn command(&self, cmd: &str) -> Option<String> {
+        use std::io::{BufRead, Write};
+        let s = std::net::TcpStream::connect(self.addr()).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        (&s).write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).ok()?;
+        Some(line.trim_end().to_string())
+    }
+
+    fn ping(&self) -> Option<String> {
+        self.command("PING").filter(|l| l == "+PONG")
+    }
+
+    fn keys(&self) -> usize {
+        self.command("DBSIZE")
+            .and_then(|l| l.strip_prefix(':').and_then(|n| n.parse().ok()))
+            .expect("DBSIZE")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).filter(|v| v.starts_with(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn on_s3_two_replicas_sharing_redis_see_each_others_changes_at_once() {
+    let moto = Moto::start();
+    moto.create_bucket("cache-redis");
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let extra = [
+        ("BERTH_GC_INTERVAL", "0"),
+        ("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "redis"),
+        ("REGISTRY_REDIS_ADDR", addr.as_str()),
+        // Generous for a loaded test machine: a timeout here would make the test pass without Redis.
+        ("REGISTRY_REDIS_READTIMEOUT", "2s"),
+        ("REGISTRY_REDIS_WRITETIMEOUT", "2s"),
+    ];
+    let (a, _) = start(&moto, "cache-redis", &extra);
+    let (b, b_debug) = start(&moto, "cache-redis", &extra);
+    let (first, _) = a.push_image("app", "v1", &[b"first layer"]).await;
+    let layer = common::sha256(b"first layer");
+    assert_eq!(manifest_digest(&b, "app", "v1").await, Some(first.clone()));
+    assert!(blob_there(&b, "app", &layer).await);
+    assert!(redis.keys() > 0, "nothing was put in redis");
+
+    // B asks again: Redis (links, tag) and its memory (sizes, manifest bytes) answer; the bucket is not asked.
+    // Keys written in the last few seconds are read from the bucket (a write leaves a tombstone that keeps
+    // fills away until every read that began before it is over), so this repeats until they have expired.
+    let shared = "berth_registry_cache_requests_total{result=\"shared_hit\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = metrics(&b_debug).await;
+        assert_eq!(manifest_digest(&b, "app", "v1").await, Some(first.clone()));
+        assert!(blob_there(&b, "app", &layer).await);
+        let after = metrics(&b_debug).await;
+        if storage_requests(&after) == storage_requests(&before) {
+            // Tag and revision link for the GET, the layer link for the HEAD.
+            assert_eq!(sample(&after, shared) - sample(&before, shared), 3.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "B keeps asking the bucket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Changes made through A show through B at once: no TTL to wait out.
+    let (second, _) = a.push_image("app", "v1", &[b"second layer"]).await;
+    assert_eq!(manifest_digest(&b, "app", "v1").await, Some(second.clone()));
+    let r = a.delete(&format!("/v2/app/blobs/{layer}")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(!blob_there(&b, "app", &layer).await);
+    assert_eq!(
+        manifest_digest(&b, "app", &second).await,
+        Some(second.clone())
+    );
+    let r = a.delete(&format!("/v2/app/manifests/{second}")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(manifest_digest(&b, "app", &second).await, None);
+    assert_eq!(manifest_digest(&b, "app", "v1").await, None);
+    // And the other way round.
+    let (third, _) = b.push_image("app", "v2", &[b"third layer"]).await;
+    assert_eq!(manifest_digest(&a, "app", "v2").await, Some(third));
+}
+
+#[tokio::test]
+async fn redis_down_or_silent_never_fails_a_request() {
+    let moto = Moto::start();
+    moto.create_bucket("cache-down");
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let addr = redis.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("registry.log");
+    let env = moto.registry_env("cache-down", "");
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    all.extend_from_slice(&[
+        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+        ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
+        ("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED", "false"),
+        ("BERTH_GC_INTERVAL", "0"),
+        ("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "redis"),
+        ("REGISTRY_REDIS_ADDR", addr.as_str()),
+        ("REGISTRY_LOG_LEVEL", "info"),
+    ]);
+    let mut reg = Registry::start_logged(&dir.path().join("unused"), &all, Some(&log));
+    let line = reg.next_line();
+    let debug = Registry::remote(line.strip_prefix("berth-registry debug on ").unwrap());
+    let (first, _) = reg.push_image("app", "v1", &[b"a layer"]).await;
+    let layer = common::sha256(b"a layer");
+    assert_eq!(
+        manifest_digest(&reg, "app", "v1").await,
+        Some(first.clone())
+    );
+
+    // Redis goes away: every request still succeeds, from the bucket.
+    drop(redis);
+    for i in 0..10 {
+        assert_eq!(
+            manifest_digest(&reg, "app", "v1").await,
+            Some(first.clone())
+        );
+        assert!(blob_there(&reg, "app", &layer).await);
+        let tag = format!("down{i}");
+        reg.push_image("app", &tag, &[format!("layer {i}").as_bytes()])
+            .await;
+        assert!(manifest_digest(&reg, "app", &tag).await.is_some());
+    }
+    let text = metrics(&debug).await;
+    assert!(sample(&text, "berth_registry_redis_errors_total") >= 3.0);
+    assert_eq!(sample(&text, "berth_registry_redis_up"), 0.0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("the shared cache is skipped"),
+        "no log line says Redis is skipped: {logged}"
+    );
+
+    // A Redis that accepts connections and never answers: lookups time out and the bucket answers.
+    let silent = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().take(8) {
+            held.push(s);
+        }
+        held
+    });
+    for _ in 0..10 {
+        assert_eq!(
+            manifest_digest(&reg, "app", "v1").await,
+            Some(first.clone())
+        );
+        assert!(blob_there(&reg, "app", &layer).await);
+    }
+    // Let the holder thread end: enough connections to finish its loop.
+    for _ in 0..8 {
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    }
+    drop(holder.join().unwrap());
+
+    // Redis comes back on the same address: the breaker lets a request through and the cache is used again.
+    let redis = RedisServer::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert_eq!(
+            manifest_digest(&reg, "app", "v1").await,
+            Some(first.clone())
+        );
+        let text = metrics(&debug).await;
+        if sample(&text, "berth_registry_redis_up") == 1.0 && redis.keys() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "redis is not used again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
