@@ -45,6 +45,19 @@ pub struct RedisConfig {
     /// How long entries that are not content-addressed live in Redis: what bounds staleness when an
     /// invalidation could not reach Redis (env `BERTH_REDIS_TTL`, default `1m`).
     pub ttl: String,
+    /// `[redis.tls]`: TLS to Redis.
+    pub tls: RedisTlsConfig,
+}
+
+/// `[redis.tls]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// Connect with TLS (env `REGISTRY_REDIS_TLS_ENABLED`).
+    pub enabled: bool,
+    /// PEM file of the CA certificates that sign Redis' certificate (env `BERTH_REDIS_TLS_CAFILE`); unset: the
+    /// system's roots.
+    pub cafile: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -57,6 +70,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("readtimeout", &self.readtimeout)
             .field("writetimeout", &self.writetimeout)
             .field("ttl", &self.ttl)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -71,22 +85,32 @@ impl Default for RedisConfig {
             readtimeout: "20ms".into(),
             writetimeout: "200ms".into(),
             ttl: "1m".into(),
+            tls: RedisTlsConfig::default(),
         }
     }
 }
 
 impl RedisConfig {
-    /// The client's options (after validation).
-    pub fn options(&self) -> crate::redis::RedisOptions {
+    /// The client's options (after validation); fails when the TLS roots cannot be read.
+    pub fn options(&self) -> Result<crate::redis::RedisOptions, String> {
         let d = |s: &str| parse_duration(s).unwrap_or(std::time::Duration::from_millis(100));
-        crate::redis::RedisOptions {
+        let tls = if self.tls.enabled {
+            Some(
+                crate::redis::tls_config(self.tls.cafile.as_deref())
+                    .map_err(|e| format!("redis.tls.cafile: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(crate::redis::RedisOptions {
             addr: self.addr.clone(),
             password: self.password.clone().filter(|p| !p.is_empty()),
             db: self.db,
             dial_timeout: d(&self.dialtimeout),
             read_timeout: d(&self.readtimeout),
             write_timeout: d(&self.writetimeout),
-        }
+            tls,
+        })
     }
 
     fn problems(&self, used: bool) -> Vec<String> {
@@ -105,6 +129,13 @@ impl RedisConfig {
                 .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
         {
             p.push(format!("redis.addr: {:?} is not host:port", self.addr));
+        }
+        if self.tls.enabled {
+            if let Err(e) = crate::redis::tls_config(self.tls.cafile.as_deref()) {
+                p.push(format!("redis.tls.cafile: {e}"));
+            }
+        } else if self.tls.cafile.is_some() {
+            p.push("redis.tls.cafile: set, but redis.tls.enabled is false".into());
         }
         for (key, v) in [
             ("dialtimeout", &self.dialtimeout),
@@ -783,6 +814,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("REGISTRY_REDIS_READTIMEOUT", "redis.readtimeout"),
     ("REGISTRY_REDIS_WRITETIMEOUT", "redis.writetimeout"),
     ("BERTH_REDIS_TTL", "redis.ttl"),
+    ("REGISTRY_REDIS_TLS_ENABLED", "redis.tls.enabled"),
+    ("BERTH_REDIS_TLS_CAFILE", "redis.tls.cafile"),
     ("REGISTRY_STORAGE", "storage.driver"),
     ("REGISTRY_STORAGE_S3_BUCKET", "storage.s3.bucket"),
     ("REGISTRY_STORAGE_S3_REGION", "storage.s3.region"),
@@ -1076,6 +1109,14 @@ impl Config {
         }
         if let Some(v) = non_empty(env("BERTH_REDIS_TTL")) {
             config.redis.ttl = v;
+        }
+        if let Some(v) = non_empty(env("REGISTRY_REDIS_TLS_ENABLED")) {
+            if let Some(b) = parse_bool("REGISTRY_REDIS_TLS_ENABLED", &v, &mut problems) {
+                config.redis.tls.enabled = b;
+            }
+        }
+        if let Some(v) = non_empty(env("BERTH_REDIS_TLS_CAFILE")) {
+            config.redis.tls.cafile = Some(PathBuf::from(v));
         }
         if let Some(v) = non_empty(env("BERTH_GC_INTERVAL")) {
             config.gc.interval = v;
@@ -1372,7 +1413,7 @@ mod tests {
         )
         .unwrap();
         assert!(redis.storage.cache_in_redis());
-        let o = redis.redis.options();
+        let o = redis.redis.options().unwrap();
         assert_eq!((o.addr.as_str(), o.db), ("cache:6379", 2));
         assert_eq!(o.password.as_deref(), Some("s3cret"));
         assert_eq!(o.read_timeout, std::time::Duration::from_millis(5));

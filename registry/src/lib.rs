@@ -59,8 +59,9 @@ pub fn build(config: Config) -> std::io::Result<Arc<App>> {
     if let Some(limits) = config.storage.cache_limits() {
         let mut c = cache::MetaCache::new(limits, Arc::clone(&metrics));
         if config.storage.cache_in_redis() {
+            let opts = config.redis.options().map_err(std::io::Error::other)?;
             c = c.with_shared(
-                redis::Redis::new(config.redis.options(), metrics),
+                redis::Redis::new(opts, metrics),
                 &config.storage.cache_namespace(),
                 config::parse_duration(&config.redis.ttl).unwrap_or_default(),
             );

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream,
+};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -24,7 +26,7 @@ const MAX_IDLE: usize = 16;
 const MAX_REPLY: usize = 1 << 20;
 
 /// Where Redis is and how long to wait for it (no `Debug`: it holds the password).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `host:port`.
     pub addr: String,
@@ -38,6 +40,45 @@ pub struct RedisOptions {
     pub read_timeout: Duration,
     /// Longest wait for a fill or an invalidation.
     pub write_timeout: Duration,
+    /// TLS to Redis, when set: the client configuration (the roots it trusts).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client configuration trusting the CA certificates in `cafile` (PEM), or the system's roots.
+pub fn tls_config(cafile: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match cafile {
+        Some(path) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no certificate in it", path.display()));
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("no CA certificates found on this system".into());
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// A RESP2 reply.
@@ -53,7 +94,11 @@ pub enum Reply {
     Error(String),
 }
 
-type Conn = BufStream<TcpStream>;
+/// A connection: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+type Conn = BufStream<Box<dyn Io>>;
 
 /// The client. See the module documentation.
 pub struct Redis {
@@ -197,8 +242,28 @@ impl Redis {
     }
 
     async fn connect(&self) -> std::io::Result<Conn> {
-        let mut c = BufStream::new(TcpStream::connect(&self.opts.addr).await?);
-        let _ = c.get_ref().set_nodelay(true);
+        let tcp = TcpStream::connect(&self.opts.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.opts.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let host = self
+                    .opts
+                    .addr
+                    .rsplit_once(':')
+                    .map_or(self.opts.addr.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Box::new(
+                    tokio_rustls::TlsConnector::from(Arc::clone(config))
+                        .connect(name, tcp)
+                        .await?,
+                )
+            }
+        };
+        let mut c = BufStream::new(io);
         let mut out = Vec::new();
         let mut expected = 0;
         if let Some(p) = &self.opts.password {

@@ -459,3 +459,191 @@ async fn redis_down_or_silent_never_fails_a_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn redis_cli(port: u16, ca: &std::path::Path, password: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(ca)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--no-auth-warning",
+            "-a",
+            password,
+        ])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[tokio::test]
+async fn the_shared_cache_reaches_redis_over_tls_with_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA and a server certificate for 127.0.0.1, made the way an operator would.
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=test CA",
+            "-days",
+            "2",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "redis.key",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "redis.key",
+            "-subj",
+            "/CN=redis",
+            "-out",
+            "redis.csr",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "redis.crt",
+        ],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("redis-server")
+        .current_dir(d)
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "redis.crt",
+            "--tls-key-file",
+            "redis.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args([
+            "--requirepass",
+            "s3cret pass",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let ca = d.join("ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis_cli(port, &ca, "s3cret pass", &["PING"]).as_deref() != Some("PONG") {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server over TLS did not answer"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let moto = Moto::start();
+    moto.create_bucket("cache-tls");
+    let addr = format!("127.0.0.1:{port}");
+    let ca_path = ca.to_string_lossy().to_string();
+    let extra = [
+        ("BERTH_GC_INTERVAL", "0"),
+        ("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "redis"),
+        ("REGISTRY_REDIS_ADDR", addr.as_str()),
+        ("REGISTRY_REDIS_PASSWORD", "s3cret pass"),
+        ("REGISTRY_REDIS_DB", "3"),
+        ("REGISTRY_REDIS_TLS_ENABLED", "true"),
+        ("BERTH_REDIS_TLS_CAFILE", ca_path.as_str()),
+        ("REGISTRY_REDIS_READTIMEOUT", "2s"),
+        ("REGISTRY_REDIS_WRITETIMEOUT", "2s"),
+        ("REGISTRY_REDIS_DIALTIMEOUT", "2s"),
+    ];
+    let (reg, debug) = start(&moto, "cache-tls", &extra);
+    let (digest, _) = reg.push_image("tls", "v1", &[b"over tls"]).await;
+    assert_eq!(manifest_digest(&reg, "tls", "v1").await, Some(digest));
+    let text = metrics(&debug).await;
+    assert_eq!(sample(&text, "berth_registry_redis_errors_total"), 0.0);
+    assert_eq!(sample(&text, "berth_registry_redis_up"), 1.0);
+    // The push's tombstones and the pull's lookups reached database 3 over TLS, authenticated.
+    let keys: usize = redis_cli(port, &ca, "s3cret pass", &["-n", "3", "DBSIZE"])
+        .and_then(|n| n.parse().ok())
+        .expect("DBSIZE");
+    assert!(keys > 0, "nothing reached redis");
+    let _ = server.kill();
+    let _ = server.wait();
+}
