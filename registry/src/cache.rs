@@ -131,7 +131,7 @@ pub struct MetaCache {
 }
 
 /// What a fill remembers from its start.
-pub struct Fill(u64);
+pub struct Fill(u64, Instant);
 
 impl MetaCache {
     /// An empty cache.
@@ -153,6 +153,7 @@ impl MetaCache {
             prefix: format!("berth:{namespace}:"),
             repositories: format!("{}/", crate::paths::repositories_root()),
             ttl,
+            dirty: Mutex::new(Dirty::default()),
         });
         self
     }
@@ -195,18 +196,27 @@ impl MetaCache {
         self.shared.as_ref().filter(|sh| {
             (key.starts_with(&self.immutable) || key.starts_with(&sh.repositories))
                 && !key.contains("/_uploads/")
+                && !sh.is_dirty(key)
         })
     }
 
     /// Marks the start of a fill (before the storage is asked).
     pub fn begin(&self) -> Fill {
-        Fill(self.lock().generation)
+        Fill(self.lock().generation, Instant::now())
+    }
+
+    /// Whether a fill that began at `fill` may still be put in Redis: no write of this process covering `key`
+    /// since, and young enough that no other replica's tombstone for it can have expired meanwhile.
+    fn may_share(&self, fill: &Fill, key: &str) -> bool {
+        fill.1.elapsed() < SHARED_FILL_WINDOW && !self.lock().raced(key, fill.0)
     }
 
     /// Stores what the storage answered for `key`, unless a write covering `key` happened since `fill` began.
-    pub fn store(&self, fill: Fill, key: &str, size: u64, bytes: Option<Bytes>) {
+    pub fn store(&self, fill: &Fill, key: &str, size: u64, bytes: Option<Bytes>) {
         let expires = if key.starts_with(&self.immutable) {
             None
+        } else if self.limits.ttl.is_zero() {
+            return;
         } else {
             Some(Instant::now() + self.limits.ttl)
         };
@@ -214,9 +224,10 @@ impl MetaCache {
         if inner.raced(key, fill.0) {
             return;
         }
-        // A stat after a read keeps the bytes the read stored.
+        // A stat after a read keeps the bytes the read stored (content-addressed entries only: a link of the
+        // same length may hold another digest).
         let bytes = match (bytes, inner.entries.get(key)) {
-            (None, Some(e)) if e.size == size => e.bytes.clone(),
+            (None, Some(e)) if e.size == size && e.expires.is_none() => e.bytes.clone(),
             (b, _) => b,
         };
         inner.remove(key);
@@ -228,7 +239,9 @@ impl MetaCache {
             used: inner.tick,
         };
         let cost = entry.cost(key);
-        if cost > self.limits.max_bytes || self.limits.max_entries == 0 {
+        // One entry never takes more than an eighth of the cache (a large manifest does not flush it).
+        if cost > self.limits.max_bytes / 8 || self.limits.max_entries == 0 {
+            self.publish(&inner);
             return;
         }
         inner.lru.insert(entry.used, key.to_string());
@@ -247,23 +260,66 @@ impl MetaCache {
 
     /// Drops `path` and everything under it, here and in Redis, before returning: after the write to `path`
     /// and before the writer answers.
-    pub async fn invalidate(&self, paths: &[&str]) {
+    pub async fn invalidate<S: AsRef<str>>(&self, paths: &[S]) {
         for p in paths {
-            self.forget(p);
+            self.forget(p.as_ref());
         }
         let Some(sh) = self.shared.as_ref() else {
             return;
         };
-        let keys: Vec<String> = paths
+        let paths: Vec<&str> = paths
             .iter()
-            .filter(|p| self.shared_for(&format!("{p}/")).is_some() || self.shared_for(p).is_some())
-            .flat_map(|p| sh.affected(p))
+            .map(|p| p.as_ref().trim_end_matches('/'))
+            .filter(|p| {
+                let folder = format!("{p}/");
+                (folder.starts_with(&self.immutable)
+                    || folder.starts_with(&sh.repositories)
+                    || self.immutable.starts_with(&folder)
+                    || sh.repositories.starts_with(&folder))
+                    && !folder.contains("/_uploads/")
+            })
             .collect();
-        sh.tombstones(&keys).await;
+        let keys: Vec<String> = paths.iter().flat_map(|p| sh.affected(p)).collect();
+        if !sh.tombstones(&keys).await {
+            // Another replica may still read what these writes replaced; this one asks the storage for them
+            // until their Redis entries have expired.
+            sh.mark_dirty(&paths);
+        } else {
+            // A folder above the cached facts (none is written today): its keys cannot be listed in Redis.
+            let above: Vec<&str> = paths
+                .iter()
+                .copied()
+                .filter(|p| !self.at_fact_level(sh, p))
+                .collect();
+            if !above.is_empty() {
+                sh.mark_dirty(&above);
+            }
+        }
+    }
+
+    /// Whether `path` is one cached fact's folder or object, or lies under one: then [`Shared::affected`] names
+    /// every Redis key a write to it may have changed.
+    fn at_fact_level(&self, sh: &Shared, path: &str) -> bool {
+        let depth = |rest: &str, marker: &str, need: usize| {
+            rest.find(marker)
+                .is_some_and(|i| rest[i + marker.len()..].split('/').count() >= need)
+        };
+        if let Some(rest) = path.strip_prefix(&self.immutable) {
+            return rest.split('/').count() >= 3;
+        }
+        match path.strip_prefix(&sh.repositories) {
+            Some(rest) => {
+                depth(rest, "/_layers/", 2)
+                    || depth(rest, "/_manifests/revisions/", 2)
+                    || depth(rest, "/_manifests/tags/", 1)
+            }
+            None => false,
+        }
     }
 
     /// Drops `path` and everything under it from memory, and refuses fills of them that began before now.
     pub fn forget(&self, path: &str) {
+        let path = path.trim_end_matches('/');
         let mut inner = self.lock();
         inner.generation += 1;
         let g = inner.generation;
@@ -311,7 +367,7 @@ impl MetaCache {
                     self.count("shared_hit");
                     let size = v.size();
                     if memory {
-                        self.store(fill, key, size, v.into_bytes());
+                        self.store(&fill, key, size, v.into_bytes());
                     }
                     return Ok(Some(size));
                 }
@@ -323,10 +379,12 @@ impl MetaCache {
         let meta = storage.stat(key).await?;
         if let Some(m) = meta {
             if memory {
-                self.store(fill, key, m.size, None);
+                self.store(&fill, key, m.size, None);
             }
             if let (true, Some(sh)) = (fill_shared, shared) {
-                sh.fill(key, &Value::Size(m.size)).await;
+                if self.may_share(&fill, key) {
+                    sh.fill(key, &Value::Size(m.size)).await;
+                }
             }
         }
         Ok(meta.map(|m| m.size))
@@ -360,7 +418,7 @@ impl MetaCache {
                 Lookup::Found(Value::Bytes(b)) if b.len() as u64 <= limit => {
                     self.count("shared_hit");
                     if memory {
-                        self.store(fill, key, b.len() as u64, Some(b.clone()));
+                        self.store(&fill, key, b.len() as u64, Some(b.clone()));
                     }
                     return Ok(b);
                 }
@@ -371,10 +429,10 @@ impl MetaCache {
         self.count("miss");
         let bytes = storage.read_small(key, limit).await?;
         if memory {
-            self.store(fill, key, bytes.len() as u64, Some(bytes.clone()));
+            self.store(&fill, key, bytes.len() as u64, Some(bytes.clone()));
         }
         if let (true, Some(sh)) = (fill_shared, shared) {
-            if bytes.len() <= SHARED_BYTES_LIMIT {
+            if bytes.len() <= SHARED_BYTES_LIMIT && self.may_share(&fill, key) {
                 sh.fill(key, &Value::Bytes(bytes.clone())).await;
             }
         }
@@ -397,6 +455,15 @@ impl MetaCache {
 const TOMBSTONE_TTL: Duration = Duration::from_secs(10);
 /// Lifetime in Redis of content-addressed entries (a bound for Redis set to evict nothing).
 const STABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// A fill older than this is not put in Redis: a tombstone left by another replica's write after the fill's
+/// read must still be there to refuse it.
+const SHARED_FILL_WINDOW: Duration = Duration::from_secs(5);
+/// How long content-addressed entries that could not be invalidated are skipped (they live a day in Redis; a
+/// blob deleted and not pushed again is refused by the link check long before).
+const STALE_FILL_BOUND: Duration = Duration::from_secs(60);
+/// Most paths remembered as dirty (their tombstones could not be written); past it, every lookup of links and
+/// tags skips Redis until the entries they may have left have expired.
+const MAX_DIRTY: usize = 4096;
 /// Largest value put in Redis (links are tens of bytes; larger manifests stay in each replica's memory).
 const SHARED_BYTES_LIMIT: usize = 256 * 1024;
 
@@ -452,6 +519,15 @@ struct Shared {
     prefix: String,
     repositories: String,
     ttl: Duration,
+    /// Paths written while their tombstones could not be written, until when Redis may hold stale entries for
+    /// them; and when every path is to be treated so (too many to list).
+    dirty: Mutex<Dirty>,
+}
+
+#[derive(Default)]
+struct Dirty {
+    paths: Vec<(Instant, String)>,
+    all_until: Option<Instant>,
 }
 
 impl Shared {
@@ -498,21 +574,92 @@ impl Shared {
     /// The keys a write to `path` (an object or a folder) may have changed: the path itself and the objects
     /// the cache reads in such a folder.
     fn affected(&self, path: &str) -> Vec<String> {
+        if path.ends_with("/link") || path.ends_with("/data") {
+            return vec![path.to_string()];
+        }
         ["", "/link", "/current/link", "/data"]
             .iter()
             .map(|s| format!("{path}{s}"))
             .collect()
     }
 
-    async fn tombstones(&self, keys: &[String]) {
+    /// Leaves a tombstone on each key; false when any could not be written.
+    async fn tombstones(&self, keys: &[String]) -> bool {
         let ttl = TOMBSTONE_TTL.as_secs().to_string();
+        let mut all = true;
         for group in keys.chunks(256) {
             let ks: Vec<Vec<u8>> = group.iter().map(|k| self.key(k)).collect();
             let cmds: Vec<Vec<&[u8]>> = ks
                 .iter()
                 .map(|k| vec![&b"SET"[..], k, b"T", b"EX", ttl.as_bytes()])
                 .collect();
-            self.redis.run(&cmds, true).await;
+            all &= self.redis.run(&cmds, true).await.is_some();
+        }
+        all
+    }
+
+    fn mark_dirty(&self, paths: &[&str]) {
+        let until = Instant::now() + self.ttl.max(STALE_FILL_BOUND);
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        d.paths.retain(|(t, _)| *t > now);
+        if d.paths.len() + paths.len() > MAX_DIRTY {
+            d.paths.clear();
+            d.all_until = Some(until);
+        } else {
+            d.paths.extend(paths.iter().map(|p| (until, p.to_string())));
+        }
+    }
+
+    /// Whether `key` may have a stale entry in Redis that this replica could not invalidate.
+    fn is_dirty(&self, key: &str) -> bool {
+        let d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if d.all_until.is_some_and(|t| t > now) && key.starts_with(&self.repositories) {
+            return true;
+        }
+        d.paths.iter().any(|(t, p)| *t > now && covers(p, key))
+    }
+}
+
+/// The invalidation a write owes: done after the write, or, when the write's future is dropped before that (a
+/// client that went away, a shutdown), on drop: the memory at once and Redis from a task of its own, since
+/// the write may have reached the storage.
+struct Pending {
+    cache: Arc<MetaCache>,
+    paths: Vec<String>,
+    armed: bool,
+}
+
+impl Pending {
+    fn new<S: AsRef<str>>(cache: &Arc<MetaCache>, paths: &[S]) -> Pending {
+        Pending {
+            cache: Arc::clone(cache),
+            paths: paths.iter().map(|p| p.as_ref().to_string()).collect(),
+            armed: true,
+        }
+    }
+
+    async fn done(mut self) {
+        self.cache.invalidate(&self.paths).await;
+        self.armed = false;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for p in &self.paths {
+            self.cache.forget(p);
+        }
+        if self.cache.shared.is_some() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let cache = Arc::clone(&self.cache);
+                let paths = std::mem::take(&mut self.paths);
+                rt.spawn(async move { cache.invalidate(&paths).await });
+            }
         }
     }
 }
@@ -547,18 +694,19 @@ impl Storage for Invalidating {
         self.inner.read_small(key, limit).await
     }
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let pending = Pending::new(&self.cache, &[key]);
         let r = self.inner.put(key, bytes).await;
-        self.cache.invalidate(&[key]).await;
+        pending.done().await;
         r
     }
     async fn append(&self, key: &str) -> Result<Box<dyn AppendWriter>, StorageError> {
-        let r = self.inner.append(key).await;
-        self.cache.invalidate(&[key]).await;
-        r
+        // Upload data: nothing the cache holds is ever appended to.
+        self.inner.append(key).await
     }
     async fn rename(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let pending = Pending::new(&self.cache, &[from, to]);
         let r = self.inner.rename(from, to).await;
-        self.cache.invalidate(&[from, to]).await;
+        pending.done().await;
         r
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -568,22 +716,24 @@ impl Storage for Invalidating {
         self.inner.list_shared(prefix).await
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let pending = Pending::new(&self.cache, &[key]);
         let r = self.inner.delete(key).await;
-        self.cache.invalidate(&[key]).await;
+        pending.done().await;
         r
     }
     async fn create(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
+        let pending = Pending::new(&self.cache, &[key]);
         let r = self.inner.create(key, bytes).await;
-        self.cache.invalidate(&[key]).await;
+        pending.done().await;
         r
     }
     fn walk(&self, prefix: &str) -> ObjectStream {
         self.inner.walk(prefix)
     }
     async fn delete_batch(&self, keys: &[String], durable: bool) -> Result<(), StorageError> {
+        let pending = Pending::new(&self.cache, keys);
         let r = self.inner.delete_batch(keys, durable).await;
-        let paths: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.cache.invalidate(&paths).await;
+        pending.done().await;
         r
     }
     async fn space(&self) -> Result<Option<Space>, StorageError> {
@@ -623,7 +773,7 @@ mod tests {
             "r/a/_layers/xy/link",
             "r/b/link",
         ] {
-            c.store(c.begin(), k, 1, None);
+            c.store(&c.begin(), k, 1, None);
         }
         c.forget("r/a/_layers/x");
         assert_eq!(get(&c, "r/a/_layers/x/link"), None);
@@ -637,19 +787,19 @@ mod tests {
         let c = cache(100, 1 << 20, Duration::from_secs(60));
         let fill = c.begin();
         c.forget("r/a");
-        c.store(fill, "r/a/link", 1, None);
+        c.store(&fill, "r/a/link", 1, None);
         assert_eq!(get(&c, "r/a/link"), None);
         // A write elsewhere does not refuse it.
         let fill = c.begin();
         c.forget("r/b");
-        c.store(fill, "r/a/link", 2, None);
+        c.store(&fill, "r/a/link", 2, None);
         assert_eq!(get(&c, "r/a/link"), Some(2));
         // A fill older than every remembered write is refused.
         let fill = c.begin();
         for i in 0..=RECENT {
             c.forget(&format!("other/{i}"));
         }
-        c.store(fill, "r/c/link", 3, None);
+        c.store(&fill, "r/c/link", 3, None);
         assert_eq!(get(&c, "r/c/link"), None);
     }
 
@@ -657,35 +807,56 @@ mod tests {
     fn least_recently_used_entries_go_first_within_both_bounds() {
         let c = cache(3, 1 << 20, Duration::from_secs(60));
         for n in 0..3 {
-            c.store(c.begin(), &blob(n), n.into(), None);
+            c.store(&c.begin(), &blob(n), n.into(), None);
         }
         assert_eq!(get(&c, &blob(0)), Some(0));
-        c.store(c.begin(), &blob(3), 3, None);
+        c.store(&c.begin(), &blob(3), 3, None);
         assert_eq!(c.len(), 3);
         assert_eq!(get(&c, &blob(1)), None, "the least recently used went");
         assert_eq!(get(&c, &blob(0)), Some(0));
         let per_entry = blob(0).len() + 10 + OVERHEAD;
-        let c = cache(100, 2 * per_entry, Duration::from_secs(60));
-        for n in 0..5 {
-            c.store(c.begin(), &blob(n), 10, Some(Bytes::from(vec![0; 10])));
+        let c = cache(100, 16 * per_entry, Duration::from_secs(60));
+        for n in 0..20 {
+            c.store(&c.begin(), &blob(n), 10, Some(Bytes::from(vec![0; 10])));
         }
-        assert_eq!(c.len(), 2);
-        assert!(c.lock().bytes <= 2 * per_entry);
-        // What is over the bound alone is not kept.
+        assert_eq!(c.len(), 16);
+        assert!(c.lock().bytes <= 16 * per_entry);
+        assert_eq!(get(&c, &blob(3)), None);
+        assert_eq!(get(&c, &blob(4)), Some(10));
+        // One entry over an eighth of the bound is not kept (it would flush the others).
         c.store(
-            c.begin(),
-            &blob(9),
+            &c.begin(),
+            &blob(99),
             1,
-            Some(Bytes::from(vec![0; 3 * per_entry])),
+            Some(Bytes::from(vec![0; 2 * per_entry])),
         );
-        assert_eq!(get(&c, &blob(9)), None);
+        assert_eq!(get(&c, &blob(99)), None);
+        assert_eq!(c.len(), 16);
+    }
+
+    #[test]
+    fn a_zero_ttl_keeps_only_content_addressed_entries() {
+        let c = cache(100, 1 << 20, Duration::ZERO);
+        c.store(&c.begin(), "repositories/a/_layers/x/link", 1, None);
+        assert!(c.is_empty());
+        c.store(&c.begin(), &blob(1), 1, None);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_stat_never_gives_a_link_the_bytes_of_an_older_one() {
+        let c = cache(100, 1 << 20, Duration::from_secs(60));
+        let link = "repositories/a/_manifests/tags/t/current/link";
+        c.store(&c.begin(), link, 2, Some(Bytes::from_static(b"d1")));
+        c.store(&c.begin(), link, 2, None);
+        assert_eq!(c.lookup(link, |e| e.bytes.clone()), None);
     }
 
     #[test]
     fn only_content_addressed_entries_outlive_the_ttl() {
         let c = cache(100, 1 << 20, Duration::ZERO);
-        c.store(c.begin(), "repositories/a/_layers/x/link", 1, None);
-        c.store(c.begin(), &blob(1), 1, None);
+        c.store(&c.begin(), "repositories/a/_layers/x/link", 1, None);
+        c.store(&c.begin(), &blob(1), 1, None);
         assert_eq!(get(&c, "repositories/a/_layers/x/link"), None);
         assert_eq!(get(&c, &blob(1)), Some(1));
     }
@@ -693,8 +864,8 @@ mod tests {
     #[test]
     fn a_stat_keeps_the_bytes_a_read_stored() {
         let c = cache(100, 1 << 20, Duration::from_secs(60));
-        c.store(c.begin(), &blob(1), 2, Some(Bytes::from_static(b"{}")));
-        c.store(c.begin(), &blob(1), 2, None);
+        c.store(&c.begin(), &blob(1), 2, Some(Bytes::from_static(b"{}")));
+        c.store(&c.begin(), &blob(1), 2, None);
         assert_eq!(
             c.lookup(&blob(1), |e| e.bytes.clone()),
             Some(Bytes::from_static(b"{}"))

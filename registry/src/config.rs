@@ -122,7 +122,12 @@ impl RedisConfig {
                     .into(),
             );
         }
-        if !self.addr.is_empty()
+        if !self.addr.is_empty() && self.addr.contains(['/', '@']) {
+            p.push(format!(
+                "redis.addr: {:?} must be host:port, not a URL (the password goes in redis.password)",
+                self.addr.split('@').next_back().unwrap_or_default()
+            ));
+        } else if !self.addr.is_empty()
             && self
                 .addr
                 .rsplit_once(':')
@@ -575,16 +580,29 @@ impl StorageConfig {
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("redis"))
     }
 
-    /// What distinguishes this registry's data from others' in a shared Redis: the bucket and root on S3,
-    /// the data directory on a filesystem.
+    /// What distinguishes this registry's data from others' in a shared Redis: the endpoint (or AWS and the
+    /// region), bucket and root on S3; the machine and the data directory's real path on a filesystem (a local
+    /// disk: replicas share data through a bucket).
     pub fn cache_namespace(&self) -> String {
         match self.driver {
-            StorageDriver::S3 => format!(
-                "s3:{}/{}",
-                self.s3.bucket,
-                self.s3.root_directory.trim_matches('/')
-            ),
-            StorageDriver::Filesystem => format!("fs:{}", self.root_directory.display()),
+            StorageDriver::S3 => {
+                let o = self.s3.options();
+                let endpoint = match &o.endpoint {
+                    Some(e) => e.trim_end_matches('/').to_string(),
+                    None => format!("aws:{}", o.region),
+                };
+                format!(
+                    "s3:{endpoint}/{}/{}",
+                    self.s3.bucket,
+                    self.s3.root_directory.trim_matches('/')
+                )
+            }
+            StorageDriver::Filesystem => {
+                let dir = std::fs::canonicalize(&self.root_directory)
+                    .unwrap_or_else(|_| self.root_directory.clone());
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("fs:{}:{}", host.trim(), dir.display())
+            }
         }
     }
 
@@ -1394,7 +1412,7 @@ mod tests {
         assert_eq!(limits.ttl, std::time::Duration::from_secs(5));
         assert_eq!(limits.max_bytes, 32 << 20);
         assert!(!c.storage.cache_in_redis());
-        assert_eq!(c.storage.cache_namespace(), "s3:b/r");
+        assert_eq!(c.storage.cache_namespace(), "s3:aws:us-east-1/b/r");
         let off = Config::load(
             None,
             &env_of(&[("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "none")]),

@@ -84,7 +84,7 @@ pub fn tls_config(cafile: Option<&std::path::Path>) -> Result<Arc<rustls::Client
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// `$-1` or `*-1`.
+    /// `$-1`.
     Nil,
     /// `+...` or a bulk string.
     Data(Bytes),
@@ -307,24 +307,41 @@ impl Redis {
         for c in commands {
             encode(&mut out, c);
         }
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let timeout = if write {
             self.opts.write_timeout
         } else {
             self.opts.read_timeout
         };
+        let once = |pooled: Option<Conn>| {
+            let out = &out;
+            async move {
+                let mut c = match pooled {
+                    Some(c) => c,
+                    None => tokio::time::timeout(self.opts.dial_timeout, self.connect())
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
+                };
+                let replies =
+                    tokio::time::timeout(timeout, self.exchange(&mut c, out, commands.len()))
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                Ok::<_, std::io::Error>((c, replies))
+            }
+        };
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let attempt = async {
-            let mut c = match idle {
-                Some(c) => c,
-                None => tokio::time::timeout(self.opts.dial_timeout, self.connect())
-                    .await
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
-            };
-            let replies =
-                tokio::time::timeout(timeout, self.exchange(&mut c, &out, commands.len()))
-                    .await
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            Ok::<_, std::io::Error>((c, replies))
+            match pooled {
+                // A pooled connection Redis (or something in between) closed while it sat idle fails at
+                // once: the pool is emptied (its other connections are as old) and a new connection tries.
+                Some(c) => match once(Some(c)).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {
+                        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        once(None).await
+                    }
+                    r => r,
+                },
+                None => once(None).await,
+            }
         };
         match attempt.await {
             Ok((c, replies)) => {
@@ -342,6 +359,7 @@ impl Redis {
                 Some(replies)
             }
             Err(e) => {
+                self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 self.failed(if write { "write" } else { "lookup" }, &e);
                 None
             }
