@@ -1,8 +1,10 @@
 //! The metadata cache on a real S3 endpoint (moto_server): repeated `HEAD`s of blobs and `GET`s of manifests are
 //! answered without a request to the bucket; the registry's own changes (a tag moved, a manifest, a tag or a
-//! blob deleted, a collection) show at once, however long the TTL; another replica's show within the TTL.
+//! blob deleted, a collection) show at once, however long the TTL; another replica's show within the TTL, or at
+//! once when the replicas share the cache in a real redis-server (also over TLS); Redis down or silent fails
+//! no request.
 //!
-//! moto_server is installed by `scripts/test.sh`; a missing tool fails the test.
+//! moto_server and redis-server are installed by `scripts/test.sh`; a missing tool fails the test.
 
 mod common;
 
@@ -708,4 +710,55 @@ async fn the_shared_cache_reaches_redis_over_tls_with_a_password() {
     assert!(keys > 0, "nothing reached redis");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[tokio::test]
+async fn on_s3_what_one_replicas_collection_removes_is_gone_from_the_shared_cache_at_once() {
+    let moto = Moto::start();
+    moto.create_bucket("cache-redis-gc");
+    let redis = RedisServer::start();
+    let addr = redis.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("collector.log");
+    let shared = [
+        ("REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR", "redis"),
+        ("REGISTRY_REDIS_ADDR", addr.as_str()),
+        ("REGISTRY_REDIS_READTIMEOUT", "2s"),
+        ("REGISTRY_REDIS_WRITETIMEOUT", "2s"),
+    ];
+    // A collects every second; the grace outlasts B's caching below, so nothing is collected before.
+    let env = moto.registry_env("cache-redis-gc", "r");
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    all.extend_from_slice(&shared);
+    all.extend_from_slice(&[
+        ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+        ("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED", "false"),
+        ("BERTH_GC_INTERVAL", "1s"),
+        ("BERTH_GC_GRACE", "30s"),
+        ("REGISTRY_LOG_LEVEL", "info"),
+    ]);
+    let a = Registry::start_logged(&dir.path().join("unused"), &all, Some(&log));
+    let mut extra = shared.to_vec();
+    extra.push(("BERTH_GC_INTERVAL", "0"));
+    let (b, b_debug) = start(&moto, "cache-redis-gc", &extra);
+    let (digest, _) = a.push_image("gone", "v1", &[b"collected layer"]).await;
+    let layer = common::sha256(b"collected layer");
+    let r = a.delete(&format!("/v2/gone/manifests/{digest}")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    // The layer stays linked until a collection: B caches that answer in Redis.
+    assert!(blob_there(&a, "gone", &layer).await);
+    settle(&b, &b_debug, "gone", None, None, Some(&layer)).await;
+    assert!(
+        !everything_collected(&log),
+        "collected before B cached the layer: the grace is too short for this machine"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !everything_collected(&log) {
+        assert!(Instant::now() < deadline, "no collection removed the image");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !blob_there(&b, "gone", &layer).await,
+        "B still answers a blob A's collection removed"
+    );
 }
