@@ -1,7 +1,8 @@
-"""What bench.py and its sections (bench/sections/) share: constants, process and /proc helpers, the two stacks
-(Stack, start_berth, start_nginx) and their set-up, the test data (Blob, random_file, oci_layout), the clients
-(curl, skopeo, h2load) and the Context that each section's measure(ctx) receives. What belongs to one
-measurement (DockerSide, the floods, the listing and gc seeding, ...) is in that section's module."""
+"""What bench.py and its sections (bench/sections/) share, and soak.py and s3cache.py use: constants, process and
+/proc helpers, the two stacks (Stack, start_berth, start_nginx) and their set-up, an S3 endpoint (start_moto), the
+test data (Blob, random_file, oci_layout), the clients (curl, skopeo, h2load) and the Context that each section's
+measure(ctx) receives. What belongs to one measurement (DockerSide, the floods, the listing and gc seeding, ...)
+is in that section's module."""
 
 import argparse
 import base64
@@ -375,13 +376,20 @@ def wait_ready(stack, timeout=30, base=None):
                      f"(see {stack.dir})")
 
 
-def start_berth(stack, bin_dir, certs, htpasswd_path):
-    data = os.path.join(stack.dir, "data")
-    os.makedirs(data, exist_ok=True)
-    stack.data = data
+def start_berth(stack, bin_dir, certs, htpasswd_path, storage_env=None):
+    """berth-registry and berth-proxy, the registry on the filesystem under the stack's directory or, with
+    storage_env ({name: value}: REGISTRY_STORAGE=s3 and the rest), on what those variables say (stack.data is
+    then None)."""
     env = dict(os.environ)
-    env.update(REGISTRY_HTTP_ADDR=f"127.0.0.1:{stack.registry_port}",
-               REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=data)
+    env["REGISTRY_HTTP_ADDR"] = f"127.0.0.1:{stack.registry_port}"
+    if storage_env is None:
+        data = os.path.join(stack.dir, "data")
+        os.makedirs(data, exist_ok=True)
+        stack.data = data
+        env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"] = data
+    else:
+        stack.data = None
+        env.update(storage_env)
     stack.start("berth-registry", [os.path.join(bin_dir, "berth-registry")], env=env)
     env = dict(os.environ)
     env.update(BERTH_LISTEN=stack.host, BERTH_UPSTREAM=f"http://127.0.0.1:{stack.registry_port}",
@@ -393,7 +401,11 @@ def start_berth(stack, bin_dir, certs, htpasswd_path):
     wait_ready(stack)
 
 
-def start_nginx(stack, certs, htpasswd_src, docker_addr=None):
+def start_nginx(stack, certs, htpasswd_src, docker_addr=None, registry_template=None, registry_values=None,
+                registry_env=None):
+    """nginx in front of registry:2, both configured from templates in bench/: registry_template (default
+    registry-config.yml.in, filesystem storage) is filled with DATA and PORT and any registry_values; registry_env,
+    when given, is docker-registry's whole environment (default: this process's)."""
     d = stack.dir
     os.chmod(d, 0o755)
     os.chmod(os.path.dirname(d), 0o755)
@@ -407,8 +419,8 @@ def start_nginx(stack, certs, htpasswd_src, docker_addr=None):
         os.chmod(os.path.join(d, f), 0o755)
     stack.data = os.path.join(d, "data")
     stack.h2_port = free_port()
-    fill_template(os.path.join(BENCH_DIR, "registry-config.yml.in"), os.path.join(d, "config.yml"),
-                  DATA=stack.data, PORT=stack.registry_port)
+    fill_template(os.path.join(BENCH_DIR, registry_template or "registry-config.yml.in"),
+                  os.path.join(d, "config.yml"), DATA=stack.data, PORT=stack.registry_port, **(registry_values or {}))
     conf = os.path.join(d, "nginx.conf")
     fill_template(os.path.join(BENCH_DIR, "nginx.conf.in"), conf,
                   DIR=d, PORT=stack.port, H2_PORT=stack.h2_port, REGISTRY_PORT=stack.registry_port)
@@ -424,11 +436,47 @@ def start_nginx(stack, certs, htpasswd_src, docker_addr=None):
     shutil.copy(htpasswd_src, os.path.join(d, "htpasswd"))
     os.chmod(os.path.join(d, "htpasswd"), 0o644)
     stack.htpasswd = os.path.join(d, "htpasswd")
-    stack.start("docker-registry", ["docker-registry", "serve", os.path.join(d, "config.yml")])
+    stack.start("docker-registry", ["docker-registry", "serve", os.path.join(d, "config.yml")], env=registry_env)
     stack.start("nginx", ["nginx", "-p", d + "/", "-c", os.path.join(d, "nginx.conf"), "-g", "daemon off;"])
     stack.cacert = os.path.join(d, "certs", "devdockerCA.crt")
     stack.cert_dir = os.path.join(d, "certs", "skopeo")
     wait_ready(stack)
+
+
+def create_bucket(port, name):
+    """PUT /NAME on the S3 endpoint at 127.0.0.1:port; returns the status (moto answers 200)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("PUT", f"/{name}")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def start_moto(stack, buckets):
+    """moto_server (pip 'moto[server]'), an S3 endpoint in memory, started as the stack's process "moto" on a
+    free loopback port; creates the buckets (the first as soon as it answers, which is how its start is
+    awaited); returns the port."""
+    port = free_port()
+    stack.start("moto", ["moto_server", "-H", "127.0.0.1", "-p", str(port)])
+    deadline = time.monotonic() + 30
+    while True:
+        stack.check_alive()
+        try:
+            if create_bucket(port, buckets[0]) == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError("moto_server did not come up")
+        time.sleep(0.2)
+    for b in buckets[1:]:
+        status = create_bucket(port, b)
+        if status != 200:
+            raise BenchError(f"moto_server: PUT /{b} (create bucket) -> {status}")
+    return port
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -468,8 +516,9 @@ def random_file(path, size, base=None):
 
 
 def oci_layout(dir_, layer, tag):
-    """An OCI image layout with one image: one layer (layer: Blob), a config, a manifest; returns the manifest
-    digest."""
+    """An OCI image layout with one image: one layer (layer: Blob) or several (a list of Blobs, in that order),
+    a config, a manifest; returns the manifest digest."""
+    layers = layer if isinstance(layer, (list, tuple)) else [layer]
     blobs = os.path.join(dir_, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
 
@@ -479,15 +528,17 @@ def oci_layout(dir_, layer, tag):
             f.write(data)
         return "sha256:" + d, len(data)
 
-    target = os.path.join(blobs, layer.digest.split(":")[1])
-    if not os.path.exists(target):
-        os.link(layer.path, target)
+    for lay in layers:
+        target = os.path.join(blobs, lay.digest.split(":")[1])
+        if not os.path.exists(target):
+            os.link(lay.path, target)
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [layer.digest]}}).encode()
+                         "rootfs": {"type": "layers", "diff_ids": [lay.digest for lay in layers]}}).encode()
     cd, cs = put(config)
     manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                            "config": {"mediaType": OCI_CONFIG, "digest": cd, "size": cs},
-                           "layers": [{"mediaType": OCI_LAYER, "digest": layer.digest, "size": layer.size}]}).encode()
+                           "layers": [{"mediaType": OCI_LAYER, "digest": lay.digest, "size": lay.size}
+                                      for lay in layers]}).encode()
     md, ms = put(manifest)
     with open(os.path.join(dir_, "oci-layout"), "w") as f:
         f.write('{"imageLayoutVersion":"1.0.0"}')

@@ -50,8 +50,8 @@ import urllib.parse
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, PASSWORD, ROOT, USER, BenchError, MiB, Stack, basic, free_port, log,
-    make_certs, make_htpasswd, percentile, rss_kib, step, wait_ready,
+    OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, PASSWORD, ROOT, USER, BenchError, MiB, Stack, basic, log, make_certs,
+    make_htpasswd, percentile, rss_kib, start_moto, step, wait_ready,
 )
 
 KiB = 1024
@@ -530,25 +530,6 @@ class Run:
                     self.stop.set()
 
 
-def start_moto(stack):
-    port = free_port()
-    stack.start("moto", ["moto_server", "-H", "127.0.0.1", "-p", str(port)])
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("PUT", "/soak")
-            status = conn.getresponse().status
-            conn.close()
-            if status == 200:
-                return port
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise BenchError("moto_server did not come up")
-        time.sleep(0.2)
-
-
 def start_stack(a, work):
     stack = Stack("berth", "berth", work)
     certs = os.path.join(work, "certs")
@@ -559,7 +540,7 @@ def start_stack(a, work):
                BERTH_GC_INTERVAL=a.gc_interval, BERTH_GC_GRACE=a.gc_grace, BERTH_GC_DELETE_UNTAGGED="true",
                REGISTRY_LOG_LEVEL="warn")
     if a.s3:
-        port = start_moto(stack)
+        port = start_moto(stack, ["soak"])
         env.update(REGISTRY_STORAGE="s3", REGISTRY_STORAGE_S3_BUCKET="soak", REGISTRY_STORAGE_S3_REGION="us-east-1",
                    REGISTRY_STORAGE_S3_REGIONENDPOINT=f"http://127.0.0.1:{port}", REGISTRY_STORAGE_S3_ACCESSKEY="soak",
                    REGISTRY_STORAGE_S3_SECRETKEY="soak-secret", REGISTRY_STORAGE_S3_SECURE="false")

@@ -18,6 +18,14 @@
 # a moto_server bucket (--s3); records every failure, latency per operation over time and the RSS and open files
 # of both processes every second; writes JSON and a PNG of them; exits non-zero on any failure or, for runs of
 # 5 minutes or more, when memory, file descriptors or latency drift.
+#
+#   scripts/bench.sh --s3-cache [--smoke] [--out FILE.json] [more: bench/s3cache.py --help]
+#
+# The metadata cache on S3 instead: moto_server reached through a relay that adds 10 ms each way (bench/relay.py),
+# a local redis-server, and five stacks on their own buckets: berth with the cache off, in memory and in Redis,
+# nginx + registry:2 with its in-memory and its Redis blob descriptor cache. HEAD blob and GET manifest rates
+# (h2load over HTTP/2) and the time of a 20-layer pull, one stack at a time; prints the table and the targets,
+# writes JSON with --out; exits non-zero on any error, not on a missed target. --smoke: a quick end-to-end form.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
@@ -33,6 +41,19 @@ if [ "${1:-}" = "--soak" ]; then
     cargo build --release --locked --bins
   fi
   exec python3 bench/soak.py --bin-dir "${BERTH_BIN_DIR:-target/release}" "$@"
+fi
+
+if [ "${1:-}" = "--s3-cache" ]; then
+  shift
+  step "s3 cache: tools"
+  need curl:curl openssl:openssl python3:python3 htpasswd:apache2-utils nginx:nginx docker-registry:docker-registry \
+    skopeo:skopeo h2load:nghttp2-client redis-server:redis-server
+  command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server]'
+  if [ -z "${BERTH_BIN_DIR:-}" ]; then
+    step "s3 cache: release binaries"
+    cargo build --release --locked --bins
+  fi
+  exec python3 bench/s3cache.py --bin-dir "${BERTH_BIN_DIR:-target/release}" "$@"
 fi
 
 step "bench: tools"
