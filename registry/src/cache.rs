@@ -469,12 +469,28 @@ const SHARED_BYTES_LIMIT: usize = 256 * 1024;
 
 /// A cached fact as stored in Redis: `S<size>`, `B<bytes>`, or `T` (a tombstone: changed recently, ask the
 /// storage and do not fill).
-enum Value {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// What `stat` answered: the size.
     Size(u64),
+    /// What `read_small` answered: the bytes.
     Bytes(Bytes),
 }
 
 impl Value {
+    /// Reads a value stored in Redis; `None` for a tombstone or anything else (never trusted, never a panic).
+    pub fn decode(v: &Bytes) -> Option<Value> {
+        match v.first() {
+            Some(b'S') => std::str::from_utf8(&v[1..])
+                .ok()
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse().ok())
+                .map(Value::Size),
+            Some(b'B') => Some(Value::Bytes(v.slice(1..))),
+            _ => None,
+        }
+    }
+
     fn size(&self) -> u64 {
         match self {
             Value::Size(n) => *n,
@@ -489,7 +505,8 @@ impl Value {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The value as stored in Redis.
+    pub fn encode(&self) -> Vec<u8> {
         match self {
             Value::Size(n) => format!("S{n}").into_bytes(),
             Value::Bytes(b) => {
@@ -540,14 +557,7 @@ impl Shared {
         match self.redis.run(&[vec![&b"GET"[..], &k]], false).await {
             Some(r) => match r.into_iter().next() {
                 Some(Reply::Nil) => Lookup::Absent,
-                Some(Reply::Data(v)) => match v.first() {
-                    Some(b'S') => std::str::from_utf8(&v[1..])
-                        .ok()
-                        .and_then(|n| n.parse().ok())
-                        .map_or(Lookup::Changed, |n| Lookup::Found(Value::Size(n))),
-                    Some(b'B') => Lookup::Found(Value::Bytes(v.slice(1..))),
-                    _ => Lookup::Changed,
-                },
+                Some(Reply::Data(v)) => Value::decode(&v).map_or(Lookup::Changed, Lookup::Found),
                 _ => Lookup::Changed,
             },
             None => Lookup::Failed,

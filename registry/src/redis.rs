@@ -147,6 +147,15 @@ fn number(s: &[u8]) -> std::io::Result<i64> {
         .ok_or_else(|| bad("bad number in reply"))
 }
 
+/// Reads one reply from the start of `bytes`, and how many bytes it took (for the fuzz target; the client reads
+/// from its connection with the same code).
+pub async fn parse_reply(bytes: &[u8]) -> std::io::Result<(Reply, usize)> {
+    let mut r = tokio::io::BufReader::new(bytes);
+    let reply = read_reply(&mut r).await?;
+    let left = r.buffer().len() + r.into_inner().len();
+    Ok((reply, bytes.len() - left))
+}
+
 /// Reads one reply. The commands berth sends (`GET`, `SET`, `AUTH`, `SELECT`) never answer with arrays, so an
 /// array is refused like any other malformed reply.
 async fn read_reply<R: AsyncBufRead + Unpin>(c: &mut R) -> std::io::Result<Reply> {
