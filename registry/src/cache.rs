@@ -127,6 +127,10 @@ pub struct MetaCache {
     /// Keys under this prefix are content-addressed.
     immutable: String,
     metrics: Arc<Metrics>,
+    /// `berth_registry_cache_requests_total` by result, resolved once (no label hashing per lookup).
+    hits: prometheus::IntCounter,
+    shared_hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
     shared: Option<Shared>,
 }
 
@@ -140,6 +144,9 @@ impl MetaCache {
             inner: Mutex::new(Inner::default()),
             limits,
             immutable: format!("{}/", crate::paths::blobs_root()),
+            hits: metrics.cache_requests.with_label_values(&["hit"]),
+            shared_hits: metrics.cache_requests.with_label_values(&["shared_hit"]),
+            misses: metrics.cache_requests.with_label_values(&["miss"]),
             metrics,
             shared: None,
         }
@@ -176,13 +183,6 @@ impl MetaCache {
             inner.touch(key);
         }
         found
-    }
-
-    fn count(&self, result: &str) {
-        self.metrics
-            .cache_requests
-            .with_label_values(&[result])
-            .inc();
     }
 
     /// Whether `key` may be kept in this process's memory: everything without Redis; with Redis only what is
@@ -354,7 +354,7 @@ impl MetaCache {
         let memory = self.in_memory(key);
         if memory {
             if let Some(size) = self.lookup(key, |e| Some(e.size)) {
-                self.count("hit");
+                self.hits.inc();
                 return Ok(Some(size));
             }
         }
@@ -364,7 +364,7 @@ impl MetaCache {
         if let Some(sh) = shared {
             match sh.get(key).await {
                 Lookup::Found(v) => {
-                    self.count("shared_hit");
+                    self.shared_hits.inc();
                     let size = v.size();
                     if memory {
                         self.store(&fill, key, size, v.into_bytes());
@@ -375,7 +375,7 @@ impl MetaCache {
                 Lookup::Changed | Lookup::Failed => {}
             }
         }
-        self.count("miss");
+        self.misses.inc();
         let meta = storage.stat(key).await?;
         if let Some(m) = meta {
             if memory {
@@ -406,7 +406,7 @@ impl MetaCache {
                     .cloned()
             });
             if let Some(b) = hit {
-                self.count("hit");
+                self.hits.inc();
                 return Ok(b);
             }
         }
@@ -416,7 +416,7 @@ impl MetaCache {
         if let Some(sh) = shared {
             match sh.get(key).await {
                 Lookup::Found(Value::Bytes(b)) if b.len() as u64 <= limit => {
-                    self.count("shared_hit");
+                    self.shared_hits.inc();
                     if memory {
                         self.store(&fill, key, b.len() as u64, Some(b.clone()));
                     }
@@ -426,7 +426,7 @@ impl MetaCache {
                 _ => {}
             }
         }
-        self.count("miss");
+        self.misses.inc();
         let bytes = storage.read_small(key, limit).await?;
         if memory {
             self.store(&fill, key, bytes.len() as u64, Some(bytes.clone()));

@@ -600,8 +600,8 @@ impl StorageConfig {
             StorageDriver::Filesystem => {
                 let dir = std::fs::canonicalize(&self.root_directory)
                     .unwrap_or_else(|_| self.root_directory.clone());
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                format!("fs:{}:{}", host.trim(), dir.display())
+                let host = crate::events::hostname();
+                format!("fs:{host}:{}", dir.display())
             }
         }
     }

@@ -306,7 +306,8 @@ impl Notifier {
     }
 }
 
-fn hostname() -> String {
+/// This machine's host name (`localhost` when it cannot be read).
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
