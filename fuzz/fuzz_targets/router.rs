@@ -21,10 +21,24 @@ fuzz_target!(|data: &[u8]| {
         let registry = berth_registry::api::repository_in(&uri_path);
         for method in ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"] {
             let access = Access::of(&method.parse().unwrap(), &uri);
+            // With `?ns=NS` the proxy checks `NS/NAME` (or nothing, for an `ns` that is no host).
+            let ns = uri.query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "ns")
+                    .map(|(_, v)| v.into_owned())
+            });
             if let Some(name) = registry.filter(|n| n.parse::<RepoName>().is_ok()) {
+                let expected = match &ns {
+                    Some(ns) if !berth_proxy::authz::valid_namespace(ns) => {
+                        assert_eq!(access, Access::Login, "{method} {uri}");
+                        continue;
+                    }
+                    Some(ns) => format!("{}/{name}", ns.to_ascii_lowercase()),
+                    None => name.to_string(),
+                };
                 match &access {
                     Access::Repo { repo, .. } => {
-                        assert_eq!(repo, name, "{method} {uri_path}: proxy and registry disagree")
+                        assert_eq!(repo, &expected, "{method} {uri_path}: proxy and registry disagree")
                     }
                     other => panic!("{method} {uri_path}: the registry acts on {name:?}, the proxy checks {other:?}"),
                 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::watch::{stamp, FileStamp};
-pub use request::{Access, Action};
+pub use request::{valid_namespace, Access, Action};
 pub use rules::{Rules, RulesError};
 
 /// What to do with a request.

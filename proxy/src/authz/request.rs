@@ -53,10 +53,48 @@ fn query_param(uri: &Uri, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Whether `ns` reads as a registry host (`docker.io`, `registry.example:5000`), as `?ns=` must.
+pub fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 253
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+        && !ns.starts_with(['.', '-', ':'])
+}
+
 impl Access {
     /// Maps a request; the path is split exactly as berth-registry's router splits it, so both agree on the
-    /// repository.
+    /// repository. A request with `?ns=NS` (OCI registry proxying: the client pulls NS's `NAME` through a
+    /// mirror) is checked as repository `NS/NAME`: rules for mirrored namespaces name them by their remote
+    /// (`docker.io/**`). An `ns` that is no registry host asks for no repository.
     pub fn of(method: &Method, uri: &Uri) -> Access {
+        let access = Access::of_path(method, uri);
+        let Some(ns) = query_param(uri, "ns") else {
+            return access;
+        };
+        match access {
+            Access::Repo {
+                repo,
+                action,
+                mount,
+                audited,
+            } => {
+                if !valid_namespace(&ns) {
+                    return Access::Login;
+                }
+                Access::Repo {
+                    repo: format!("{}/{repo}", ns.to_ascii_lowercase()),
+                    action,
+                    mount,
+                    audited,
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn of_path(method: &Method, uri: &Uri) -> Access {
         let path = uri.path();
         match path {
             "/v2/_catalog" | "/v1/search" => return Access::Listing,
@@ -174,6 +212,27 @@ mod tests {
     }
 
     const D: &str = "sha256:4355a46b19d348dc2f57c046f8ef63d4538ebb936000f3c9ee954a27460dd865";
+
+    #[test]
+    fn a_namespace_query_is_checked_under_the_namespace() {
+        use Action::*;
+        assert_eq!(
+            of("GET", "/v2/library/alpine/manifests/3?ns=docker.io"),
+            repo("docker.io/library/alpine", Pull)
+        );
+        assert_eq!(
+            of("HEAD", "/v2/x/blobs/sha256:00?ns=Registry.Example:5000"),
+            repo("registry.example:5000/x", Pull)
+        );
+        assert_eq!(
+            of("GET", "/v2/x/manifests/1?ns=a/b"),
+            Access::Login,
+            "no registry host"
+        );
+        assert_eq!(of("GET", "/v2/?ns=docker.io"), Access::Login);
+        assert!(valid_namespace("docker.io"));
+        assert!(!valid_namespace("") && !valid_namespace("..") && !valid_namespace("a b"));
+    }
 
     #[test]
     fn every_route_of_the_api_maps_to_its_action() {
