@@ -11,3 +11,6 @@ command -v moto_server >/dev/null 2>&1 || python3 -m pip install -q 'moto[server
 # credentials first, then again with Basic credentials after the 401).
 python3 -c 'import sys, oras.version; sys.exit(oras.version.__version__ != "0.2.43")' >/dev/null 2>&1 ||
   python3 -m pip install -q 'oras==0.2.43'
+# The token server of the mirror tests (registry/tests/fixtures/token_server.py) signs JWTs with it (moto brings it
+# too; this says so).
+python3 -c 'import cryptography' >/dev/null 2>&1 || python3 -m pip install -q cryptography

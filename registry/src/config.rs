@@ -23,6 +23,254 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     /// `[redis]`: the shared metadata cache, with `storage.cache.blobdescriptor = "redis"`.
     pub redis: RedisConfig,
+    /// `[proxy]`, registry:2's pull-through cache: with `remoteurl`, the whole registry mirrors that remote
+    /// (docs/mirror.md). Its `cafile`, `max_fetches` and `spool_directory` apply to `[[mirrors]]` too.
+    pub proxy: ProxyConfig,
+    /// `[[mirrors]]`: namespaces fetched from a remote registry, next to ordinary repositories.
+    pub mirrors: Vec<MirrorConfig>,
+}
+
+/// `[proxy]`: registry:2's keys, plus berth's own.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The remote registry the whole registry mirrors (env `REGISTRY_PROXY_REMOTEURL`); pushes are refused.
+    pub remoteurl: Option<String>,
+    /// User for the remote (env `REGISTRY_PROXY_USERNAME`).
+    pub username: Option<String>,
+    /// Password for the remote (env `REGISTRY_PROXY_PASSWORD`).
+    pub password: Option<String>,
+    /// How long a fetched tag is served before it is checked with the remote again, and how long cached
+    /// content stays after its last fetch or check before the collector removes it (env `REGISTRY_PROXY_TTL`,
+    /// default `168h`; `0` keeps content for good and checks tags on every pull).
+    pub ttl: Option<String>,
+    /// PEM file of extra CA certificates trusted for remotes, besides the system's (env `BERTH_PROXY_CAFILE`).
+    pub cafile: Option<PathBuf>,
+    /// Most remote fetches at once, over all mirrors (env `BERTH_PROXY_MAXFETCHES`, default 16).
+    pub max_fetches: Option<usize>,
+    /// Where blobs being fetched are kept while they stream to clients (env `BERTH_PROXY_SPOOLDIRECTORY`,
+    /// default a folder in the system's temporary directory); it must be on disk, not in memory.
+    pub spool_directory: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("remoteurl", &self.remoteurl)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("ttl", &self.ttl)
+            .field("cafile", &self.cafile)
+            .field("max_fetches", &self.max_fetches)
+            .field("spool_directory", &self.spool_directory)
+            .finish()
+    }
+}
+
+/// `[[mirrors]]`: one mirrored namespace.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The local namespace: `hub` makes `hub/library/alpine` a mirror of the remote's `library/alpine`.
+    pub prefix: String,
+    /// The remote registry's base URL (`https://registry-1.docker.io`).
+    pub url: String,
+    /// User for the remote.
+    pub username: Option<String>,
+    /// Password for the remote.
+    pub password: Option<String>,
+    /// As `proxy.ttl`, for this mirror (default: `proxy.ttl`).
+    pub ttl: Option<String>,
+    /// The `ns` query value (OCI registry proxying, as containerd sends it) answered from this mirror; default:
+    /// the URL's host (`docker.io` for Docker Hub's hosts).
+    pub namespace: Option<String>,
+}
+
+impl std::fmt::Debug for MirrorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorConfig")
+            .field("prefix", &self.prefix)
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("ttl", &self.ttl)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// A mirror as the registry runs it: `[[mirrors]]` or `[proxy] remoteurl` (whose prefix is empty).
+#[derive(Clone, PartialEq)]
+pub struct MirrorSpec {
+    /// Local namespace; empty: every repository.
+    pub prefix: String,
+    /// Remote base URL, without a trailing slash.
+    pub url: String,
+    /// User and password for the remote.
+    pub credentials: Option<(String, String)>,
+    /// See [`ProxyConfig::ttl`].
+    pub ttl: std::time::Duration,
+    /// The `ns` value it answers.
+    pub namespace: String,
+}
+
+/// Docker Hub's registry hosts, whose namespace is `docker.io`.
+const DOCKER_HUB_HOSTS: [&str; 3] = ["registry-1.docker.io", "index.docker.io", "docker.io"];
+
+/// The host (and port) of an `http(s)://` URL, when it is one.
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    ok.then_some(host)
+}
+
+impl ProxyConfig {
+    fn ttl_or_default(&self) -> std::time::Duration {
+        self.ttl
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(std::time::Duration::from_secs(168 * 3600))
+    }
+}
+
+impl Config {
+    /// The mirrors the registry runs, after validation.
+    pub fn mirror_specs(&self) -> Vec<MirrorSpec> {
+        let creds = |u: &Option<String>, p: &Option<String>| match (u, p) {
+            (Some(u), p) if !u.is_empty() => Some((u.clone(), p.clone().unwrap_or_default())),
+            _ => None,
+        };
+        let namespace = |url: &str| {
+            let host = url_host(url).unwrap_or_default().to_ascii_lowercase();
+            if DOCKER_HUB_HOSTS.contains(&host.as_str()) {
+                "docker.io".to_string()
+            } else {
+                host
+            }
+        };
+        if let Some(url) = self.proxy.remoteurl.as_deref().filter(|u| !u.is_empty()) {
+            let url = url.trim_end_matches('/').to_string();
+            return vec![MirrorSpec {
+                prefix: String::new(),
+                namespace: namespace(&url),
+                credentials: creds(&self.proxy.username, &self.proxy.password),
+                ttl: self.proxy.ttl_or_default(),
+                url,
+            }];
+        }
+        self.mirrors
+            .iter()
+            .map(|m| {
+                let url = m.url.trim_end_matches('/').to_string();
+                MirrorSpec {
+                    prefix: m.prefix.trim_matches('/').to_string(),
+                    namespace: m.namespace.clone().unwrap_or_else(|| namespace(&url)),
+                    credentials: creds(&m.username, &m.password),
+                    ttl: m
+                        .ttl
+                        .as_deref()
+                        .and_then(|t| parse_duration(t).ok())
+                        .unwrap_or_else(|| self.proxy.ttl_or_default()),
+                    url,
+                }
+            })
+            .collect()
+    }
+
+    fn mirror_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let check_url = |key: &str, url: &str, p: &mut Vec<String>| {
+            if url_host(url.trim_end_matches('/')).is_none()
+                || url
+                    .trim_end_matches('/')
+                    .split_once("://")
+                    .is_some_and(|(_, r)| r.contains(['?', '#', '@']))
+            {
+                p.push(format!(
+                    "{key}: {url:?} must be a registry's base URL like https://registry-1.docker.io"
+                ));
+            }
+        };
+        let check_ttl = |key: &str, ttl: &Option<String>, p: &mut Vec<String>| {
+            if let Some(Err(e)) = ttl.as_deref().map(parse_duration) {
+                p.push(format!("{key}: {e}"));
+            }
+        };
+        check_ttl("proxy.ttl", &self.proxy.ttl, &mut p);
+        if self.proxy.max_fetches == Some(0) {
+            p.push("proxy.max_fetches: must be at least 1".into());
+        }
+        let remote = self.proxy.remoteurl.as_deref().filter(|u| !u.is_empty());
+        if let Some(url) = remote {
+            check_url("proxy.remoteurl", url, &mut p);
+            if !self.mirrors.is_empty() {
+                p.push(
+                    "mirrors: not with proxy.remoteurl (REGISTRY_PROXY_REMOTEURL), which makes the whole \
+                     registry a mirror; use one or the other"
+                        .into(),
+                );
+            }
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (i, m) in self.mirrors.iter().enumerate() {
+            let prefix = m.prefix.trim_matches('/');
+            let valid = format!("{prefix}/x")
+                .parse::<crate::oci::RepoName>()
+                .is_ok();
+            if prefix.is_empty() || !valid {
+                p.push(format!(
+                    "mirrors[{i}].prefix: {:?} must be a repository path like hub or mirrors/quay",
+                    m.prefix
+                ));
+            }
+            for other in &seen {
+                if prefix == other
+                    || prefix.starts_with(&format!("{other}/"))
+                    || other.starts_with(&format!("{prefix}/"))
+                {
+                    p.push(format!(
+                        "mirrors[{i}].prefix: {prefix:?} overlaps the mirror at {other:?}"
+                    ));
+                }
+            }
+            seen.push(prefix.to_string());
+            check_url(&format!("mirrors[{i}].url"), &m.url, &mut p);
+            check_ttl(&format!("mirrors[{i}].ttl"), &m.ttl, &mut p);
+            if m.namespace.as_deref().is_some_and(|n| {
+                n.is_empty()
+                    || !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+            }) {
+                p.push(format!(
+                    "mirrors[{i}].namespace: {:?} must be a registry host like docker.io",
+                    m.namespace.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        // Two mirrors of one remote share its default namespace (the first answers it); set ones must differ.
+        for (i, a) in self.mirrors.iter().enumerate() {
+            let Some(ns) = a.namespace.as_deref() else {
+                continue;
+            };
+            if self.mirrors[..i].iter().any(|b| {
+                b.namespace
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(ns))
+            }) {
+                p.push(format!(
+                    "mirrors[{i}].namespace: {ns:?} is set on an earlier mirror already"
+                ));
+            }
+        }
+        p
+    }
 }
 
 /// `[redis]`, registry:2's keys: where the shared metadata cache is.
@@ -892,6 +1140,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD",
         "health.storagedriver.threshold",
     ),
+    ("REGISTRY_PROXY_REMOTEURL", "proxy.remoteurl"),
+    ("REGISTRY_PROXY_USERNAME", "proxy.username"),
+    ("REGISTRY_PROXY_PASSWORD", "proxy.password"),
+    ("REGISTRY_PROXY_TTL", "proxy.ttl"),
+    ("BERTH_PROXY_CAFILE", "proxy.cafile"),
+    ("BERTH_PROXY_MAXFETCHES", "proxy.max_fetches"),
+    ("BERTH_PROXY_SPOOLDIRECTORY", "proxy.spool_directory"),
     ("BERTH_GC_INTERVAL", "gc.interval"),
     ("BERTH_GC_GRACE", "gc.grace"),
     ("BERTH_GC_DELETE_UNTAGGED", "gc.delete_untagged"),
@@ -1139,6 +1394,29 @@ impl Config {
         if let Some(v) = non_empty(env("BERTH_GC_INTERVAL")) {
             config.gc.interval = v;
         }
+        let proxy = &mut config.proxy;
+        for (key, slot) in [
+            ("REGISTRY_PROXY_REMOTEURL", &mut proxy.remoteurl),
+            ("REGISTRY_PROXY_USERNAME", &mut proxy.username),
+            ("REGISTRY_PROXY_PASSWORD", &mut proxy.password),
+            ("REGISTRY_PROXY_TTL", &mut proxy.ttl),
+        ] {
+            if let Some(v) = non_empty(env(key)) {
+                *slot = Some(v);
+            }
+        }
+        if let Some(v) = non_empty(env("BERTH_PROXY_CAFILE")) {
+            proxy.cafile = Some(PathBuf::from(v));
+        }
+        if let Some(v) = non_empty(env("BERTH_PROXY_SPOOLDIRECTORY")) {
+            proxy.spool_directory = Some(PathBuf::from(v));
+        }
+        if let Some(v) = non_empty(env("BERTH_PROXY_MAXFETCHES")) {
+            match v.trim().parse() {
+                Ok(n) => proxy.max_fetches = Some(n),
+                Err(_) => problems.push(format!("BERTH_PROXY_MAXFETCHES: {v:?} is not a number")),
+            }
+        }
         if let Some(v) = non_empty(env("BERTH_GC_GRACE")) {
             config.gc.grace = v;
         }
@@ -1208,6 +1486,7 @@ impl Config {
             );
         }
         p.extend(self.notifications.problems());
+        p.extend(self.mirror_problems());
         if self.http.debug.addr.is_some() && self.debug_addr().is_none_or(|a| a.is_err()) {
             p.push(format!(
                 "http.debug.addr: {:?} is not an address like 127.0.0.1:5001 or :5001",
@@ -1396,6 +1675,79 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn mirrors_read_registry2s_proxy_variables_and_berths_own_table() {
+        use std::time::Duration;
+        let c = Config::load(
+            None,
+            &env_of(&[
+                ("REGISTRY_PROXY_REMOTEURL", "https://registry-1.docker.io/"),
+                ("REGISTRY_PROXY_USERNAME", "u"),
+                ("REGISTRY_PROXY_PASSWORD", "hunter2-pw"),
+                ("BERTH_PROXY_MAXFETCHES", "4"),
+                ("BERTH_PROXY_SPOOLDIRECTORY", "/var/spool/berth"),
+            ]),
+        )
+        .unwrap();
+        let specs = c.mirror_specs();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].prefix, "");
+        assert_eq!(specs[0].url, "https://registry-1.docker.io");
+        assert_eq!(specs[0].namespace, "docker.io");
+        assert_eq!(
+            specs[0].credentials,
+            Some(("u".into(), "hunter2-pw".into()))
+        );
+        assert_eq!(specs[0].ttl, Duration::from_secs(168 * 3600));
+        assert_eq!(c.proxy.max_fetches, Some(4));
+        assert!(
+            !format!("{c:?}").contains("hunter2-pw"),
+            "a password in the debug form: {c:?}"
+        );
+
+        let file = "[proxy]\nttl = \"10m\"\n\n[[mirrors]]\nprefix = \"hub/\"\nurl = \"https://registry-1.docker.io\"\n\n\
+                    [[mirrors]]\nprefix = \"quay\"\nurl = \"https://quay.io\"\nttl = \"1h\"\nnamespace = \"quay.io\"\n";
+        let c: Config = toml::from_str(file).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let specs = c.mirror_specs();
+        assert_eq!(
+            specs
+                .iter()
+                .map(|s| (s.prefix.as_str(), s.namespace.as_str(), s.ttl))
+                .collect::<Vec<_>>(),
+            [
+                ("hub", "docker.io", Duration::from_secs(600)),
+                ("quay", "quay.io", Duration::from_secs(3600))
+            ]
+        );
+
+        let bad = "[proxy]\nremoteurl = \"https://a.example\"\nttl = \"soon\"\nmax_fetches = 0\n\n\
+                   [[mirrors]]\nprefix = \"\"\nurl = \"ftp://x\"\n\n[[mirrors]]\nprefix = \"a\"\nurl = \"https://b\"\nnamespace = \"x y\"\n\n\
+                   [[mirrors]]\nprefix = \"a/b\"\nurl = \"https://user@c\"\n";
+        let c: Config = toml::from_str(bad).unwrap();
+        let p = c.validate();
+        for expected in [
+            "proxy.ttl:",
+            "proxy.max_fetches: must be at least 1",
+            "mirrors: not with proxy.remoteurl",
+            "mirrors[0].prefix:",
+            "mirrors[0].url:",
+            "mirrors[1].namespace:",
+            "mirrors[2].prefix: \"a/b\" overlaps the mirror at \"a\"",
+            "mirrors[2].url:",
+        ] {
+            assert!(
+                p.iter().any(|m| m.starts_with(expected)),
+                "{expected} in {p:#?}"
+            );
+        }
+        let p = Config::load(None, &env_of(&[("BERTH_PROXY_MAXFETCHES", "many")])).unwrap_err();
+        assert!(
+            p.iter().any(|m| m.starts_with("BERTH_PROXY_MAXFETCHES:")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -51,6 +51,22 @@ pub enum RegistryError {
     MethodNotAllowed,
     /// The storage is full (507); the message says how much is free.
     StorageFull(String),
+    /// A mirror's remote cannot answer now (503 `UNAVAILABLE`), with the remote's `Retry-After` if it gave one.
+    Unavailable {
+        /// What went wrong.
+        message: String,
+        /// `Retry-After`, passed on.
+        retry_after: Option<String>,
+    },
+    /// Too many requests: the remote's limit, or berth's own limit on remote fetches (429 `TOOMANYREQUESTS`).
+    TooManyRequests {
+        /// What was limited.
+        message: String,
+        /// `Retry-After`, passed on.
+        retry_after: Option<String>,
+    },
+    /// A namespace (`?ns=`) that no mirror answers (404 `NAME_UNKNOWN`).
+    NamespaceUnknown(String),
     /// Anything else (500); the cause is logged.
     Internal(String),
 }
@@ -125,6 +141,21 @@ impl RegistryError {
                 StatusCode::INSUFFICIENT_STORAGE,
                 "DENIED",
                 format!("{m}; uploads are refused until space is freed (delete images, then collect garbage)"),
+            ),
+            Unavailable { message, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                message.clone(),
+            ),
+            TooManyRequests { message, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                message.clone(),
+            ),
+            NamespaceUnknown(ns) => (
+                StatusCode::NOT_FOUND,
+                "NAME_UNKNOWN",
+                format!("namespace {ns:?} is not mirrored by this registry"),
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod linger;
 pub mod metrics;
+pub mod mirror;
 pub mod oci;
 pub mod paths;
 pub mod ranges;
@@ -68,10 +69,12 @@ pub fn build(config: Config) -> std::io::Result<Arc<App>> {
         }
         store = store.with_cache(Arc::new(c));
     }
+    let mirrors = mirror::Mirrors::new(&config, store.clone()).map_err(std::io::Error::other)?;
     Ok(Arc::new(App {
         store,
         config,
         events: std::sync::OnceLock::new(),
+        mirrors,
     }))
 }
 
@@ -85,6 +88,11 @@ pub fn gc_options(config: &Config) -> store::gc::GcOptions {
         retention: Arc::new(
             store::retention::Retention::compile(&config.gc.retention).unwrap_or_default(),
         ),
+        mirrors: config
+            .mirror_specs()
+            .into_iter()
+            .map(|m| (m.prefix, m.ttl))
+            .collect(),
     }
 }
 

@@ -288,6 +288,13 @@ fn main() -> ExitCode {
                 "metadata cache in redis (content-addressed entries also in memory)"
             ),
         }
+        for m in app.mirrors.iter().flat_map(|m| m.list()) {
+            if m.prefix.is_empty() {
+                tracing::info!(remote = %m.url(), ttl = ?m.ttl, namespace = %m.namespace, "pull-through cache of the remote: pushes are refused");
+            } else {
+                tracing::info!(prefix = %m.prefix, remote = %m.url(), ttl = ?m.ttl, namespace = %m.namespace, "mirror");
+            }
+        }
         let collector = berth_registry::spawn_collector(&app);
         server::serve(listener, app, shutdown_signal()).await;
         if let Some(c) = collector {

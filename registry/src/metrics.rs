@@ -67,6 +67,14 @@ pub struct Metrics {
     /// `berth_registry_cache_requests_total{result}`: metadata cache lookups, `hit` (memory), `shared_hit`
     /// (Redis) or `miss`.
     pub cache_requests: IntCounterVec,
+    /// `berth_registry_mirror_requests_total{kind,result}`: pulls of mirrored repositories, by kind
+    /// (`manifest`, `blob`) and result: `hit` (served from storage), `miss` (fetched), `revalidated` (a tag
+    /// checked with the remote after its TTL), `stale` (served while the remote was unreachable), `error`.
+    pub mirror_requests: IntCounterVec,
+    /// `berth_registry_mirror_fetched_bytes_total`: bytes fetched from remotes.
+    pub mirror_fetched_bytes: IntCounter,
+    /// `berth_registry_mirror_fetches`: remote blob fetches under way.
+    pub mirror_fetches: IntGauge,
     /// `berth_registry_cache_entries`: entries the metadata cache holds.
     pub cache_entries: IntGauge,
     /// `berth_registry_cache_bytes`: memory they take, as counted against `storage.cache.max_bytes`.
@@ -252,6 +260,22 @@ impl Metrics {
                 "berth_registry_cache_requests_total",
                 "Metadata cache lookups, by result (hit in memory, shared_hit in Redis, miss).",
                 &["result"],
+            ),
+            mirror_requests: counter_vec(
+                &r,
+                "berth_registry_mirror_requests_total",
+                "Pulls of mirrored repositories, by kind (manifest, blob) and result (hit, miss, revalidated, stale, error).",
+                &["kind", "result"],
+            ),
+            mirror_fetched_bytes: counter(
+                &r,
+                "berth_registry_mirror_fetched_bytes_total",
+                "Bytes fetched from mirrors' remote registries.",
+            ),
+            mirror_fetches: gauge(
+                &r,
+                "berth_registry_mirror_fetches",
+                "Remote blob fetches under way.",
             ),
             cache_entries: gauge(
                 &r,

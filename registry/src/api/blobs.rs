@@ -5,6 +5,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::{digest, streamed, App, Reply};
 use crate::error::RegistryError;
+use crate::mirror::BlobSource;
 use crate::oci::RepoName;
 use crate::ranges::{parse_range, RangeRequest};
 
@@ -17,11 +18,21 @@ impl App {
         headers: &HeaderMap,
     ) -> Result<Reply, RegistryError> {
         let d = digest(d)?;
-        let size = self
-            .store
-            .serve_blob_size(&name, &d)
-            .await?
-            .ok_or(RegistryError::BlobUnknown)?;
+        let (size, fetch) = match (self.mirrored(&name), &self.mirrors) {
+            (Some((mirror, remote)), Some(mirrors)) => {
+                match mirrors.blob(&mirror, &remote, &name, &d, head).await? {
+                    BlobSource::Stored(size) | BlobSource::Remote(size) => (size, None),
+                    BlobSource::Fetching(f, size) => (size, Some(f)),
+                }
+            }
+            _ => (
+                self.store
+                    .serve_blob_size(&name, &d)
+                    .await?
+                    .ok_or(RegistryError::BlobUnknown)?,
+                None,
+            ),
+        };
         let range = parse_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), size);
         let reply = Reply::new(StatusCode::OK)
             .header(CONTENT_TYPE, "application/octet-stream")
@@ -49,7 +60,14 @@ impl App {
         if head {
             return Ok(reply);
         }
-        let stream = self.store.open_blob(&d, span).await?;
+        let stream = match fetch {
+            // A blob being fetched streams from the fetch's spool as it arrives.
+            Some(f) => {
+                let (start, end) = span.unwrap_or((0, size));
+                f.read(start, end)
+            }
+            None => self.store.open_blob(&d, span).await?,
+        };
         Ok(reply.body(streamed(stream)))
     }
 

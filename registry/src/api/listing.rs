@@ -49,7 +49,17 @@ impl App {
     ) -> Result<Reply, RegistryError> {
         let q = query(req);
         let n = number(&q, "n")?;
-        let (tags, more) = self.store.tags_page(&name, n, param(&q, "last")).await?;
+        // A mirrored repository lists the remote's tags; the stored ones while the remote is unreachable.
+        let remote = match (self.mirrored(&name), &self.mirrors) {
+            (Some((mirror, remote)), Some(mirrors)) => {
+                mirrors.tags(&mirror, &remote, n, param(&q, "last")).await?
+            }
+            _ => None,
+        };
+        let (tags, more) = match remote {
+            Some(page) => page,
+            None => self.store.tags_page(&name, n, param(&q, "last")).await?,
+        };
         if tags.is_empty() && !self.store.repo_exists(&name).await? {
             return Err(RegistryError::NameUnknown);
         }

@@ -76,7 +76,13 @@ impl App {
     ) -> Result<Reply, RegistryError> {
         // A reference that is neither a tag nor a digest names no manifest: 404, as clients expect.
         let r = reference(r).map_err(|_| RegistryError::ManifestUnknown)?;
-        let m = self.find_manifest(&name, &r).await?;
+        let (m, stale) = match (self.mirrored(&name), &self.mirrors) {
+            (Some((mirror, remote)), Some(mirrors)) => {
+                let s = mirrors.manifest(&mirror, &remote, &name, &r).await?;
+                (s.manifest, s.stale)
+            }
+            _ => (self.find_manifest(&name, &r).await?, false),
+        };
         let tag = match &r {
             Reference::Tag(t) => Some(t),
             Reference::Digest(_) => None,
@@ -88,6 +94,11 @@ impl App {
             .header(CONTENT_LENGTH, m.bytes.len().to_string())
             .header("docker-content-digest", m.digest.to_string())
             .header(ETAG, format!("\"{}\"", m.digest));
+        let reply = if stale {
+            reply.header("warning", crate::mirror::STALE_WARNING)
+        } else {
+            reply
+        };
         Ok(if head {
             reply
         } else {

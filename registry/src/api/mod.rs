@@ -36,6 +36,8 @@ pub struct App {
     pub config: Config,
     /// Notifications, once started ([`crate::start_notifications`]); unset when no endpoint is configured.
     pub events: std::sync::OnceLock<Arc<Notifier>>,
+    /// Pull-through mirrors, when configured.
+    pub mirrors: Option<Arc<crate::mirror::Mirrors>>,
 }
 
 /// What the accept loop knows of a request, passed to the handlers in its extensions.
@@ -254,6 +256,17 @@ pub fn error_response(e: &RegistryError, head: bool) -> Response<Body> {
             r = r.header("content-range", format!("bytes */{size}"));
         }
     }
+    if let RegistryError::Unavailable {
+        retry_after: Some(after),
+        ..
+    }
+    | RegistryError::TooManyRequests {
+        retry_after: Some(after),
+        ..
+    } = e
+    {
+        r = r.header("retry-after", after);
+    }
     if !head {
         r = r.body(full(body));
     }
@@ -364,9 +377,51 @@ impl App {
     }
 
     async fn dispatch(&self, req: Request<RequestBody>) -> Result<Reply, RegistryError> {
+        // `?ns=`, OCI registry proxying: the namespace a client (containerd) pulls from through this mirror. Only
+        // configured namespaces are answered; this is no open proxy.
+        let ns = param(&query(&req), "ns").map(str::to_string);
+        let Some(ns) = ns else {
+            return self.route_request(req, None).await;
+        };
+        let mirror = self
+            .mirrors
+            .as_ref()
+            .and_then(|m| m.by_namespace(&ns))
+            .ok_or_else(|| RegistryError::NamespaceUnknown(ns.clone()))?;
+        let prefix = mirror.prefix.clone();
+        let reply = self.route_request(req, Some(&prefix)).await?;
+        Ok(reply.header("oci-namespace", ns))
+    }
+
+    /// The mirror a repository is in, with the remote's name for it.
+    fn mirrored(&self, name: &RepoName) -> Option<(Arc<crate::mirror::Mirror>, String)> {
+        self.mirrors.as_ref()?.find(name)
+    }
+
+    /// Refuses writes to a mirrored repository, as registry:2's pull-through cache does.
+    fn writable(&self, name: RepoName) -> Result<RepoName, RegistryError> {
+        match self.mirrored(&name) {
+            Some((m, _)) => Err(RegistryError::Unsupported(format!(
+                "{name} is a mirror of {}: pushes and deletes are refused",
+                m.url()
+            ))),
+            None => Ok(name),
+        }
+    }
+
+    async fn route_request(
+        &self,
+        req: Request<RequestBody>,
+        ns_prefix: Option<&str>,
+    ) -> Result<Reply, RegistryError> {
         let path = req.uri().path().to_string();
         let Some(route) = route(&path) else {
             return Err(RegistryError::NotFound);
+        };
+        // With `?ns=`, the path's name is the remote's: the mirror's prefix is put in front.
+        let repo = |n: &str| match ns_prefix {
+            Some(p) if !p.is_empty() => repo(&format!("{p}/{n}")),
+            _ => repo(n),
         };
         let method = req.method().clone();
         match (route, method) {
@@ -389,8 +444,8 @@ impl App {
                     Method::GET | Method::HEAD => {
                         self.get_manifest(name, r, m == Method::HEAD).await
                     }
-                    Method::PUT => self.put_manifest(name, r, req).await,
-                    Method::DELETE => self.delete_manifest(name, r).await,
+                    Method::PUT => self.put_manifest(self.writable(name)?, r, req).await,
+                    Method::DELETE => self.delete_manifest(self.writable(name)?, r).await,
                     _ => Err(RegistryError::MethodNotAllowed),
                 }
             }
@@ -401,12 +456,12 @@ impl App {
                         self.get_blob(name, d, m == Method::HEAD, req.headers())
                             .await
                     }
-                    Method::DELETE => self.delete_blob(name, d).await,
+                    Method::DELETE => self.delete_blob(self.writable(name)?, d).await,
                     _ => Err(RegistryError::MethodNotAllowed),
                 }
             }
             (Route::Upload(n, id), m) => {
-                let name = repo(n)?;
+                let name = self.writable(repo(n)?)?;
                 match (m, id.is_empty()) {
                     (Method::POST, true) => self.start_upload(name, req).await,
                     (Method::GET | Method::HEAD, false) => {

@@ -59,6 +59,25 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Tag retention rules, applied before marking.
     pub retention: std::sync::Arc<super::retention::Retention>,
+    /// Mirrored namespaces (prefix, empty for all) and their TTL: there, tags not fetched or checked within
+    /// the TTL go, and manifests fetched longer ago that no kept tag reaches (docs/mirror.md).
+    pub mirrors: Vec<(String, Duration)>,
+}
+
+impl GcOptions {
+    /// The TTL of the mirror `repo` is in, when it is in one with a TTL.
+    fn mirror_ttl(&self, repo: &str) -> Option<Duration> {
+        self.mirrors
+            .iter()
+            .find(|(p, _)| {
+                p.is_empty()
+                    || repo
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            })
+            .map(|(_, ttl)| *ttl)
+            .filter(|ttl| !ttl.is_zero())
+    }
 }
 
 /// A repository's manifest revision that a collection removed (or would remove).
@@ -727,7 +746,8 @@ impl RegistryStore {
             if let Some(hold) = hold.as_deref_mut() {
                 hold.keep_alive().await?;
             }
-            let removed = if opts.retention.is_empty() {
+            let mirror_ttl = opts.mirror_ttl(repo);
+            let removed = if opts.retention.is_empty() && mirror_ttl.is_none() {
                 HashMap::new()
             } else {
                 let tags: Vec<(String, Option<SystemTime>)> = rec
@@ -735,12 +755,31 @@ impl RegistryStore {
                     .iter()
                     .map(|(t, _, when)| (t.clone(), *when))
                     .collect();
-                let chosen = opts.retention.select(repo, &tags, started);
+                let mut chosen = opts.retention.select(repo, &tags, started);
+                if let Some(ttl) = mirror_ttl {
+                    // A mirrored tag not fetched or checked within its TTL expires.
+                    for (t, when) in &tags {
+                        let expired = when
+                            .is_some_and(|w| started.duration_since(w).unwrap_or_default() > ttl);
+                        if expired && !chosen.contains(t) {
+                            chosen.push(t.clone());
+                        }
+                    }
+                    chosen.sort();
+                }
                 self.untag(repo, rec, &chosen, opts.dry_run, &mut report)
                     .await?
             };
+            let mirror_cutoff = mirror_ttl.map(|ttl| started.checked_sub(ttl).unwrap_or(started));
             let dead = self
-                .mark_repository(rec, opts, cutoff, &mut live, &removed, hold.as_deref_mut())
+                .mark_repository(
+                    rec,
+                    opts,
+                    (cutoff, mirror_cutoff),
+                    &mut live,
+                    &removed,
+                    hold.as_deref_mut(),
+                )
                 .await?;
             if !dead.is_empty() {
                 unlink.insert(repo.clone(), dead);
@@ -960,7 +999,7 @@ impl RegistryStore {
         &self,
         rec: &RepoRecord,
         opts: &GcOptions,
-        cutoff: SystemTime,
+        (cutoff, mirror_cutoff): (SystemTime, Option<SystemTime>),
         live: &mut DigestSet,
         removed_tags: &HashMap<String, Digest>,
         mut hold: Option<&mut Hold<'_>>,
@@ -1019,11 +1058,16 @@ impl RegistryStore {
             }
         }
         for (d, t) in &rec.revisions {
-            if (!opts.delete_untagged && !retired.contains(d)) || recent(*t, cutoff) {
+            // In a mirror, an untagged manifest stays for the TTL after its fetch.
+            let untagged_kept = match mirror_cutoff {
+                Some(c) => recent(*t, c),
+                None => !opts.delete_untagged,
+            };
+            if (untagged_kept && !retired.contains(d)) || recent(*t, cutoff) {
                 roots.push(d.clone());
             }
         }
-        let unrooted = opts.delete_untagged || !retired.is_empty();
+        let unrooted = opts.delete_untagged || mirror_cutoff.is_some() || !retired.is_empty();
         let mut kept: HashSet<Digest> = HashSet::new();
         let mut queue = roots;
         loop {
@@ -1329,6 +1373,7 @@ mod tests {
         GcOptions {
             grace: Duration::ZERO,
             delete_untagged,
+            mirrors: Vec::new(),
             upload_max_age: Duration::from_secs(3600),
             dry_run: false,
             retention: Default::default(),

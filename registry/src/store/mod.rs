@@ -499,6 +499,53 @@ impl RegistryStore {
         Ok(out)
     }
 
+    // ---- mirrors ----
+
+    /// A tag's digest and when its link was last written (for a mirror: its last fetch or check).
+    pub async fn tag_with_time(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<(Digest, Option<std::time::SystemTime>)>, RegistryError> {
+        let key = paths::tag_current_link(name, tag);
+        let Some(meta) = self.storage.stat(&key).await? else {
+            return Ok(None);
+        };
+        Ok(self.read_link(&key).await?.map(|d| (d, meta.modified)))
+    }
+
+    /// Stores a manifest a mirror fetched and checked against `digest`, and points `tag` at it. Unlike a push,
+    /// what it references need not be here: a mirror fetches it when a client asks.
+    pub async fn put_mirrored_manifest(
+        &self,
+        name: &RepoName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
+        let pin = gc::Pin::take_waiting(self.storage.as_ref(), digest).await?;
+        let stored = async {
+            pin.check_fresh()?;
+            if self.blob_size(digest).await? != Some(bytes.len() as u64) {
+                let size = bytes.len() as u64;
+                self.storage.put(&paths::blob_data(digest), bytes).await?;
+                self.metrics.blob_added(size);
+            }
+            self.write_link(&paths::revision_link(name, digest), digest)
+                .await?;
+            if let Some(tag) = tag {
+                self.write_link(&paths::tag_index_link(name, tag, digest), digest)
+                    .await?;
+                self.write_link(&paths::tag_current_link(name, tag), digest)
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        pin.release(self.storage.as_ref()).await;
+        stored
+    }
+
     /// Checks a pinned manifest's references, then writes it: content, revision link, tag.
     async fn store_manifest(
         &self,

@@ -415,6 +415,46 @@ impl RegistryStore {
         Ok(size)
     }
 
+    /// Stores a blob whose content was checked against `digest` as it arrived (a mirror's fetch): written as
+    /// an upload of `name`, then moved into the blob store and linked, as a committed upload is. Returns its
+    /// size.
+    pub async fn ingest_blob(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        mut body: BodyStream,
+    ) -> Result<u64, RegistryError> {
+        if let Some(size) = self.blob_size(digest).await? {
+            if self.link_blob(name, digest).await? {
+                return Ok(size);
+            }
+        }
+        let s = self.start_upload(name).await?;
+        let data_key = paths::upload_data(name, &s.id);
+        let stored = async {
+            let mut w = self.storage.append(&data_key).await?;
+            while let Some(chunk) = body.next().await {
+                w.write(chunk?).await?;
+            }
+            let size = w.size();
+            w.finish().await?;
+            self.storage
+                .rename(&data_key, &paths::blob_data(digest))
+                .await?;
+            self.metrics.blob_added(size);
+            if !self.link_blob(name, digest).await? {
+                return Err(RegistryError::Internal(
+                    "the blob was garbage collected while it was stored".into(),
+                ));
+            }
+            Ok(size)
+        }
+        .await;
+        let _ = self.storage.delete(&paths::upload_dir(name, &s.id)).await;
+        self.uploads.forget(&s.key());
+        stored
+    }
+
     /// Cancels an upload and removes its data, once the writer of a request dropped mid-body (if any) is done.
     pub async fn cancel_upload(&self, s: &UploadSession) -> Result<(), RegistryError> {
         // The session's state (made here when it was not kept, after a restart or a prune) is locked like an

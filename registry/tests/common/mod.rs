@@ -1,6 +1,7 @@
 //! Test support: start the real `berth-registry` binary on a free port and talk HTTP to it.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod s3;
 pub mod tools;
 
