@@ -20,7 +20,15 @@
 #      check (/debug/health) passes, login, push, pull, the proxy's health check (/_berth/ready) passes, both
 #      /metrics count the push (promtool check metrics); down;
 #      the data survives a second up;
-#   7. scripts/start.sh: login and push with skopeo, SIGINT, both processes gone.
+#   7. scripts/start.sh: login and push with skopeo, SIGINT, both processes gone;
+#   8. pull-through mirrors: the Docker daemon, started with --registry-mirror naming a berth-proxy on loopback
+#      in front of a berth-registry with REGISTRY_PROXY_REMOTEURL, pulls e2e/mirrored:1 (docker.io, out of reach
+#      here), an image that exists only on the remote (a plain berth-registry), anonymously: same image id, the
+#      mirror's storage holds the tag and every blob, and a push through the mirror gets 405 UNSUPPORTED;
+#      8b. containerd's ctr pulls docker.io/e2e/mirrored:1 through a hosts.toml mirror, so with ?ns=docker.io, from
+#      a registry whose [[mirrors]] entry (prefix hub, namespace docker.io) is set in a configuration file, behind
+#      a proxy whose access rules open only docker.io/** to anonymous pulls: same manifest, stored as
+#      hub/e2e/mirrored:1; the same repository asked for without ?ns= is refused.
 # Steps 3 to 5 hide the system's trust store from the client, so only the CA given to the client itself counts.
 # It starts its own Docker daemon and containerd and stops exactly what it started.
 set -euo pipefail
@@ -68,8 +76,13 @@ trap cleanup EXIT
 PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
 export DOCKER_CONFIG=$WORK/docker-client
 
-step "e2e: private Docker daemon"
-start_dockerd "$WORK/docker"
+# Step 8's berth-proxy in front of a pull-through registry: the daemon has it as its registry mirror from the start
+# (a mirror that does not answer yet changes nothing for the other steps, which pull nothing from docker.io).
+MIRROR_PORT=$(free_port)
+step "e2e: private Docker daemon (registry mirror https://127.0.0.1:$MIRROR_PORT)"
+start_dockerd "$WORK/docker" --registry-mirror "https://127.0.0.1:$MIRROR_PORT"
+[ "$(docker info -f '{{range .RegistryConfig.Mirrors}}{{.}}{{end}}')" = "https://127.0.0.1:$MIRROR_PORT/" ] ||
+  die "the Docker daemon does not list its registry mirror: $(docker info -f '{{json .RegistryConfig.Mirrors}}')"
 make_image berth-e2e:src "$WORK/ctx"
 SRC_ID=$(docker image inspect -f '{{.Id}}' berth-e2e:src)
 info "test image $SRC_ID with $(docker image inspect -f '{{len .RootFS.Layers}}' berth-e2e:src) layers"
@@ -497,5 +510,154 @@ for pid in $CHILDREN; do
   kill -0 "$pid" 2>/dev/null && die "process $pid of start.sh still running after SIGINT"
 done
 info "SIGINT stopped start.sh and its processes ($CHILDREN)"
+
+# ---------------------------------------------------------------------------------------------------------
+step "e2e 8: the Docker daemon's registry mirror: berth-proxy at 127.0.0.1:$MIRROR_PORT before a pull-through registry"
+M=$WORK/mirror
+mkdir -p "$M/remote" "$M/data" "$M/spool" "$M/certs"
+REMOTE=127.0.0.1:$(free_port)
+MIRROR_UPSTREAM=127.0.0.1:$(free_port)
+# The remote: a plain registry on loopback (the daemon pushes to it over plain HTTP) with an image of new random
+# layers, which the daemon then deletes: docker.io is out of reach here, so only the mirror can serve
+# e2e/mirrored:1, and the daemon has to download every layer of it.
+env REGISTRY_HTTP_ADDR="$REMOTE" REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$M/remote" \
+  "$BIN/berth-registry" >"$M/remote.out" 2>"$M/remote.log" &
+PIDS+=($!)
+wait_until 30 curl -sf "http://$REMOTE/v2/" || { tail -5 "$M/remote.log"; die "the remote registry is not reachable at $REMOTE"; }
+make_image "$REMOTE/e2e/mirrored:1" "$M/ctx"
+MIRRORED_ID=$(docker image inspect -f '{{.Id}}' "$REMOTE/e2e/mirrored:1")
+docker push "$REMOTE/e2e/mirrored:1" >"$M/push.log" 2>&1 || { cat "$M/push.log"; die "docker push to the remote failed"; }
+docker rmi "$REMOTE/e2e/mirrored:1" >/dev/null
+! docker image inspect "$MIRRORED_ID" >/dev/null 2>&1 || die "docker rmi left image $MIRRORED_ID"
+[ -z "$(docker images -q e2e/mirrored)" ] || die "the daemon still has an image named e2e/mirrored"
+info "remote $REMOTE has e2e/mirrored:1 ($MIRRORED_ID); the daemon deleted it"
+# The mirror: the whole registry a pull-through cache of the remote (REGISTRY_PROXY_REMOTEURL), behind berth-proxy
+# whose access rules let anyone pull (the daemon sends no credentials to a mirror) and users push.
+env REGISTRY_HTTP_ADDR="$MIRROR_UPSTREAM" REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$M/data" \
+  REGISTRY_PROXY_REMOTEURL="http://$REMOTE" BERTH_PROXY_SPOOLDIRECTORY="$M/spool" REGISTRY_LOG_LEVEL=info \
+  "$BIN/berth-registry" >"$M/registry.out" 2>"$M/registry.log" &
+PIDS+=($!)
+"$BIN/berth-proxy" ca init --host localhost --ip 127.0.0.1 --dir "$M/certs" >/dev/null
+htpasswd -Bbc "$M/htpasswd" admin "$PASSWORD" >/dev/null 2>&1
+cat >"$M/acl.toml" <<EOF
+[[rule]]
+repos = "**"
+pull = ["anonymous", "*"]
+push = ["*"]
+EOF
+env BERTH_LISTEN="127.0.0.1:$MIRROR_PORT" BERTH_UPSTREAM="http://$MIRROR_UPSTREAM" BERTH_CERTS_DIR="$M/certs" \
+  BERTH_HTPASSWD="$M/htpasswd" BERTH_ACL="$M/acl.toml" "$BIN/berth-proxy" serve >"$M/proxy.log" 2>&1 &
+PIDS+=($!)
+wait_until 30 curl -sf --cacert "$M/certs/devdockerCA.crt" "https://127.0.0.1:$MIRROR_PORT/v1/_ping" ||
+  { tail -5 "$M/proxy.log" "$M/registry.log"; die "the mirror's proxy is not reachable at 127.0.0.1:$MIRROR_PORT"; }
+[ ! -e "$M/data/docker/registry/v2/repositories/e2e" ] || die "the mirror has e2e/ before the pull"
+docker pull e2e/mirrored:1 >"$M/pull.log" 2>&1 ||
+  { cat "$M/pull.log"; tail -5 "$M/proxy.log" "$M/registry.log"; die "docker pull e2e/mirrored:1 through the mirror failed"; }
+[ "$(docker image inspect -f '{{.Id}}' e2e/mirrored:1)" = "$MIRRORED_ID" ] || die "docker pull e2e/mirrored:1: another image id"
+info "docker pull e2e/mirrored:1 (docker.io): same image id as pushed to the remote"
+# What the daemon asked the mirror, all without credentials (and without ?ns=: this registry answers only
+# ns=127.0.0.1:PORT, its remote's, and would refuse ns=docker.io with 404 NAME_UNKNOWN).
+MREQS=$(grep 'user="-"' "$M/proxy.log" | grep -oE 'method=[A-Z]+ path=/v2/e2e/mirrored/(manifests|blobs)/' |
+  sed -E 's#method=([A-Z]+) path=/v2/e2e/mirrored/([a-z]+)/#\1 \2#' | sort | uniq -c |
+  awk '{printf "%s%s %s x%s", sep, $2, $3, $1; sep=", "}')
+grep -qE 'user="-" method=GET path=/v2/e2e/mirrored/blobs/.* status=200' "$M/proxy.log" ||
+  { tail -20 "$M/proxy.log"; die "the daemon downloaded no blob from the mirror"; }
+info "the daemon's anonymous requests to the mirror: $MREQS"
+# The mirror stored what it served: the tag, the manifest and every blob it names (the last stored once checked).
+mirror_has_all() {
+  python3 - "$M/data/docker/registry/v2" <<'EOF'
+import json, os, sys
+root = sys.argv[1]
+def blob(d):
+    algo, hexd = d.split(":")
+    return os.path.join(root, "blobs", algo, hexd[:2], hexd, "data")
+link = os.path.join(root, "repositories/e2e/mirrored/_manifests/tags/1/current/link")
+manifest = json.load(open(blob(open(link).read().strip())))
+for d in [manifest["config"]] + manifest["layers"]:
+    if not os.path.isfile(blob(d["digest"])) or os.path.getsize(blob(d["digest"])) != d["size"]:
+        sys.exit("missing " + d["digest"])
+print(len(manifest["layers"]))
+EOF
+}
+wait_until 30 mirror_has_all || { mirror_has_all; die "the mirror's storage does not hold e2e/mirrored:1 and its blobs"; }
+info "the mirror's storage holds the tag, the manifest, the config and $(mirror_has_all) layers"
+# Pushes are refused by the registry (the proxy lets a user with push rights through): 405 UNSUPPORTED.
+CODE=$(curl -sk -o "$M/push-refused.json" -w '%{http_code}' -u "admin:$PASSWORD" -X POST \
+  "https://127.0.0.1:$MIRROR_PORT/v2/e2e/mirrored/blobs/uploads/")
+[ "$CODE" = 405 ] && grep -q UNSUPPORTED "$M/push-refused.json" ||
+  { cat "$M/push-refused.json"; die "a push through the mirror got $CODE, not 405 UNSUPPORTED"; }
+info "POST /v2/e2e/mirrored/blobs/uploads/ through the mirror: 405 UNSUPPORTED"
+docker rmi e2e/mirrored:1 >/dev/null
+
+step "e2e 8b: containerd's ctr pulls docker.io/e2e/mirrored:1 through a hosts.toml mirror (?ns=docker.io)"
+# A second pull-through registry, configured by a file: hub/ mirrors the remote and answers ?ns=docker.io, which
+# containerd adds to every request to a mirror. Its proxy checks those requests against docker.io/NAME: only
+# docker.io/** is open (anonymous pulls), hub/** itself is closed.
+HUB_PORT=$(free_port)
+HUB_UPSTREAM=127.0.0.1:$(free_port)
+mkdir -p "$M/hub-data" "$M/hub-spool" "$M/hub-certs"
+cat >"$M/hub.toml" <<EOF
+[proxy]
+spool_directory = "$M/hub-spool"
+
+[[mirrors]]
+prefix = "hub"
+url = "http://$REMOTE"
+namespace = "docker.io"
+EOF
+"$BIN/berth-registry" check-config --config "$M/hub.toml" >"$M/hub-check.log" 2>&1 ||
+  { cat "$M/hub-check.log"; die "berth-registry check-config refuses $M/hub.toml"; }
+env REGISTRY_HTTP_ADDR="$HUB_UPSTREAM" REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$M/hub-data" REGISTRY_LOG_LEVEL=info \
+  "$BIN/berth-registry" --config "$M/hub.toml" >"$M/hub-registry.out" 2>"$M/hub-registry.log" &
+PIDS+=($!)
+"$BIN/berth-proxy" ca init --host localhost --ip 127.0.0.1 --dir "$M/hub-certs" >/dev/null
+cat >"$M/hub-acl.toml" <<EOF
+[[rule]]
+repos = "docker.io/**"
+pull = ["anonymous", "*"]
+EOF
+env BERTH_LISTEN="127.0.0.1:$HUB_PORT" BERTH_UPSTREAM="http://$HUB_UPSTREAM" BERTH_CERTS_DIR="$M/hub-certs" \
+  BERTH_HTPASSWD="$M/htpasswd" BERTH_ACL="$M/hub-acl.toml" "$BIN/berth-proxy" serve >"$M/hub-proxy.log" 2>&1 &
+PIDS+=($!)
+wait_until 30 curl -sf --cacert "$M/hub-certs/devdockerCA.crt" "https://127.0.0.1:$HUB_PORT/v1/_ping" ||
+  { tail -5 "$M/hub-proxy.log" "$M/hub-registry.log"; die "the hub mirror's proxy is not reachable at 127.0.0.1:$HUB_PORT"; }
+MC=$WORK/containerd-mirror
+mkdir -p "$MC/hosts/docker.io"
+# The configuration of step 4's containerd, with root, state and sockets under $MC.
+sed "s#\"$C/#\"$MC/#g" "$C/config.toml" >"$MC/config.toml"
+cat >"$MC/hosts/docker.io/hosts.toml" <<EOF
+server = "https://registry-1.docker.io"
+
+[host."https://127.0.0.1:$HUB_PORT"]
+  capabilities = ["pull", "resolve"]
+  ca = "$M/hub-certs/devdockerCA.crt"
+EOF
+containerd --config "$MC/config.toml" >"$MC/containerd.log" 2>&1 &
+CTRD_PID=$!
+PIDS+=("$CTRD_PID")
+CTR=("${NO_SYSTEM_TRUST[@]}" ctr -a "$MC/containerd.sock" -n berth-e2e)
+wait_until 30 "${CTR[@]}" version || { tail -20 "$MC/containerd.log"; die "containerd did not start"; }
+"${CTR[@]}" images pull --snapshotter native --hosts-dir "$MC/hosts" docker.io/e2e/mirrored:1 >"$MC/pull.log" 2>&1 ||
+  { cat "$MC/pull.log"; tail -n 8 "$M/hub-proxy.log" "$M/hub-registry.log"; die "ctr pull through the mirror failed"; }
+HUB_DIGEST=$("${CTR[@]}" images ls | awk '$1 == "docker.io/e2e/mirrored:1" {print $3}')
+MIRRORED_DIGEST=$(cat "$M/data/docker/registry/v2/repositories/e2e/mirrored/_manifests/tags/1/current/link")
+[ "$HUB_DIGEST" = "$MIRRORED_DIGEST" ] || die "ctr pulled manifest $HUB_DIGEST, the remote has $MIRRORED_DIGEST"
+# Stored under the mirror's prefix: only ?ns=docker.io can have led the path's e2e/mirrored to hub/e2e/mirrored.
+[ "$(cat "$M/hub-data/docker/registry/v2/repositories/hub/e2e/mirrored/_manifests/tags/1/current/link")" = "$MIRRORED_DIGEST" ] ||
+  die "the hub mirror's storage has no tag hub/e2e/mirrored:1 at $MIRRORED_DIGEST"
+info "ctr pull docker.io/e2e/mirrored:1: manifest $HUB_DIGEST, stored by the mirror as hub/e2e/mirrored:1"
+CODE=$(curl -s -D "$M/ns.headers" -o /dev/null -w '%{http_code}' --cacert "$M/hub-certs/devdockerCA.crt" \
+  "https://127.0.0.1:$HUB_PORT/v2/e2e/mirrored/manifests/1?ns=docker.io")
+[ "$CODE" = 200 ] && grep -qix 'oci-namespace: docker.io.\?' "$M/ns.headers" ||
+  { cat "$M/ns.headers"; die "an anonymous GET of e2e/mirrored?ns=docker.io got $CODE, not 200 with OCI-Namespace"; }
+info "curl, anonymously: e2e/mirrored/manifests/1?ns=docker.io 200 with OCI-Namespace: docker.io"
+CODE=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$M/hub-certs/devdockerCA.crt" \
+  "https://127.0.0.1:$HUB_PORT/v2/hub/e2e/mirrored/manifests/1")
+[ "$CODE" = 401 ] || die "an anonymous GET of hub/e2e/mirrored (no ?ns=, no rule) got $CODE, not 401"
+info "the same repository without ?ns= (hub/e2e/mirrored), anonymously: 401"
+stop_pid "$CTRD_PID"
+KEEP_PIDS=()
+for pid in "${PIDS[@]}"; do [ "$pid" = "$CTRD_PID" ] || KEEP_PIDS+=("$pid"); done
+PIDS=("${KEEP_PIDS[@]}")
 
 step "e2e: all steps passed"

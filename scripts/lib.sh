@@ -38,12 +38,13 @@ need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# start_dockerd DIR: a private Docker daemon with its state under DIR; exports DOCKER_HOST.
+# start_dockerd DIR [DOCKERD-OPTION...]: a private Docker daemon with its state under DIR; exports DOCKER_HOST.
 start_dockerd() {
   local d=$1
+  shift
   mkdir -p "$d"
   dockerd --data-root "$d/root" --exec-root "$d/exec" --pidfile "$d/dockerd.pid" \
-    --host "unix://$d/docker.sock" --storage-driver vfs \
+    --host "unix://$d/docker.sock" --storage-driver vfs "$@" \
     >"$d/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
   export DOCKER_HOST="unix://$d/docker.sock"
