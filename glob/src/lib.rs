@@ -49,6 +49,18 @@ fn valid_name_component(c: &str) -> bool {
     true
 }
 
+/// Whether `ns` reads as a registry host (`docker.io`, `registry.example:5000`), as a mirror's namespace and the
+/// `?ns=` of OCI registry proxying must: berth-registry answers only such namespaces and berth-proxy checks
+/// `NS/NAME` for them, so both must agree on what one is.
+pub fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 253
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+        && !ns.starts_with(['.', '-', ':', '_'])
+}
+
 /// Whether `name` matches `glob` (uncompiled; see [`Glob`] for repeated use).
 pub fn glob_matches(glob: &str, name: &str) -> bool {
     dp_matches(glob.as_bytes(), name.as_bytes())

@@ -130,6 +130,20 @@ pub fn url_host(url: &str) -> Option<&str> {
     ok.then_some(host)
 }
 
+/// The host of a URL, lower case, without the default port of https.
+pub fn hub_host(url: &str) -> String {
+    let host = url_host(url).unwrap_or_default().to_ascii_lowercase();
+    match host.strip_suffix(":443") {
+        Some(h) if url.starts_with("https://") => h.to_string(),
+        _ => host,
+    }
+}
+
+/// Whether a remote URL is Docker Hub's registry.
+pub fn is_docker_hub(url: &str) -> bool {
+    DOCKER_HUB_HOSTS.contains(&hub_host(url).as_str())
+}
+
 impl ProxyConfig {
     fn ttl_or_default(&self) -> std::time::Duration {
         self.ttl
@@ -147,7 +161,7 @@ impl Config {
             _ => None,
         };
         let namespace = |url: &str| {
-            let host = url_host(url).unwrap_or_default().to_ascii_lowercase();
+            let host = hub_host(url);
             if DOCKER_HUB_HOSTS.contains(&host.as_str()) {
                 "docker.io".to_string()
             } else {
@@ -242,16 +256,52 @@ impl Config {
             seen.push(prefix.to_string());
             check_url(&format!("mirrors[{i}].url"), &m.url, &mut p);
             check_ttl(&format!("mirrors[{i}].ttl"), &m.ttl, &mut p);
-            if m.namespace.as_deref().is_some_and(|n| {
-                n.is_empty()
-                    || !n
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
-            }) {
+            if m.namespace
+                .as_deref()
+                .is_some_and(|n| !berth_glob::valid_namespace(n))
+            {
                 p.push(format!(
                     "mirrors[{i}].namespace: {:?} must be a registry host like docker.io",
                     m.namespace.as_deref().unwrap_or_default()
                 ));
+            }
+            if m.username.as_deref().unwrap_or_default().is_empty()
+                && m.password.as_deref().is_some_and(|p| !p.is_empty())
+            {
+                p.push(format!("mirrors[{i}].password: set without a username"));
+            }
+        }
+        if remote.is_none() && (self.proxy.username.is_some() || self.proxy.password.is_some()) {
+            p.push(
+                "proxy.username: set without proxy.remoteurl (REGISTRY_PROXY_REMOTEURL); a [[mirrors]] \
+                 entry takes its own username and password"
+                    .into(),
+            );
+        }
+        if remote.is_some()
+            && self
+                .proxy
+                .username
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+            && self
+                .proxy
+                .password
+                .as_deref()
+                .is_some_and(|p| !p.is_empty())
+        {
+            p.push("proxy.password: set without proxy.username".into());
+        }
+        if p.is_empty() {
+            // A default namespace (the URL's host) must be one `?ns=` can name; an IPv6 host cannot.
+            for (i, s) in self.mirror_specs().iter().enumerate() {
+                if !berth_glob::valid_namespace(&s.namespace) {
+                    p.push(format!(
+                        "mirrors[{i}].namespace: the URL's host {:?} is no namespace ?ns= can name; set one",
+                        s.namespace
+                    ));
+                }
             }
         }
         // Two mirrors of one remote share its default namespace (the first answers it); set ones must differ.
@@ -1743,6 +1793,33 @@ mod tests {
                 "{expected} in {p:#?}"
             );
         }
+        let bad = "[proxy]\nusername = \"u\"\n\n[[mirrors]]\nprefix = \"v6\"\nurl = \"http://[fd00::5]:5000\"\npassword = \"p\"\n";
+        let c: Config = toml::from_str(bad).unwrap();
+        let p = c.validate();
+        for expected in [
+            "proxy.username: set without proxy.remoteurl",
+            "mirrors[0].password: set without a username",
+        ] {
+            assert!(
+                p.iter().any(|m| m.starts_with(expected)),
+                "{expected} in {p:#?}"
+            );
+        }
+        let c: Config =
+            toml::from_str("[[mirrors]]\nprefix = \"v6\"\nurl = \"http://[fd00::5]:5000\"\n")
+                .unwrap();
+        assert!(
+            c.validate()
+                .iter()
+                .any(|m| m.starts_with("mirrors[0].namespace: the URL's host")),
+            "{:?}",
+            c.validate()
+        );
+        let c: Config = toml::from_str(
+            "[[mirrors]]\nprefix = \"hub\"\nurl = \"https://registry-1.docker.io:443\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mirror_specs()[0].namespace, "docker.io");
         let p = Config::load(None, &env_of(&[("BERTH_PROXY_MAXFETCHES", "many")])).unwrap_err();
         assert!(
             p.iter().any(|m| m.starts_with("BERTH_PROXY_MAXFETCHES:")),

@@ -65,6 +65,8 @@ pub enum RegistryError {
         /// `Retry-After`, passed on.
         retry_after: Option<String>,
     },
+    /// Access refused (403 `DENIED`), with a reason.
+    Denied(String),
     /// A namespace (`?ns=`) that no mirror answers (404 `NAME_UNKNOWN`).
     NamespaceUnknown(String),
     /// Anything else (500); the cause is logged.
@@ -152,6 +154,7 @@ impl RegistryError {
                 "TOOMANYREQUESTS",
                 message.clone(),
             ),
+            Denied(m) => (StatusCode::FORBIDDEN, "DENIED", m.clone()),
             NamespaceUnknown(ns) => (
                 StatusCode::NOT_FOUND,
                 "NAME_UNKNOWN",

@@ -93,6 +93,15 @@ pub fn revision_dir(name: &RepoName, d: &Digest) -> String {
     )
 }
 
+/// The name of the marker a mirror writes in each repository it fetches into (see [`mirror_marker`]).
+pub const MIRROR_MARKER: &str = "_berth_mirror";
+
+/// A repository's mirror marker: written when a mirror first stores a manifest there. The collector expires
+/// mirrored content only in repositories that have it (registry:2 ignores the file).
+pub fn mirror_marker(name: &RepoName) -> String {
+    format!("{}/{MIRROR_MARKER}", repo_dir(name))
+}
+
 /// Folder holding the tags.
 pub fn tags_dir(name: &RepoName) -> String {
     format!("{}/_manifests/tags", repo_dir(name))

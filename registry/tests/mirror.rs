@@ -203,8 +203,32 @@ password = "not-bobs"
         (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
     );
     let r = m.get("/v2/wrong/team/app/manifests/1").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
-    assert_eq!(r.code(), "UNAVAILABLE");
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "DENIED"),
+        "{:?}",
+        r.body
+    );
+    // A pull-only mirror reads nothing else this berth holds: a blob of a local repository is not served
+    // through the prefix unless the remote has it in that repository.
+    let own_blobs: Vec<String> = std::fs::read_dir(own.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    for d in &own_blobs {
+        let r = m.get(&format!("/v2/hub/team/app/blobs/{d}")).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            "{d}"
+        );
+    }
+    // What the remote does have, stored for another prefix, is linked after the remote's HEAD.
+    let r = m
+        .get(&format!("/v2/live/team/gz/blobs/{}", gz_layers[0]))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&sha256(&r.body), &gz_layers[0]);
 
     // The OCI proxying convention: `?ns=` names the remote; only configured namespaces are answered.
     let r = m.get("/v2/team/app/manifests/1?ns=remote.test").await;
@@ -258,9 +282,15 @@ async fn a_tag_moved_on_the_remote_is_seen_after_the_ttl_and_expired_content_is_
     // An anonymous remote: a plain berth registry.
     let remote = Registry::start(&[]);
     let (first, first_manifest) = remote.push_image("app", "1", &[b"layer one"]).await;
-    let ttl = Duration::from_secs(2);
+    remote.push_image("app2", "1", &[b"layer of app2"]).await;
+    // Before the namespace was mirrored, a repository in it was pushed to: it is not the mirror's to expire.
+    let root = dir.path().join("mirror-data");
+    let mut before = Registry::start_at(&root, &[]);
+    let (old_local, _) = before.push_image("m/local", "1", &[b"pushed before"]).await;
+    before.terminate();
+    let ttl = Duration::from_secs(5);
     let toml = format!(
-        "[[mirrors]]\nprefix = \"m\"\nurl = \"http://{}\"\nttl = \"2s\"\n",
+        "[[mirrors]]\nprefix = \"m\"\nurl = \"http://{}\"\nttl = \"5s\"\n",
         remote.addr
     );
     let m = start_mirror(dir.path(), &toml, &[]);
@@ -277,9 +307,11 @@ async fn a_tag_moved_on_the_remote_is_seen_after_the_ttl_and_expired_content_is_
     let (second, _) = remote.push_image("app", "1", &[b"layer two"]).await;
     // Within the TTL the stored tag is served without asking the remote.
     let r = m.get("/v2/m/app/manifests/1").await;
-    if fetched.elapsed() < ttl {
-        assert_eq!(r.header("docker-content-digest"), Some(first.as_str()));
-    }
+    assert!(
+        fetched.elapsed() < ttl,
+        "the machine took the whole TTL to get here: nothing to check"
+    );
+    assert_eq!(r.header("docker-content-digest"), Some(first.as_str()));
     // After it, the remote is asked and the move is seen (polled, bounded).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -302,7 +334,8 @@ async fn a_tag_moved_on_the_remote_is_seen_after_the_ttl_and_expired_content_is_
     while checked.elapsed() < ttl + Duration::from_millis(200) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let root = dir.path().join("mirror-data");
+    // Fetched within the TTL: kept.
+    assert_eq!(m.get("/v2/m/app2/manifests/1").await.status, StatusCode::OK);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-registry"));
     cmd.env_clear()
         .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root)
@@ -334,6 +367,17 @@ async fn a_tag_moved_on_the_remote_is_seen_after_the_ttl_and_expired_content_is_
     );
     assert_eq!(
         m.head("/v2/own/app/manifests/1").await.status,
+        StatusCode::OK
+    );
+    assert!(
+        blobs.contains(&old_local),
+        "a manifest pushed before the mirror was collected"
+    );
+    assert!(root
+        .join("docker/registry/v2/repositories/m/local/_manifests/tags/1/current/link")
+        .exists());
+    assert_eq!(
+        m.head("/v2/m/app2/manifests/1").await.status,
         StatusCode::OK
     );
     // And the next pull fetches it again.
@@ -636,13 +680,14 @@ async fn ten_concurrent_pulls_of_a_missing_256_mib_blob_stream_from_one_remote_f
     // Stored once checked; served from storage from then on, with the remote out of the way.
     let root = dir.path().join("mirror-data");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !stored_blobs(&root).contains(&remote.layer) {
+    while !log_of(dir.path()).contains("mirror: blob fetched") {
         assert!(
             Instant::now() < deadline,
             "the fetched blob was never stored"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(stored_blobs(&root).contains(&remote.layer));
     let (status, _, task) = streaming_get(&m.addr, &path, None, Arc::new(AtomicU64::new(0))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(task.await.unwrap(), Some((remote.layer.clone(), size)));
@@ -870,7 +915,12 @@ async fn a_mirror_of_registry2_with_token_auth_gets_and_reuses_bearer_tokens() {
     assert_eq!(&r.body[..], &config[..]);
     // One token for the repository's scope, reused by the manifest and both blobs.
     assert_eq!(counts().await - before, 1);
-    // Without credentials the token server grants nothing, and registry:2 refuses: said as unavailable.
+    // Without credentials the token server grants nothing, and registry:2 refuses: passed on as DENIED.
     let r = m.get("/v2/nocreds/library/tool/manifests/1").await;
-    assert_eq!(r.code(), "UNAVAILABLE", "{:?}", r.body);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (StatusCode::FORBIDDEN, "DENIED"),
+        "{:?}",
+        r.body
+    );
 }

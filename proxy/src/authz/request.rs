@@ -53,15 +53,7 @@ fn query_param(uri: &Uri, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Whether `ns` reads as a registry host (`docker.io`, `registry.example:5000`), as `?ns=` must.
-pub fn valid_namespace(ns: &str) -> bool {
-    !ns.is_empty()
-        && ns.len() <= 253
-        && ns
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
-        && !ns.starts_with(['.', '-', ':'])
-}
+pub use berth_glob::valid_namespace;
 
 impl Access {
     /// Maps a request; the path is split exactly as berth-registry's router splits it, so both agree on the

@@ -33,7 +33,7 @@ use remote::{read_limited, Remote, RemoteError, MANIFEST_ACCEPT};
 const BATCH: usize = 256 * 1024;
 /// The most a client's read of the spool takes at once.
 const READ_CHUNK: u64 = 256 * 1024;
-/// How long a request waits for one of the `proxy.max_fetches` slots before it is answered 429.
+/// How long a blob request waits for one of the `proxy.max_fetches` slots before it is answered 429.
 const SLOT_WAIT: Duration = Duration::from_secs(30);
 /// Time limit of a remote manifest request (a blob's transfer has only the read timeout: it may be long).
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -195,6 +195,32 @@ impl Fetch {
     }
 }
 
+/// Ends a fetch task however it ends: out of the map, the gauge down, and a fetch that published no outcome
+/// (its task panicked or was cancelled) failed, so that no reader waits for it.
+struct Ended {
+    mirrors: Arc<Mirrors>,
+    key: String,
+    fetch: Arc<Fetch>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.mirrors.forget(&self.key);
+        self.mirrors.metrics.mirror_fetches.dec();
+        self.fetch.progress.send_if_modified(|p| {
+            if matches!(p, Progress::Starting | Progress::Streaming { .. }) {
+                *p = Progress::Failed(RemoteError::Unavailable(
+                    "the fetch ended without an outcome".into(),
+                    None,
+                ));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
 /// The registry's mirrors, and the fetches under way.
 pub struct Mirrors {
     list: Vec<Arc<Mirror>>,
@@ -242,24 +268,23 @@ impl Mirrors {
             .map_err(|e| format!("proxy.cafile: {e}"))?;
         let mut list = Vec::new();
         for s in specs {
-            let host = crate::config::url_host(&s.url)
-                .unwrap_or_default()
-                .to_ascii_lowercase();
             list.push(Arc::new(Mirror {
-                hub: s.namespace == "docker.io"
-                    || host == "registry-1.docker.io"
-                    || host == "index.docker.io",
+                hub: crate::config::is_docker_hub(&s.url),
                 remote: Remote::new(&s.url, s.credentials, tls.clone())?,
                 prefix: s.prefix,
                 namespace: s.namespace,
                 ttl: s.ttl,
             }));
         }
-        let spool = config
-            .proxy
-            .spool_directory
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("berth-mirror-spool"));
+        let spool = config.proxy.spool_directory.clone().unwrap_or_else(|| {
+            match config.storage.driver {
+                // Next to the data, on disk, where the fetched blobs will be written anyway.
+                crate::config::StorageDriver::Filesystem => {
+                    config.storage.root_directory.join("berth-mirror-spool")
+                }
+                crate::config::StorageDriver::S3 => std::env::temp_dir().join("berth-mirror-spool"),
+            }
+        });
         std::fs::create_dir_all(&spool)
             .map_err(|e| format!("proxy.spool_directory: {}: {e}", spool.display()))?;
         // The spool's files are unlinked at once; checking that one can be made catches a bad folder early.
@@ -455,7 +480,6 @@ impl Mirrors {
         expected: Option<&Digest>,
         tag: Option<&Tag>,
     ) -> Result<StoredManifest, Failure> {
-        let _slot = self.slot().await?;
         let resp = mirror
             .remote
             .send(
@@ -571,16 +595,8 @@ impl Mirrors {
         d: &Digest,
         head: bool,
     ) -> Result<BlobSource, RegistryError> {
-        if let Some(size) = self.store.serve_blob_size(name, d).await? {
-            self.count("blob", "hit");
-            return Ok(BlobSource::Stored(size));
-        }
-        if self.store.blob_size(d).await?.is_some() && self.store.link_blob(name, d).await? {
-            if let Some(size) = self.store.blob_size(d).await? {
-                self.count("blob", "hit");
-                return Ok(BlobSource::Stored(size));
-            }
-        }
+        // The fetches under way are looked at before the storage: a fetch leaves the map only once its blob is
+        // stored, so a blob is either found here, or stored, or fetched by no one yet (never fetched twice).
         let key = format!("{name}@{d}");
         let joined = self
             .fetches
@@ -593,29 +609,35 @@ impl Mirrors {
             tracing::warn!(repository = %name, digest = %d, remote = %mirror.url(), error = %e, "mirror: blob fetch failed");
             e.to_registry(true)
         };
+        if joined.is_none() {
+            if let Some(size) = self.store.serve_blob_size(name, d).await? {
+                self.count("blob", "hit");
+                return Ok(BlobSource::Stored(size));
+            }
+            // Content another repository holds is linked here only once the remote says this repository has
+            // it: pulling a mirror must not read what other repositories hold.
+            if self.store.blob_size(d).await?.is_some() {
+                let size = self
+                    .remote_blob_size(mirror, remote, d)
+                    .await
+                    .map_err(failed)?;
+                if self.store.link_blob(name, d).await? {
+                    if let Some(stored) = self.store.blob_size(d).await? {
+                        self.count("blob", "hit");
+                        return Ok(BlobSource::Stored(stored));
+                    }
+                }
+                if head {
+                    self.count("blob", "miss");
+                    return Ok(BlobSource::Remote(size));
+                }
+            }
+        }
         if head && joined.is_none() {
-            let resp = mirror
-                .remote
-                .send(
-                    Method::HEAD,
-                    remote,
-                    &format!("/v2/{remote}/blobs/{d}"),
-                    None,
-                    None,
-                    Some(MANIFEST_TIMEOUT),
-                )
+            let size = self
+                .remote_blob_size(mirror, remote, d)
                 .await
                 .map_err(failed)?;
-            let size = resp
-                .headers()
-                .get(reqwest::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| {
-                    failed(RemoteError::Refused(
-                        "the remote's HEAD of a blob has no Content-Length".into(),
-                    ))
-                })?;
             self.count("blob", "miss");
             return Ok(BlobSource::Remote(size));
         }
@@ -626,6 +648,33 @@ impl Mirrors {
         let size = fetch.size().await.map_err(failed)?;
         self.count("blob", "miss");
         Ok(BlobSource::Fetching(fetch, size))
+    }
+
+    /// The size of a blob of the remote's repository, from its `HEAD`.
+    async fn remote_blob_size(
+        &self,
+        mirror: &Mirror,
+        remote: &str,
+        d: &Digest,
+    ) -> Result<u64, RemoteError> {
+        let resp = mirror
+            .remote
+            .send(
+                Method::HEAD,
+                remote,
+                &format!("/v2/{remote}/blobs/{d}"),
+                None,
+                None,
+                Some(MANIFEST_TIMEOUT),
+            )
+            .await?;
+        resp.headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                RemoteError::Refused("the remote's HEAD of a blob has no Content-Length".into())
+            })
     }
 
     /// The fetch of `d` into `name`, started unless one is under way already.
@@ -656,14 +705,17 @@ impl Mirrors {
             Arc::clone(&fetch),
         );
         tokio::spawn(async move {
+            // Whatever ends this task (a panic included), the fetch leaves the map and its readers are told.
+            let _ended = Ended {
+                mirrors: Arc::clone(&this),
+                key: key.clone(),
+                fetch: Arc::clone(&f),
+            };
             this.metrics.mirror_fetches.inc();
             let began = std::time::Instant::now();
             let result = this.run_fetch(&mirror, &remote, &name, &d, &f).await;
             // Out of the map before a failure is published: a client retrying at once starts a new fetch.
-            this.fetches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            this.forget(&key);
             match result {
                 Ok(size) => tracing::info!(
                     repository = %name,
@@ -688,9 +740,15 @@ impl Mirrors {
                     });
                 }
             }
-            this.metrics.mirror_fetches.dec();
         });
         fetch
+    }
+
+    fn forget(&self, key: &str) {
+        self.fetches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     /// Fetches into the spool (hashing as it goes), then stores what matched the digest.

@@ -21,6 +21,8 @@ application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5";
 
 /// How long a token is used when the token server does not say (the token specification's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest a token is used, whatever the token server says.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The largest token answer read.
 const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
 /// Tokens cached at most (one per repository scope); the oldest half goes when full.
@@ -35,7 +37,10 @@ pub enum RemoteError {
     Unavailable(String, Option<String>),
     /// 429, with `Retry-After`.
     TooManyRequests(Option<String>),
-    /// The remote refused our credentials, or gave an answer we cannot use.
+    /// The remote refused access (401 or 403 with the credentials it asked for): wrong credentials, or a
+    /// repository that is private or absent (Docker Hub answers 401 for both).
+    Denied,
+    /// The remote gave an answer berth cannot use.
     Refused(String),
     /// A blob or manifest that does not match its digest, or a size that does not match.
     Corrupt(String),
@@ -49,6 +54,7 @@ impl std::fmt::Display for RemoteError {
             RemoteError::TooManyRequests(_) => {
                 write!(f, "the remote answers 429 Too Many Requests")
             }
+            RemoteError::Denied => write!(f, "the remote refused access (401/403)"),
             RemoteError::Refused(m) => write!(f, "remote refused: {m}"),
             RemoteError::Corrupt(m) => write!(f, "remote sent corrupt content: {m}"),
         }
@@ -77,6 +83,11 @@ impl RemoteError {
                 message: format!("the mirror's remote registry is unavailable: {m}"),
                 retry_after: after.clone(),
             },
+            RemoteError::Denied => RegistryError::Denied(
+                "the mirror's remote registry refused access: the repository is private or absent there, or \
+                 the mirror's credentials are wrong"
+                    .into(),
+            ),
             RemoteError::Refused(m) => RegistryError::Unavailable {
                 message: format!("the mirror's remote registry refused the request: {m}"),
                 retry_after: None,
@@ -308,9 +319,12 @@ impl Remote {
         realm: &str,
         service: Option<&str>,
         scope: &str,
+        also: Option<&str>,
     ) -> Result<String, RemoteError> {
         let mut url = reqwest::Url::parse(realm)
             .map_err(|e| RemoteError::Refused(format!("token realm {realm:?}: {e}")))?;
+        // Credentials meant for an https remote never travel in clear text to a realm it names.
+        let credentials_allowed = url.scheme() == "https" || !self.base.starts_with("https://");
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -319,7 +333,7 @@ impl Remote {
             q.append_pair("scope", scope);
         }
         let mut req = self.client.get(url).timeout(Duration::from_secs(30));
-        if let Some(b) = self.basic() {
+        if let Some(b) = self.basic().filter(|_| credentials_allowed) {
             req = req.header(AUTHORIZATION, b);
         }
         let resp = req.send().await.map_err(|e| {
@@ -339,6 +353,7 @@ impl Remote {
                     after,
                 ))
             }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(RemoteError::Denied),
             s => return Err(RemoteError::Refused(format!("token server answered {s}"))),
         }
         let v: serde_json::Value = serde_json::from_slice(&body)
@@ -353,7 +368,7 @@ impl Remote {
         let lifetime = v
             .get("expires_in")
             .and_then(|e| e.as_u64())
-            .map(Duration::from_secs)
+            .map(|secs| Duration::from_secs(secs.min(MAX_TOKEN_LIFETIME.as_secs())))
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
         // Renewed a little before it expires, so that no request goes out with a token about to lapse.
@@ -367,6 +382,10 @@ impl Remote {
             }
         }
         tokens.insert(scope.to_string(), (token.clone(), until));
+        if let Some(ours) = also {
+            // Also under the scope later requests look up, when the remote named another one.
+            tokens.insert(ours.to_string(), (token.clone(), until));
+        }
         Ok(token)
     }
 
@@ -413,19 +432,18 @@ impl Remote {
                 .filter_map(parse_challenge)
                 .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
             let auth = match &challenge {
-                Some(Challenge::Basic) => self.basic().ok_or_else(|| {
-                    RemoteError::Refused(
-                        "the remote asks for credentials and none are configured".into(),
-                    )
-                })?,
+                Some(Challenge::Basic) => self.basic().ok_or(RemoteError::Denied)?,
                 Some(Challenge::Bearer {
                     realm,
                     service,
                     scope: asked,
                 }) => {
                     // The scope the remote names is the one it checks; ours otherwise.
-                    let scope = asked.clone().unwrap_or_else(|| scope.clone());
-                    let token = self.fetch_token(realm, service.as_deref(), &scope).await?;
+                    let named = asked.clone().unwrap_or_else(|| scope.clone());
+                    let also = (named != scope).then_some(scope.as_str());
+                    let token = self
+                        .fetch_token(realm, service.as_deref(), &named, also)
+                        .await?;
                     format!("Bearer {token}")
                 }
                 None => {
@@ -445,9 +463,7 @@ impl Remote {
         Err(match status {
             StatusCode::NOT_FOUND => RemoteError::NotFound,
             StatusCode::TOO_MANY_REQUESTS => RemoteError::TooManyRequests(after),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                RemoteError::Refused(format!("the remote answers {status}"))
-            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RemoteError::Denied,
             s if s.is_server_error() => {
                 RemoteError::Unavailable(format!("the remote answers {s}"), after)
             }

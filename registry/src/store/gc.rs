@@ -513,6 +513,8 @@ struct RepoRecord {
     tag_index: Vec<(String, Digest)>,
     /// Upload sessions: id, newest modification time seen.
     uploads: HashMap<String, Option<SystemTime>>,
+    /// A mirror has fetched into it (`_berth_mirror`): only then does its content expire after the TTL.
+    mirrored: bool,
 }
 
 /// A key under `repositories/`, split into the repository folder and the part from its first `_` segment.
@@ -535,6 +537,7 @@ impl RepoRecord {
     fn add(&mut self, key: &str, rest: &str, modified: Option<SystemTime>) {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
+            [paths::MIRROR_MARKER] => self.mirrored = true,
             ["_layers", alg, hex, "link"] => {
                 if let Some(d) = digest_of(alg, hex) {
                     self.layers.push((d, modified));
@@ -746,7 +749,8 @@ impl RegistryStore {
             if let Some(hold) = hold.as_deref_mut() {
                 hold.keep_alive().await?;
             }
-            let mirror_ttl = opts.mirror_ttl(repo);
+            // Content a mirror fetched expires; what was pushed before the namespace was mirrored does not.
+            let mirror_ttl = opts.mirror_ttl(repo).filter(|_| rec.mirrored);
             let removed = if opts.retention.is_empty() && mirror_ttl.is_none() {
                 HashMap::new()
             } else {
@@ -770,7 +774,8 @@ impl RegistryStore {
                 self.untag(repo, rec, &chosen, opts.dry_run, &mut report)
                     .await?
             };
-            let mirror_cutoff = mirror_ttl.map(|ttl| started.checked_sub(ttl).unwrap_or(started));
+            let mirror_cutoff =
+                mirror_ttl.map(|ttl| started.checked_sub(ttl).unwrap_or(SystemTime::UNIX_EPOCH));
             let dead = self
                 .mark_repository(
                     rec,

@@ -523,6 +523,9 @@ impl RegistryStore {
         digest: &Digest,
         bytes: Bytes,
     ) -> Result<(), RegistryError> {
+        self.storage
+            .create(&paths::mirror_marker(name), Bytes::new())
+            .await?;
         let pin = gc::Pin::take_waiting(self.storage.as_ref(), digest).await?;
         let stored = async {
             pin.check_fresh()?;
