@@ -749,6 +749,9 @@ impl Storage for Invalidating {
     async fn space(&self) -> Result<Option<Space>, StorageError> {
         self.inner.space().await
     }
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
 }
 
 #[cfg(test)]

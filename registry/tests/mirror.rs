@@ -924,3 +924,61 @@ async fn a_mirror_of_registry2_with_token_auth_gets_and_reuses_bearer_tokens() {
         r.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_a_fetched_blob_goes_through_the_spool_into_the_bucket_and_a_corrupt_one_does_not() {
+    let moto = common::s3::Moto::start();
+    moto.create_bucket("mirror");
+    let good = FakeRemote::start(8 * MIB, false, false).await;
+    let bad = FakeRemote::start(2 * MIB, false, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let toml = format!(
+        "[proxy]\nspool_directory = \"{}\"\n\n[[mirrors]]\nprefix = \"good\"\nurl = \"http://{}\"\n\n\
+         [[mirrors]]\nprefix = \"bad\"\nurl = \"http://{}\"\n",
+        spool.display(),
+        good.addr,
+        bad.addr
+    );
+    let env = moto.registry_env("mirror", "m");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let m = start_mirror(dir.path(), &toml, &env);
+    let path = format!("/v2/good/test/img/blobs/{}", good.layer);
+    let (status, _, task) = streaming_get(&m.addr, &path, None, Arc::new(AtomicU64::new(0))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(task.await.unwrap(), Some((good.layer.clone(), 8 * MIB)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_of(dir.path()).contains("mirror: blob fetched") {
+        assert!(
+            Instant::now() < deadline,
+            "the fetched blob was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hex = &good.layer["sha256:".len()..];
+    let blob_key = format!("m/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
+    assert!(
+        moto.keys("mirror").contains(&blob_key),
+        "{:?}",
+        moto.keys("mirror")
+    );
+    // Served from the bucket now, with the remote's count unchanged.
+    let (_, _, task) = streaming_get(&m.addr, &path, None, Arc::new(AtomicU64::new(0))).await;
+    assert_eq!(task.await.unwrap(), Some((good.layer.clone(), 8 * MIB)));
+    assert_eq!(good.layer_gets.load(Ordering::SeqCst), 1);
+
+    let path = format!("/v2/bad/test/img/blobs/{}", bad.layer);
+    let (status, _, task) = streaming_get(&m.addr, &path, None, Arc::new(AtomicU64::new(0))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        task.await.unwrap(),
+        None,
+        "a corrupt blob was delivered whole"
+    );
+    let hex = &bad.layer["sha256:".len()..];
+    assert!(!moto.keys("mirror").iter().any(|k| k.contains(hex)));
+    // The bucket holds only checked blobs and no upload.
+    common::s3::check_bucket(&moto, "mirror", "m", false).await;
+    // The spool's files are unlinked as soon as they are made.
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+}

@@ -31,6 +31,8 @@ use remote::{read_limited, Remote, RemoteError, MANIFEST_ACCEPT};
 
 /// How much of a blob is gathered before it is hashed, spooled and offered to clients.
 const BATCH: usize = 256 * 1024;
+/// Batches between the network and the spooler.
+const PIPELINE: usize = 8;
 /// The most a client's read of the spool takes at once.
 const READ_CHUNK: u64 = 256 * 1024;
 /// How long a blob request waits for one of the `proxy.max_fetches` slots before it is answered 429.
@@ -276,20 +278,19 @@ impl Mirrors {
                 ttl: s.ttl,
             }));
         }
-        let spool = config.proxy.spool_directory.clone().unwrap_or_else(|| {
-            match config.storage.driver {
-                // Next to the data, on disk, where the fetched blobs will be written anyway.
-                crate::config::StorageDriver::Filesystem => {
-                    config.storage.root_directory.join("berth-mirror-spool")
-                }
-                crate::config::StorageDriver::S3 => std::env::temp_dir().join("berth-mirror-spool"),
-            }
-        });
-        std::fs::create_dir_all(&spool)
-            .map_err(|e| format!("proxy.spool_directory: {}: {e}", spool.display()))?;
-        // The spool's files are unlinked at once; checking that one can be made catches a bad folder early.
-        tempfile::tempfile_in(&spool)
-            .map_err(|e| format!("proxy.spool_directory: {}: {e}", spool.display()))?;
+        let spool = config
+            .proxy
+            .spool_directory
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("berth-mirror-spool"));
+        // On a filesystem a fetched blob is written straight into an upload's data file: no spool.
+        if store.storage().local_path("").is_none() {
+            std::fs::create_dir_all(&spool)
+                .map_err(|e| format!("proxy.spool_directory: {}: {e}", spool.display()))?;
+            // Its files are unlinked at once; checking that one can be made catches a bad folder early.
+            tempfile::tempfile_in(&spool)
+                .map_err(|e| format!("proxy.spool_directory: {}: {e}", spool.display()))?;
+        }
         let metrics = Arc::clone(store.metrics());
         Ok(Some(Arc::new(Mirrors {
             list,
@@ -751,7 +752,9 @@ impl Mirrors {
             .remove(key);
     }
 
-    /// Fetches into the spool (hashing as it goes), then stores what matched the digest.
+    /// Fetches into the spool (hashing as it goes), then stores what matched the digest. On a filesystem the
+    /// spool is the data file of an upload in `name`, committed by a rename once checked (no copy); what a
+    /// failed fetch wrote there is removed with its upload.
     async fn run_fetch(
         &self,
         mirror: &Mirror,
@@ -759,6 +762,27 @@ impl Mirrors {
         name: &RepoName,
         d: &Digest,
         fetch: &Arc<Fetch>,
+    ) -> Result<u64, Failure> {
+        let mut session = None;
+        let result = self
+            .fetch_into(mirror, remote, name, d, fetch, &mut session)
+            .await;
+        if let (Err(_), Some(s)) = (&result, &session) {
+            if let Err(e) = self.store.cancel_upload(s).await {
+                tracing::warn!(repository = %name, error = %e, "mirror: a failed fetch's upload was not removed");
+            }
+        }
+        result
+    }
+
+    async fn fetch_into(
+        &self,
+        mirror: &Mirror,
+        remote: &str,
+        name: &RepoName,
+        d: &Digest,
+        fetch: &Arc<Fetch>,
+        session: &mut Option<crate::store::UploadSession>,
     ) -> Result<u64, Failure> {
         let slot = self.slot().await?;
         let mut resp = mirror
@@ -773,64 +797,108 @@ impl Mirrors {
             )
             .await?;
         let size = resp.content_length();
-        let file = tempfile::tempfile_in(&self.spool)
-            .map_err(|e| RegistryError::Internal(format!("{}: {e}", self.spool.display())))?;
+        let storage = Arc::clone(self.store.storage());
+        if let (Some(sp), Some(size)) = (storage.space().await.map_err(RegistryError::from)?, size)
+        {
+            if sp.available < sp.reserve.saturating_add(size) {
+                return Err(RegistryError::StorageFull(format!(
+                    "storage full: {} free, {} kept in reserve, the blob needs {}",
+                    crate::storage::human_bytes(sp.available),
+                    crate::storage::human_bytes(sp.reserve),
+                    crate::storage::human_bytes(size)
+                ))
+                .into());
+            }
+        }
+        let direct = storage.local_path("").is_some();
+        let file = if direct {
+            let s = self.store.start_upload(name).await?;
+            let path = storage
+                .local_path(&crate::paths::upload_data(&s.name, &s.id))
+                .unwrap_or_default();
+            *session = Some(s);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| RegistryError::Internal(format!("{}: {e}", path.display())))?
+        } else {
+            tempfile::tempfile_in(&self.spool)
+                .map_err(|e| RegistryError::Internal(format!("{}: {e}", self.spool.display())))?
+        };
         let file = Arc::new(file);
         let _ = fetch.spool.set(Arc::clone(&file));
         fetch
             .progress
             .send_replace(Progress::Streaming { size, written: 0 });
-        let mut hasher = Hasher::new(d.algorithm());
-        let mut written: u64 = 0;
-        let mut batch = BytesMut::new();
-        loop {
-            let chunk = resp.chunk().await.map_err(|e| {
-                RemoteError::Unavailable(
-                    format!(
-                        "the transfer broke after {} bytes: {}",
-                        written + batch.len() as u64,
-                        remote::error_chain(&e)
-                    ),
-                    None,
-                )
-            })?;
-            let done = chunk.is_none();
-            if let Some(c) = chunk {
-                let total = written + (batch.len() + c.len()) as u64;
-                if size.is_some_and(|s| total > s) {
-                    return Err(RemoteError::Corrupt(format!(
-                        "more bytes than the {} of its Content-Length",
-                        size.unwrap_or_default()
-                    ))
-                    .into());
-                }
-                batch.extend_from_slice(&c);
-                if batch.len() < BATCH {
-                    continue;
-                }
-            }
-            if !batch.is_empty() {
-                let bytes = batch.split().freeze();
-                let n = bytes.len() as u64;
-                let f = Arc::clone(&file);
-                let at = written;
-                hasher = tokio::task::spawn_blocking(move || {
+        // The network is read here while another thread hashes and spools what came before (a few batches
+        // in between): reading and decrypting overlap with hashing and writing.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE);
+        let spooler = {
+            let (file, fetch, metrics, mut hasher) = (
+                Arc::clone(&file),
+                Arc::clone(fetch),
+                Arc::clone(&self.metrics),
+                Hasher::new(d.algorithm()),
+            );
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Hasher, u64)> {
+                let mut written: u64 = 0;
+                while let Some(bytes) = rx.blocking_recv() {
                     hasher.update(&bytes);
-                    f.write_all_at(&bytes, at).map(|_| hasher)
-                })
-                .await
-                .map_err(|e| RegistryError::Internal(e.to_string()))?
-                .map_err(|e| RegistryError::Internal(format!("spool: {e}")))?;
-                written += n;
-                self.metrics.mirror_fetched_bytes.inc_by(n);
-                fetch
-                    .progress
-                    .send_replace(Progress::Streaming { size, written });
-            }
-            if done {
-                break;
+                    file.write_all_at(&bytes, written)?;
+                    written += bytes.len() as u64;
+                    metrics.mirror_fetched_bytes.inc_by(bytes.len() as u64);
+                    fetch
+                        .progress
+                        .send_replace(Progress::Streaming { size, written });
+                }
+                Ok((hasher, written))
+            })
+        };
+        let mut received: u64 = 0;
+        let mut batch = BytesMut::new();
+        let read = async {
+            loop {
+                let chunk = resp.chunk().await.map_err(|e| {
+                    RemoteError::Unavailable(
+                        format!(
+                            "the transfer broke after {received} bytes: {}",
+                            remote::error_chain(&e)
+                        ),
+                        None,
+                    )
+                })?;
+                let done = chunk.is_none();
+                if let Some(c) = chunk {
+                    received += c.len() as u64;
+                    if size.is_some_and(|s| received > s) {
+                        return Err(RemoteError::Corrupt(format!(
+                            "more bytes than the {} of its Content-Length",
+                            size.unwrap_or_default()
+                        )));
+                    }
+                    batch.extend_from_slice(&c);
+                    if batch.len() < BATCH {
+                        continue;
+                    }
+                }
+                // A closed channel means the spooler failed: its error is read below.
+                if !batch.is_empty() && tx.send(batch.split().freeze()).await.is_err() {
+                    return Ok(());
+                }
+                if done {
+                    return Ok(());
+                }
             }
         }
+        .await;
+        drop(tx);
+        let spooled = spooler
+            .await
+            .map_err(|e| RegistryError::Internal(e.to_string()))?
+            .map_err(|e| RegistryError::Internal(format!("spool: {e}")));
+        read?;
+        let (hasher, written) = spooled?;
         drop(slot);
         if let Some(s) = size.filter(|s| *s != written) {
             return Err(RemoteError::Corrupt(format!(
@@ -848,8 +916,25 @@ impl Mirrors {
         fetch
             .progress
             .send_replace(Progress::Verified { size: written });
-        let body = Arc::clone(fetch).read(0, written);
-        self.store.ingest_blob(name, d, body).await?;
+        match session.take() {
+            Some(s) => {
+                // Durable before the rename that makes it the blob (readers go on with the open file).
+                let f = Arc::clone(&file);
+                let synced = tokio::task::spawn_blocking(move || f.sync_data())
+                    .await
+                    .map_err(|e| RegistryError::Internal(e.to_string()))
+                    .and_then(|r| r.map_err(|e| RegistryError::Internal(format!("sync: {e}"))));
+                if let Err(e) = synced {
+                    *session = Some(s);
+                    return Err(e.into());
+                }
+                self.store.commit_fetched(&s, d, written).await?;
+            }
+            None => {
+                let body = Arc::clone(fetch).read(0, written);
+                self.store.ingest_blob(name, d, body).await?;
+            }
+        }
         Ok(written)
     }
 }

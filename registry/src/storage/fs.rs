@@ -434,6 +434,10 @@ impl AppendWriter for FsAppend {
 
 #[async_trait]
 impl Storage for FsStorage {
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
+    }
+
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         // On the request's own thread, as `read_small` (see there).
         match std::fs::metadata(self.path(key)) {

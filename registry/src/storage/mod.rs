@@ -161,4 +161,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn space(&self) -> Result<Option<Space>, StorageError> {
         Ok(None)
     }
+    /// The local file an object is, for backends whose objects are files (the filesystem): a mirror writes a
+    /// blob it fetches straight into its upload's data file and clients read that file as it grows, instead
+    /// of going through a spool and a copy. `None` for the others.
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        let _ = key;
+        None
+    }
 }

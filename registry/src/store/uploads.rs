@@ -455,6 +455,41 @@ impl RegistryStore {
         stored
     }
 
+    /// Commits an upload whose data file a mirror wrote itself (on a filesystem, see
+    /// [`crate::storage::Storage::local_path`]), made durable and checked against `digest`: moves it into the
+    /// blob store and links it, as [`RegistryStore::commit_upload`] does after its own check.
+    pub async fn commit_fetched(
+        &self,
+        s: &UploadSession,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        let data_key = paths::upload_data(&s.name, &s.id);
+        let committed = async {
+            if self.blob_size(digest).await? == Some(size) {
+                self.storage.delete(&data_key).await?;
+            } else {
+                self.storage
+                    .rename(&data_key, &paths::blob_data(digest))
+                    .await?;
+                self.metrics.blob_added(size);
+            }
+            if !self.link_blob(&s.name, digest).await? {
+                return Err(RegistryError::Internal(
+                    "the blob was garbage collected while it was stored".into(),
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        let _ = self
+            .storage
+            .delete(&paths::upload_dir(&s.name, &s.id))
+            .await;
+        self.uploads.forget(&s.key());
+        committed
+    }
+
     /// Cancels an upload and removes its data, once the writer of a request dropped mid-body (if any) is done.
     pub async fn cancel_upload(&self, s: &UploadSession) -> Result<(), RegistryError> {
         // The session's state (made here when it was not kept, after a restart or a prune) is locked like an
