@@ -26,6 +26,16 @@
 # nginx + registry:2 with its in-memory and its Redis blob descriptor cache. HEAD blob and GET manifest rates
 # (h2load over HTTP/2) and the time of a 20-layer pull, one stack at a time; prints the table and the targets,
 # writes JSON with --out; exits non-zero on any error, not on a missed target. --smoke: a quick end-to-end form.
+#
+#   scripts/bench.sh --mirror [--smoke] [--out FILE.json] [more: bench/mirror.py --help]
+#
+# Pull-through mirrors instead: two berth stacks on loopback (TLS, basic auth), a remote holding a one-layer image
+# of 1 GiB and a mirror of it (berth-registry --config with [[mirrors]] prefix = "hub"). The first pull through the
+# mirror (a cache miss: the mirror forgets the image before each) against the same pull straight from the remote,
+# and the cached pull against one of a local repository of the mirror stack, skopeo copy to dir:, alternating runs;
+# the mirror registry's peak RSS. Prints the table and the targets, writes JSON with --out; exits non-zero on any
+# error (a failed pull, a digest mismatch, an error in berth's logs), not on a missed target. --smoke: a 64 MiB
+# layer, one run.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
@@ -54,6 +64,17 @@ if [ "${1:-}" = "--s3-cache" ]; then
     cargo build --release --locked --bins
   fi
   exec python3 bench/s3cache.py --bin-dir "${BERTH_BIN_DIR:-target/release}" "$@"
+fi
+
+if [ "${1:-}" = "--mirror" ]; then
+  shift
+  step "mirror: tools"
+  need curl:curl openssl:openssl python3:python3 htpasswd:apache2-utils skopeo:skopeo
+  if [ -z "${BERTH_BIN_DIR:-}" ]; then
+    step "mirror: release binaries"
+    cargo build --release --locked --bins
+  fi
+  exec python3 bench/mirror.py --bin-dir "${BERTH_BIN_DIR:-target/release}" "$@"
 fi
 
 step "bench: tools"

@@ -32,6 +32,11 @@ BENCH_OUT=$(mktemp /tmp/berth-s3cache-smoke.XXXXXX.json)
 BERTH_BIN_DIR=target/release scripts/bench.sh --s3-cache --smoke --out "$BENCH_OUT"
 rm -f "$BENCH_OUT"
 
+step "pull-through mirror benchmark smoke run: a 64 MiB layer through a mirror of a second berth stack (any error fails)"
+BENCH_OUT=$(mktemp /tmp/berth-mirror-smoke.XXXXXX.json)
+BERTH_BIN_DIR=target/release scripts/bench.sh --mirror --smoke --out "$BENCH_OUT"
+rm -f "$BENCH_OUT"
+
 step "soak smoke runs: 30 s of mixed load on the filesystem and on S3 (any failed operation fails the suite)"
 SOAK_DIR=$(mktemp -d /tmp/berth-soak-smoke.XXXXXX)
 # The collector runs every 5 s; its grace must outlast the longest push (a push on moto_server takes tens of
