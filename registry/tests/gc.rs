@@ -11,7 +11,7 @@ use std::process::Command;
 use bytes::Bytes;
 use common::s3::{check_bucket, Moto};
 use common::tools::{blob_bytes, oci_layout, pull_to_oci, run, skopeo, Distribution};
-use common::{files_under, full, sha256, Registry};
+use common::{blobs_on_disk, files_under, full, sha256, Registry};
 use http::{Method, StatusCode};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -123,20 +123,6 @@ fn image(config: (&str, usize), layers: &[(&str, usize)]) -> serde_json::Value {
         "layers": layers.iter().map(|(d, n)| serde_json::json!({
             "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n})).collect::<Vec<_>>(),
     })
-}
-
-/// Every blob in the data directory.
-fn blobs_on_disk(root: &Path) -> BTreeSet<String> {
-    files_under(&root.join("docker/registry/v2/blobs"))
-        .into_iter()
-        .filter_map(|f| {
-            let parts: Vec<&str> = f.split('/').collect();
-            match parts.as_slice() {
-                [alg, _, hex, "data"] => Some(format!("{alg}:{hex}")),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// Every link in every repository names a blob that is in the blob store.

@@ -51,17 +51,8 @@ fn log_of(dir: &Path) -> String {
 }
 
 /// Blob data files under a registry root, as `sha256:HEX`.
-fn stored_blobs(root: &Path) -> Vec<String> {
-    files_under(&root.join("docker/registry/v2/blobs"))
-        .iter()
-        .filter_map(|f| {
-            let parts: Vec<&str> = f.split('/').collect();
-            match parts.as_slice() {
-                [alg, _, hex, "data"] => Some(format!("{alg}:{hex}")),
-                _ => None,
-            }
-        })
-        .collect()
+fn stored_blobs(root: &Path) -> std::collections::BTreeSet<String> {
+    common::blobs_on_disk(root)
 }
 
 fn upload_sessions(root: &Path) -> Vec<String> {

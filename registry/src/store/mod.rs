@@ -529,20 +529,7 @@ impl RegistryStore {
         let pin = gc::Pin::take_waiting(self.storage.as_ref(), digest).await?;
         let stored = async {
             pin.check_fresh()?;
-            if self.blob_size(digest).await? != Some(bytes.len() as u64) {
-                let size = bytes.len() as u64;
-                self.storage.put(&paths::blob_data(digest), bytes).await?;
-                self.metrics.blob_added(size);
-            }
-            self.write_link(&paths::revision_link(name, digest), digest)
-                .await?;
-            if let Some(tag) = tag {
-                self.write_link(&paths::tag_index_link(name, tag, digest), digest)
-                    .await?;
-                self.write_link(&paths::tag_current_link(name, tag), digest)
-                    .await?;
-            }
-            Ok(())
+            self.write_manifest(name, tag, digest, bytes).await
         }
         .await;
         pin.release(self.storage.as_ref()).await;
@@ -561,6 +548,17 @@ impl RegistryStore {
     ) -> Result<(), RegistryError> {
         self.check_references(name, manifest).await?;
         pin.check_fresh()?;
+        self.write_manifest(name, tag, digest, bytes).await
+    }
+
+    /// Writes a pinned manifest, in the order that keeps a crash harmless: content, revision link, tag.
+    async fn write_manifest(
+        &self,
+        name: &RepoName,
+        tag: Option<&Tag>,
+        digest: &Digest,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
         if self.blob_size(digest).await? != Some(bytes.len() as u64) {
             let size = bytes.len() as u64;
             self.storage.put(&paths::blob_data(digest), bytes).await?;

@@ -389,14 +389,7 @@ impl RegistryStore {
                 "uploaded content has digest {actual}, not {digest}"
             )));
         }
-        if self.blob_size(digest).await? == Some(size) {
-            self.storage.delete(&data_key).await?;
-        } else {
-            self.storage
-                .rename(&data_key, &paths::blob_data(digest))
-                .await?;
-            self.metrics.blob_added(size);
-        }
+        self.move_into_blob_store(&data_key, digest, size).await?;
         let linked = self.link_blob(&s.name, digest).await?;
         self.storage
             .delete(&paths::upload_dir(&s.name, &s.id))
@@ -455,6 +448,25 @@ impl RegistryStore {
         stored
     }
 
+    /// Makes an upload's checked data the blob `digest`: moved into the blob store, or dropped when the same
+    /// content is there already.
+    async fn move_into_blob_store(
+        &self,
+        data_key: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        if self.blob_size(digest).await? == Some(size) {
+            self.storage.delete(data_key).await?;
+        } else {
+            self.storage
+                .rename(data_key, &paths::blob_data(digest))
+                .await?;
+            self.metrics.blob_added(size);
+        }
+        Ok(())
+    }
+
     /// Commits an upload whose data file a mirror wrote itself (on a filesystem, see
     /// [`crate::storage::Storage::local_path`]), made durable and checked against `digest`: moves it into the
     /// blob store and links it, as [`RegistryStore::commit_upload`] does after its own check.
@@ -466,14 +478,7 @@ impl RegistryStore {
     ) -> Result<(), RegistryError> {
         let data_key = paths::upload_data(&s.name, &s.id);
         let committed = async {
-            if self.blob_size(digest).await? == Some(size) {
-                self.storage.delete(&data_key).await?;
-            } else {
-                self.storage
-                    .rename(&data_key, &paths::blob_data(digest))
-                    .await?;
-                self.metrics.blob_added(size);
-            }
+            self.move_into_blob_store(&data_key, digest, size).await?;
             if !self.link_blob(&s.name, digest).await? {
                 return Err(RegistryError::Internal(
                     "the blob was garbage collected while it was stored".into(),

@@ -327,6 +327,20 @@ impl Drop for Registry {
     }
 }
 
+/// Every blob in a data directory, as `ALG:HEX`.
+pub fn blobs_on_disk(root: &Path) -> std::collections::BTreeSet<String> {
+    files_under(&root.join("docker/registry/v2/blobs"))
+        .into_iter()
+        .filter_map(|f| {
+            let parts: Vec<&str> = f.split('/').collect();
+            match parts.as_slice() {
+                [alg, _, hex, "data"] => Some(format!("{alg}:{hex}")),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Walks a directory tree and returns every file path relative to it.
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
