@@ -19,6 +19,7 @@ pub mod redis;
 pub mod server;
 pub mod storage;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -379,7 +379,11 @@ impl App {
     async fn dispatch(&self, req: Request<RequestBody>) -> Result<Reply, RegistryError> {
         // `?ns=`, OCI registry proxying: the namespace a client (containerd) pulls from through this mirror. Only
         // configured namespaces are answered; this is no open proxy.
-        let ns = param(&query(&req), "ns").map(str::to_string);
+        let ns = req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "ns")
+                .map(|(_, v)| v.into_owned())
+        });
         let Some(ns) = ns else {
             return self.route_request(req, None).await;
         };

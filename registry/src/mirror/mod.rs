@@ -433,7 +433,6 @@ impl Mirrors {
                 remote,
                 &path,
                 Some(MANIFEST_ACCEPT),
-                None,
                 Some(MANIFEST_TIMEOUT),
             )
             .await;
@@ -488,7 +487,6 @@ impl Mirrors {
                 remote,
                 &format!("/v2/{remote}/manifests/{reference}"),
                 Some(MANIFEST_ACCEPT),
-                None,
                 Some(MANIFEST_TIMEOUT),
             )
             .await?;
@@ -548,14 +546,7 @@ impl Mirrors {
         }
         let resp = match mirror
             .remote
-            .send(
-                Method::GET,
-                remote,
-                &path,
-                None,
-                None,
-                Some(MANIFEST_TIMEOUT),
-            )
+            .send(Method::GET, remote, &path, None, Some(MANIFEST_TIMEOUT))
             .await
         {
             Ok(r) => r,
@@ -664,7 +655,6 @@ impl Mirrors {
                 Method::HEAD,
                 remote,
                 &format!("/v2/{remote}/blobs/{d}"),
-                None,
                 None,
                 Some(MANIFEST_TIMEOUT),
             )
@@ -791,7 +781,6 @@ impl Mirrors {
                 Method::GET,
                 remote,
                 &format!("/v2/{remote}/blobs/{d}"),
-                None,
                 None,
                 None,
             )

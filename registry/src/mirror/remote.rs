@@ -215,33 +215,7 @@ pub struct Remote {
 
 /// The TLS settings for remotes: the system's roots plus `cafile`'s certificates.
 pub fn tls_config(cafile: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    if let Some(path) = cafile {
-        let mut n = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-        {
-            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(format!("{}: no PEM certificate in it", path.display()));
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = crate::tls::client_config(cafile, true)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -397,7 +371,6 @@ impl Remote {
         repo: &str,
         path: &str,
         accept: Option<&str>,
-        range: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, RemoteError> {
         let scope = format!("repository:{repo}:pull");
@@ -406,9 +379,6 @@ impl Remote {
             let mut r = self.client.request(method.clone(), &url);
             if let Some(a) = accept {
                 r = r.header(reqwest::header::ACCEPT, a);
-            }
-            if let Some(range) = range {
-                r = r.header(reqwest::header::RANGE, range);
             }
             if let Some(t) = timeout {
                 r = r.timeout(t);
