@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,8 +36,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
-from common import (DOCKER_ADDR, GiB, MiB, ROOT, BenchError, Blob, Context, Stack, http_status,  # noqa: E402
-                    log, make_certs, make_htpasswd, oci_layout, parse_size, random_file, run, skopeo_push,
+from common import (DOCKER_ADDR, GiB, MiB, ROOT, Blob, Context, Stack, http_status,  # noqa: E402
+                    log, make_certs, make_htpasswd, oci_layout, parse_size, random_file, run, run_reported, skopeo_push,
                     start_berth, start_nginx, step, wait_ready)
 from sections import (acl, docker, floods, gc, listing, machine, metrics, raw, requests, rss,  # noqa: E402
                       scaling, skopeo)
@@ -114,18 +113,10 @@ def main():
     nginx = Stack("nginx", "nginx + registry:2", work)
     stacks = [berth, nginx]
     cleanups = []  # run after the stacks have stopped, also on failure
-    rc = 0
     try:
-        rc = bench(Context(a, results, work, berth, nginx, stacks, smoke, runs, size, scaling_sizes, duration,
-                           listing_counts, pull_size, hashes, skip, cleanups))
-    except BenchError as e:
-        print(f"\nFAILED: {e}", file=sys.stderr)
-        results["error"] = str(e)
-        rc = 1
-    except subprocess.TimeoutExpired as e:
-        print(f"\nFAILED: timeout: {e}", file=sys.stderr)
-        results["error"] = f"timeout: {e}"
-        rc = 1
+        rc = run_reported(results, lambda: bench(Context(a, results, work, berth, nginx, stacks, smoke, runs, size,
+                                                         scaling_sizes, duration, listing_counts, pull_size, hashes,
+                                                         skip, cleanups)))
     finally:
         for st in stacks:
             st.stop()

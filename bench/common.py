@@ -18,6 +18,7 @@ import socket
 import ssl
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +36,37 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 # The docker section reaches both stacks on this address, the host side of a veth pair: Docker skips certificate
 # checks for registries on 127.0.0.0/8, so a loopback address would not measure the TLS a real client does.
 DOCKER_ADDR = "10.232.0.1"
+
+
+def run_reported(results, body):
+    """Runs body() and returns its exit status; a BenchError or a timeout is printed and recorded in
+    results["error"] as a failure (status 1)."""
+    try:
+        return body()
+    except BenchError as e:
+        print(f"\nFAILED: {e}", file=sys.stderr)
+        results["error"] = str(e)
+    except subprocess.TimeoutExpired as e:
+        print(f"\nFAILED: timeout: {e}", file=sys.stderr)
+        results["error"] = f"timeout: {e}"
+    return 1
+
+
+def report_logs(errors, warnings, results):
+    """Prints the first of berth's warnings and of the processes' errors (from a scan of their logs) and records
+    them in results; returns 1 when there are errors, else 0."""
+    if warnings:
+        print(f"\nberth logged {len(warnings)} warnings (not failures), the first ones:")
+        for w in warnings[:10]:
+            print(f"  {w}")
+        results["log_warnings"] = warnings
+    if errors:
+        print(f"\nFAILED: {len(errors)} errors in the processes' logs, the first ones:", file=sys.stderr)
+        for e in errors[:10]:
+            print(f"  {e}", file=sys.stderr)
+        results["log_errors"] = errors
+        return 1
+    return 0
 
 
 class BenchError(Exception):

@@ -51,7 +51,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,8 +61,8 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 from common import (  # noqa: E402
     MiB, GiB, PASSWORD, ROOT, USER, BenchError, Blob, RssSampler, Stack, curl_base, human_size, log, make_certs,
-    make_htpasswd, median, oci_layout, parse_size, random_file, rss_kib, run, skopeo_alone, skopeo_push, step,
-    wait_ready,
+    make_htpasswd, median, oci_layout, parse_size, random_file, report_logs, rss_kib, run, run_reported,
+    skopeo_alone, skopeo_push, step, wait_ready,
 )
 
 TAG = "latest"
@@ -445,32 +444,12 @@ def main(argv=None):
         "loadavg_start": open("/proc/loadavg").read().split()[:3], "versions": versions(a.bin_dir),
     }}
     stacks = []
-    rc = 0
     try:
-        rc = bench(a, work, stacks, results)
-    except BenchError as e:
-        print(f"\nFAILED: {e}", file=sys.stderr)
-        results["error"] = str(e)
-        rc = 1
-    except subprocess.TimeoutExpired as e:
-        print(f"\nFAILED: timeout: {e}", file=sys.stderr)
-        results["error"] = f"timeout: {e}"
-        rc = 1
+        rc = run_reported(results, lambda: bench(a, work, stacks, results))
     finally:
         for st in stacks:
             st.stop()
-        errors, warnings = scan_logs(stacks)
-        if warnings:
-            print(f"\nberth logged {len(warnings)} warnings (not failures), the first ones:")
-            for w in warnings[:10]:
-                print(f"  {w}")
-            results["log_warnings"] = warnings
-        if errors:
-            print(f"\nFAILED: {len(errors)} errors in the processes' logs, the first ones:", file=sys.stderr)
-            for e in errors[:10]:
-                print(f"  {e}", file=sys.stderr)
-            results["log_errors"] = errors
-            rc = 1
+        rc = max(rc, report_logs(*scan_logs(stacks), results))
         results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         if a.out:
             with open(a.out, "w") as f:

@@ -50,7 +50,6 @@ import re
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,8 +60,8 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 from common import (  # noqa: E402
     OCI_MANIFEST, ROOT, BenchError, Blob, Stack, alternate, children_of, cpu_delta, cpu_seconds, free_port, h2load,
-    log, make_certs, make_htpasswd, median, oci_layout, parse_size, random_file, run, skopeo_pull, skopeo_push,
-    stack_cpu, start_berth, start_moto, start_nginx, step,
+    log, make_certs, make_htpasswd, median, oci_layout, parse_size, random_file, report_logs, run, run_reported,
+    skopeo_pull, skopeo_push, stack_cpu, start_berth, start_moto, start_nginx, step,
 )
 
 KiB = 1024
@@ -557,33 +556,13 @@ def main(argv=None):
     }}
     shared = Stack("shared", "moto_server, relay, redis", work)
     stacks = []
-    rc = 0
     try:
-        rc = bench(a, work, shared, stacks, results)
-    except BenchError as e:
-        print(f"\nFAILED: {e}", file=sys.stderr)
-        results["error"] = str(e)
-        rc = 1
-    except subprocess.TimeoutExpired as e:
-        print(f"\nFAILED: timeout: {e}", file=sys.stderr)
-        results["error"] = f"timeout: {e}"
-        rc = 1
+        rc = run_reported(results, lambda: bench(a, work, shared, stacks, results))
     finally:
         for st in stacks:
             st.stop()
         shared.stop()
-        errors, warnings = scan_logs(stacks)
-        if warnings:
-            print(f"\nberth logged {len(warnings)} warnings (not failures), the first ones:")
-            for w in warnings[:10]:
-                print(f"  {w}")
-            results["log_warnings"] = warnings
-        if errors:
-            print(f"\nFAILED: {len(errors)} errors in the processes' logs, the first ones:", file=sys.stderr)
-            for e in errors[:10]:
-                print(f"  {e}", file=sys.stderr)
-            results["log_errors"] = errors
-            rc = 1
+        rc = max(rc, report_logs(*scan_logs(stacks), results))
         try:
             with open(os.path.join(shared.dir, "relay.log")) as f:
                 m = re.search(r"^relay: (\{.*\})$", f.read(), re.M)
