@@ -48,6 +48,9 @@ impl App {
         req: &Request<RequestBody>,
     ) -> Result<Reply, RegistryError> {
         let q = query(req);
+        if let Some(view) = param(&q, "berth") {
+            return self.browse(name, req, view).await;
+        }
         let n = number(&q, "n")?;
         // A mirrored repository lists the remote's tags; the stored ones while the remote is unreachable.
         let remote = match (self.mirrored(&name), &self.mirrors) {

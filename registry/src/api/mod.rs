@@ -1,6 +1,7 @@
 //! The HTTP API: the router and one module per resource.
 
 mod blobs;
+mod browse;
 mod listing;
 mod manifests;
 mod uploads;

@@ -20,7 +20,7 @@ use crate::error::RegistryError;
 use crate::metrics::Metrics;
 use crate::oci::{media, Algorithm, Digest, Hasher, Manifest, ManifestKind, RepoName, Tag};
 use crate::paths;
-use crate::storage::{ByteStream, Storage, StorageError};
+use crate::storage::{ByteStream, ObjectMeta, Storage, StorageError};
 
 pub use uploads::{BodyStream, UploadSession};
 
@@ -657,6 +657,52 @@ impl RegistryStore {
             tags.truncate(n);
         }
         Ok((tags, more))
+    }
+
+    /// A small blob's bytes (an image config) if it is in the blob store, through the metadata cache: for the
+    /// browsing view only, which shows what a config says.
+    pub async fn serve_small_blob(
+        &self,
+        d: &Digest,
+        limit: u64,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        absent(self.cached_small(&paths::blob_data(d), limit).await)
+    }
+
+    /// When each tag's link was last written (its last push), `None` where the tag went meanwhile. On a
+    /// filesystem each is a `stat` on the request's thread; elsewhere they are asked 32 at a time.
+    pub async fn tag_times(
+        &self,
+        name: &RepoName,
+        tags: &[String],
+    ) -> Result<Vec<Option<std::time::SystemTime>>, RegistryError> {
+        let dir = paths::tags_dir(name);
+        let mut times = Vec::with_capacity(tags.len());
+        for chunk in tags.chunks(32) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|t| format!("{dir}/{t}/current/link"))
+                .collect();
+            let metas =
+                futures_util::future::join_all(keys.iter().map(|k| self.storage.stat(k))).await;
+            for m in metas {
+                times.push(m?.and_then(|m: ObjectMeta| m.modified));
+            }
+        }
+        Ok(times)
+    }
+
+    /// Every tag name of a repository, sorted, from the (cached) listing; names that are no tags left out.
+    pub async fn tag_names(&self, name: &RepoName) -> Result<Arc<[String]>, RegistryError> {
+        let names = self.storage.list_shared(&paths::tags_dir(name)).await?;
+        if names.iter().all(|t| t.parse::<Tag>().is_ok()) {
+            return Ok(names);
+        }
+        Ok(names
+            .iter()
+            .filter(|t| t.parse::<Tag>().is_ok())
+            .cloned()
+            .collect())
     }
 
     /// Every repository name, sorted: folders under `repositories/` that hold `_manifests`.
