@@ -98,6 +98,10 @@ pub struct Config {
     /// How long a bearer token from `/_berth/token` is valid, in seconds (used when the access rules let
     /// anonymous clients pull).
     pub token_ttl_secs: u64,
+    /// Serve the web interface under `/ui/` (`BERTH_UI`).
+    pub ui: bool,
+    /// How long a web interface login lasts, in seconds (`BERTH_UI_SESSION_TTL`).
+    pub ui_session_ttl_secs: u64,
     /// How often the htpasswd and access files are checked for changes, in milliseconds.
     pub htpasswd_poll_ms: u64,
     /// Upstream connect timeout, in seconds.
@@ -177,6 +181,8 @@ impl Default for Config {
             audit_log: None,
             metrics_listen: None,
             token_ttl_secs: 300,
+            ui: true,
+            ui_session_ttl_secs: 8 * 3600,
             htpasswd_poll_ms: 1000,
             connect_timeout_secs: 5,
             read_timeout_secs: 900,
@@ -412,6 +418,21 @@ impl Config {
             "credential_cache_ttl_secs",
             &mut self.credential_cache_ttl_secs,
         );
+        number(
+            "BERTH_UI_SESSION_TTL",
+            "ui_session_ttl_secs",
+            &mut self.ui_session_ttl_secs,
+        );
+        if let Some(v) = env.var("BERTH_UI") {
+            match v.trim() {
+                "1" | "true" | "yes" => self.ui = true,
+                "0" | "false" | "no" => self.ui = false,
+                _ => problems.push(problem(
+                    "ui (BERTH_UI)",
+                    format!("{v:?} is not true or false"),
+                )),
+            }
+        }
         if let Some(v) = env.var("BERTH_PASS_AUTHORIZATION") {
             match v.trim() {
                 "1" | "true" | "yes" => self.pass_authorization = true,
@@ -478,7 +499,7 @@ impl Config {
                 p.push(problem("trusted_proxies (BERTH_TRUSTED_PROXIES)", e));
             }
         }
-        let positive: [(&str, u64); 18] = [
+        let positive: [(&str, u64); 19] = [
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("auth_verify_wait_ms", self.auth_verify_wait_ms),
             ("auth_failure_window_secs", self.auth_failure_window_secs),
@@ -499,6 +520,10 @@ impl Config {
                 self.auth_user_backoff_max_secs,
             ),
             ("token_ttl_secs", self.token_ttl_secs),
+            (
+                "ui_session_ttl_secs (BERTH_UI_SESSION_TTL)",
+                self.ui_session_ttl_secs,
+            ),
             ("connect_timeout_secs", self.connect_timeout_secs),
             (
                 "read_timeout_secs (BERTH_READ_TIMEOUT)",

@@ -44,6 +44,8 @@ pub enum Route {
     Token,
     /// Under `/v2/` or `/v1/`: needs credentials, then forwarded.
     Registry,
+    /// The web interface under `/ui/`, answered by the proxy (it asks the registry itself).
+    Ui,
     /// Anything else: 404, never forwarded.
     Unknown,
 }
@@ -78,6 +80,7 @@ pub fn classify(version: Version, uri: &Uri) -> Result<Route, &'static str> {
         p if p == "/v2" || p.starts_with("/v2/") || p == "/v1" || p.starts_with("/v1/") => {
             Route::Registry
         }
+        p if crate::ui::is_ui_path(p) => Route::Ui,
         _ => Route::Unknown,
     })
 }

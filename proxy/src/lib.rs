@@ -17,6 +17,7 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod tls;
+pub mod ui;
 pub mod upstream;
 pub mod users;
 pub mod watch;

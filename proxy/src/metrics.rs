@@ -69,7 +69,7 @@ pub struct Metrics {
 }
 
 /// Route classes, as [`route_index`] numbers them.
-pub const ROUTES: [&str; 14] = [
+pub const ROUTES: [&str; 15] = [
     "base",
     "manifest",
     "blob",
@@ -83,6 +83,7 @@ pub const ROUTES: [&str; 14] = [
     "health",
     "ready",
     "token",
+    "ui",
     "other",
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -289,7 +290,7 @@ fn class_index(status: u16) -> usize {
 
 /// The route class of a path, as the registry names its routes (`base`, `manifest`, `blob`,
 /// `blob_upload`, `blob_upload_chunk`, `tags`, `catalog`, `referrers`, `search`), or the proxy's own
-/// (`ping`, `health`, `ready`, `token`), else `other`.
+/// (`ping`, `health`, `ready`, `token`, `ui`), else `other`.
 pub fn route_label(path: &str) -> &'static str {
     ROUTES[route_index(path)]
 }
@@ -304,6 +305,7 @@ pub fn route_index(path: &str) -> usize {
         crate::forward::HEALTH_PATH => return 10,
         crate::forward::READY_PATH => return 11,
         crate::authn::token::TOKEN_PATH => return 12,
+        p if crate::ui::is_ui_path(p) => return 13,
         _ => {}
     }
     let other = ROUTES.len() - 1;

@@ -69,6 +69,7 @@ pub struct ProxyState {
     upstreams: Upstreams,
     trusted: Vec<ipnet::IpNet>,
     metrics: Arc<Metrics>,
+    ui: Option<crate::ui::Ui>,
 }
 
 impl ProxyState {
@@ -154,7 +155,14 @@ impl ProxyState {
             Duration::from_secs(config.read_timeout_secs),
         )
         .with_metrics(Arc::clone(&metrics));
+        let ui = config.ui.then(|| {
+            crate::ui::Ui::new(
+                &config.certs_dir,
+                Duration::from_secs(config.ui_session_ttl_secs),
+            )
+        });
         Ok(ProxyState {
+            ui,
             config,
             auth,
             authz: Arc::new(authz),
@@ -179,6 +187,26 @@ impl ProxyState {
     /// The access rules in force.
     pub fn authz(&self) -> &Arc<Authorizer> {
         &self.authz
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The registry replicas requests go to.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The web interface, unless it is turned off.
+    pub fn ui(&self) -> Option<&crate::ui::Ui> {
+        self.ui.as_ref()
     }
 
     /// The `WWW-Authenticate` value of a 401 for a request to `host`: Basic, or when the access rules let
@@ -879,12 +907,18 @@ async fn stages(
         Route::Ping => {
             return forward(state, peer, req, None, None, declared_length, bytes_in).await
         }
-        Route::Registry | Route::Token => {}
+        Route::Registry | Route::Token | Route::Ui => {}
     }
     if state.filter.refuses(user_agent) {
         return Err(Early::new(ProxyError::ClientRefused, None, req));
     }
     let client = client_address(state, peer, req.headers());
+    if route == Route::Ui {
+        let Some(ui) = state.ui() else {
+            return Err(Early::new(ProxyError::NotFound, None, req));
+        };
+        return Ok(crate::ui::handle(state, ui, req, peer, client).await);
+    }
     if route == Route::Token {
         return token(state, req, client).await;
     }

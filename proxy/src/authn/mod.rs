@@ -400,6 +400,15 @@ impl Authenticator {
         self.tokens.as_ref()
     }
 
+    /// A fingerprint of `user`'s line in the htpasswd file (`None`: no such user): web interface sessions are
+    /// bound to it, so a changed password or a removed user ends them.
+    pub fn user_fingerprint(&self, user: &str) -> Option<[u8; 32]> {
+        use sha2::Digest as _;
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let hash = users.htpasswd.hash_of(user)?;
+        Some(sha2::Sha256::digest(hash.as_bytes()).into())
+    }
+
     fn user_exists(&self, user: &str) -> bool {
         self.users
             .read()

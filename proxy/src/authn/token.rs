@@ -44,10 +44,10 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Reads the key in `dir`, or makes it when there is none (0600, written whole then renamed, never over
-/// another proxy's: when one appears meanwhile, it is read instead).
-fn load_key(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let path = dir.join(TOKEN_KEY_FILE);
+/// Reads the key `file` in `dir`, or makes it when there is none (0600, written whole then renamed, never
+/// over another proxy's: when one appears meanwhile, it is read instead).
+pub(crate) fn load_key(dir: &Path, file: &str) -> std::io::Result<Vec<u8>> {
+    let path = dir.join(file);
     let read = |path: &Path| -> std::io::Result<Vec<u8>> {
         let text = std::fs::read_to_string(path)?;
         hex::decode(text.trim())
@@ -84,7 +84,7 @@ impl Tokens {
     /// Tokens signed with the key in `dir` (made when missing), valid for `ttl`. When the key can be neither
     /// read nor made, tokens are signed with a key of this process only (and a warning says so).
     pub fn load(dir: &Path, ttl: Duration) -> Tokens {
-        let key = load_key(dir).unwrap_or_else(|e| {
+        let key = load_key(dir, TOKEN_KEY_FILE).unwrap_or_else(|e| {
             tracing::warn!(
                 "token key {}: {e}; tokens are signed with a key of this process only (other proxies, and \
                  this one after a restart, refuse them)",
@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(other.verify(&tok), Some(Some("alice".into())));
         // A key file that cannot be used is an error, never replaced.
         std::fs::write(dir.path().join(TOKEN_KEY_FILE), "not hex\n").unwrap();
-        assert!(load_key(dir.path()).is_err());
+        assert!(load_key(dir.path(), TOKEN_KEY_FILE).is_err());
         // Expired tokens fail.
         let short = Tokens::load(dir.path(), Duration::ZERO);
         assert_eq!(short.verify(&short.issue(Some("alice"))), None);
