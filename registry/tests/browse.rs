@@ -92,6 +92,10 @@ async fn json(reg: &Registry, path: &str) -> serde_json::Value {
 
 /// What the view says on any backend, with push times not checked.
 async fn check_view(reg: &Registry, amd: &str, amd_size: usize, index_size: usize) {
+    let s = json(reg, "/v2/app/tags/list?berth=info").await;
+    assert_eq!(s["tags"], 5);
+    assert!(s["deletes"].is_boolean());
+    assert!(s.get("pushed").is_none());
     let s = json(reg, "/v2/app/tags/list?berth=summary").await;
     assert_eq!(s["tags"], 5);
     assert!(s["pushed"].as_u64().is_some());

@@ -2,6 +2,7 @@
 //! (`GET /v2/NAME/tags/list?berth=summary|details`), so it goes through the same route, the same access rules
 //! and the same storage as every pull. It reads the registry's usual layout and writes nothing.
 //!
+//! - `berth=info`: `{"name", "tags": COUNT, "deletes": BOOL}`, without reading any tag.
 //! - `berth=summary`: `{"name", "tags": COUNT, "pushed": UNIX|null, "deletes": BOOL}`: how many tags and
 //!   when the last push of a tag happened.
 //! - `berth=details&sort=name|-name|pushed|-pushed&offset=O&n=N&q=TEXT`: one page (at most 100) of the tags
@@ -101,6 +102,11 @@ impl App {
         }
         let deletes = self.config.storage.delete_enabled && self.mirrored(&name).is_none();
         match view {
+            "info" => Ok(Reply::new(StatusCode::OK).json(&serde_json::json!({
+                "name": name.as_str(),
+                "tags": names.len(),
+                "deletes": deletes,
+            }))),
             "summary" => {
                 let times = self.store.tag_times(&name, &names).await?;
                 let pushed = times.into_iter().flatten().max();
@@ -187,7 +193,7 @@ impl App {
                 })))
             }
             other => Err(RegistryError::BadRequest(format!(
-                "berth must be summary or details, not {other:?}"
+                "berth must be info, summary or details, not {other:?}"
             ))),
         }
     }
@@ -201,7 +207,9 @@ impl App {
             platforms: Vec::new(),
             artifact_type: None,
         };
-        let Some(m) = self.store.serve_manifest(name, d).await? else {
+        // What cannot be read (gone meanwhile, too large, not fetched yet by a mirror) shows as unknown: one
+        // odd manifest never fails the page.
+        let Ok(Some(m)) = self.store.serve_manifest(name, d).await else {
             return Ok(row);
         };
         row.media_type = m.media_type.clone();
@@ -210,7 +218,7 @@ impl App {
         };
         row.artifact_type = loose.artifact_type.clone();
         if let Some(children) = &loose.manifests {
-            let mut total = 0u64;
+            let mut total = Some(0u64);
             for child in children {
                 let label = child.platform.as_ref().and_then(Platform::label);
                 let Some(label) = label else {
@@ -218,15 +226,19 @@ impl App {
                     continue;
                 };
                 row.platforms.push(label);
-                if let Ok(cd) = Digest::parse(&child.digest) {
-                    if let Some(cm) = self.store.serve_manifest(name, &cd).await? {
-                        if let Ok(c) = serde_json::from_slice::<Loose>(&cm.bytes) {
-                            total = total.saturating_add(image_size(&c));
-                        }
-                    }
-                }
+                let child_size = match Digest::parse(&child.digest) {
+                    Ok(cd) => match self.store.serve_manifest(name, &cd).await {
+                        Ok(Some(cm)) => serde_json::from_slice::<Loose>(&cm.bytes)
+                            .ok()
+                            .filter(|c| c.manifests.is_none())
+                            .map(|c| image_size(&c)),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                };
+                total = total.zip(child_size).map(|(a, b)| a.saturating_add(b));
             }
-            row.size = Some(total);
+            row.size = total;
             return Ok(row);
         }
         row.size = Some(image_size(&loose));
@@ -234,9 +246,9 @@ impl App {
             if row.artifact_type.is_none() && !is_image_config(config.media_type.as_deref()) {
                 row.artifact_type = config.media_type.clone();
             }
-            if is_image_config(config.media_type.as_deref()) {
+            if is_image_config(config.media_type.as_deref()) && config.size <= CONFIG_LIMIT {
                 if let Ok(cd) = Digest::parse(&config.digest) {
-                    if let Some(bytes) = self.store.serve_small_blob(&cd, CONFIG_LIMIT).await? {
+                    if let Ok(Some(bytes)) = self.store.serve_small_blob(&cd, CONFIG_LIMIT).await {
                         if let Ok(p) = serde_json::from_slice::<Platform>(&bytes) {
                             row.platforms.extend(p.label());
                         }
