@@ -32,7 +32,7 @@ impl Web {
     async fn get(&mut self, path: &str, cookie: Option<&str>) -> (http::response::Parts, String) {
         let mut b = self.c.request("GET", path).header("user-agent", BROWSER);
         if let Some(v) = cookie {
-            b = b.header("cookie", format!("berth_session={v}"));
+            b = b.header("cookie", format!("__Host-berth_session={v}"));
         }
         let (p, body) = self.c.send(b.body(empty()).unwrap()).await;
         (p, String::from_utf8_lossy(&body).into_owned())
@@ -55,7 +55,7 @@ impl Web {
             .header("content-type", "application/x-www-form-urlencoded")
             .header("content-length", body.len());
         if let Some(v) = cookie {
-            b = b.header("cookie", format!("berth_session={v}"));
+            b = b.header("cookie", format!("__Host-berth_session={v}"));
         }
         if let Some(o) = origin {
             b = b.header("origin", o);
@@ -82,12 +82,12 @@ impl Web {
             "HttpOnly",
             "Secure",
             "SameSite=Strict",
-            "Path=/ui/",
+            "Path=/;",
             "Max-Age=",
         ] {
             assert!(set.contains(attribute), "{set} lacks {attribute}");
         }
-        set.strip_prefix("berth_session=")
+        set.strip_prefix("__Host-berth_session=")
             .unwrap()
             .split(';')
             .next()

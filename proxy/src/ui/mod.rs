@@ -38,8 +38,12 @@ const REPOS_PER_PAGE: usize = 50;
 const TAGS_PER_PAGE: usize = 50;
 /// The largest answer read from the registry (a catalog, a tag list, a manifest, a config).
 const MAX_UPSTREAM_BODY: usize = 16 * 1024 * 1024;
+/// The largest image config read.
+const MAX_CONFIG: u64 = 4 * 1024 * 1024;
 /// The largest form accepted.
 const MAX_FORM: usize = 16 * 1024;
+/// The longest a form may take to arrive.
+const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 
 const CSS: &str = include_str!("assets/berth.css");
 const JS: &str = include_str!("assets/berth.js");
@@ -188,17 +192,27 @@ impl Ctx<'_> {
             }
         };
         let (parts, body) = resp.into_parts();
-        let bytes = match http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
+        let idle = Duration::from_secs(self.state.config().read_timeout_secs);
+        let read = tokio::time::timeout(
+            idle,
+            http_body_util::Limited::new(body, MAX_UPSTREAM_BODY).collect(),
+        );
+        let bytes = match read.await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
                 tracing::warn!("web interface: reading the registry's answer to {target}: {e}");
                 return Err(self.error(
                     StatusCode::BAD_GATEWAY,
                     "The registry's answer could not be read",
                     "It was cut off or too large to show.",
+                ));
+            }
+            Err(_) => {
+                tracing::warn!("web interface: the registry's answer to {target} stalled");
+                return Err(self.error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The registry's answer stalled",
+                    "Try again in a moment.",
                 ));
             }
         };
@@ -215,6 +229,11 @@ impl Ctx<'_> {
             StatusCode::NOT_FOUND => self.error(
                 StatusCode::NOT_FOUND,
                 "Not found",
+                &format!("{what}: {message}."),
+            ),
+            StatusCode::BAD_REQUEST => self.error(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
                 &format!("{what}: {message}."),
             ),
             StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => self.error(
@@ -376,11 +395,12 @@ fn same_origin(headers: &HeaderMap, host: &str) -> bool {
 }
 
 async fn read_form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
-    let body = http_body_util::Limited::new(req.into_body(), MAX_FORM)
-        .collect()
-        .await
-        .ok()?
-        .to_bytes();
+    // A form is small: one that does not arrive in time holds no connection for long.
+    let read = tokio::time::timeout(
+        FORM_TIMEOUT,
+        http_body_util::Limited::new(req.into_body(), MAX_FORM).collect(),
+    );
+    let body = read.await.ok()?.ok()?.to_bytes();
     Some(form_urlencoded::parse(&body).into_owned().collect())
 }
 
@@ -596,7 +616,7 @@ async fn login(ctx: &Ctx<'_>, req: Request<Incoming>) -> (Response<ProxyBody>, O
             let cookie = ctx.ui.sessions.issue(&user, &fp);
             let mut resp = redirect(&next);
             let set = format!(
-                "{COOKIE}={cookie}; Path=/ui/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+                "{COOKIE}={cookie}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
                 ctx.ui.sessions.ttl().as_secs()
             );
             if let Ok(v) = HeaderValue::from_str(&set) {
@@ -684,12 +704,13 @@ async fn logout(ctx: &Ctx<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
         Ok(ok) => ok,
         Err(resp) => return resp,
     };
+    // A small file written on this thread: logouts are rare.
     ctx.ui.sessions.revoke(&session);
     let mut resp = redirect("/ui/login");
     resp.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static(
-            "berth_session=; Path=/ui/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
+            "__Host-berth_session=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
         ),
     );
     resp
@@ -731,9 +752,14 @@ async fn repos(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Response<ProxyBody> {
         }
         _ => Vec::new(),
     };
+    // The registry filtered the list already; this keeps the page to names it can ask about.
     let matching: Vec<String> = names
         .into_iter()
-        .filter(|n| n.contains(filter.as_str()))
+        .filter(|n| {
+            n.contains(filter.as_str())
+                && berth_glob::valid_repo_name(n)
+                && ctx.may(n, Action::Pull)
+        })
         .collect();
     let total = matching.len();
     let pages = total.div_ceil(REPOS_PER_PAGE).max(1);
@@ -743,14 +769,20 @@ async fn repos(ctx: &Ctx<'_>, req: &Request<Incoming>) -> Response<ProxyBody> {
         .skip((page - 1) * REPOS_PER_PAGE)
         .take(REPOS_PER_PAGE)
         .collect();
-    let summaries = futures_util::future::join_all(on_page.iter().map(|name| async move {
-        let target = format!("/v2/{name}/tags/list?berth=summary");
-        match ctx.upstream(Method::GET, &target, None, None).await {
-            Ok((StatusCode::OK, _, body)) => serde_json::from_slice::<Summary>(&body).ok(),
-            _ => None,
-        }
-    }))
-    .await;
+    // Eight at a time: a summary reads the time of every tag of its repository.
+    let mut summaries = Vec::with_capacity(on_page.len());
+    for chunk in on_page.chunks(8) {
+        summaries.extend(
+            futures_util::future::join_all(chunk.iter().map(|name| async move {
+                let target = format!("/v2/{name}/tags/list?berth=summary");
+                match ctx.upstream(Method::GET, &target, None, None).await {
+                    Ok((StatusCode::OK, _, body)) => serde_json::from_slice::<Summary>(&body).ok(),
+                    _ => None,
+                }
+            }))
+            .await,
+        );
+    }
     let rows = on_page
         .into_iter()
         .zip(summaries)
@@ -1081,11 +1113,11 @@ async fn image(ctx: &Ctx<'_>, repo: &str, reference: &str) -> Response<ProxyBody
         None => {
             let config_type = doc.config.as_ref().and_then(|c| c.media_type.clone());
             let mut config = None;
-            if let Some(c) = doc
-                .config
-                .as_ref()
-                .filter(|c| is_image_config(c.media_type.as_deref()) && valid_digest(&c.digest))
-            {
+            if let Some(c) = doc.config.as_ref().filter(|c| {
+                is_image_config(c.media_type.as_deref())
+                    && valid_digest(&c.digest)
+                    && c.size <= MAX_CONFIG
+            }) {
                 let target = format!("/v2/{repo}/blobs/{}", c.digest);
                 if let Ok((StatusCode::OK, _, bytes)) =
                     ctx.upstream(Method::GET, &target, None, None).await
@@ -1141,7 +1173,7 @@ async fn image(ctx: &Ctx<'_>, repo: &str, reference: &str) -> Response<ProxyBody
 
 /// Whether the registry takes deletes in this repository (deletes enabled, no mirror).
 async fn deletes_enabled(ctx: &Ctx<'_>, repo: &str) -> bool {
-    let target = format!("/v2/{repo}/tags/list?berth=summary");
+    let target = format!("/v2/{repo}/tags/list?berth=info");
     match ctx.upstream(Method::GET, &target, None, None).await {
         Ok((StatusCode::OK, _, body)) => serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -1188,11 +1220,22 @@ async fn delete(ctx: &Ctx<'_>, req: Request<Incoming>, repo: &str) -> Response<P
         Ok(ok) => ok,
         Err(resp) => return resp,
     };
+    let reference = param(&form, "ref").unwrap_or("");
     let repo = match deletable(ctx, repo) {
         Ok(r) => r,
-        Err(resp) => return *resp,
+        Err(resp) => {
+            ctx.state.audit().record(&AuditEvent {
+                user: Some(&session.user),
+                client: ctx.client,
+                action: "delete",
+                repository: Some(repo),
+                reference: Some(reference),
+                status: resp.status().as_u16(),
+                reason: Some("the access rules do not allow it (web interface)"),
+            });
+            return *resp;
+        }
     };
-    let reference = param(&form, "ref").unwrap_or("");
     if !valid_reference(reference) {
         return ctx.error(
             StatusCode::BAD_REQUEST,

@@ -66,6 +66,18 @@ fn image_url(h: &mut Html, repo: &str, reference: &str) {
     h.s("/ui/r/").t(repo).s("/-/image/").t(reference);
 }
 
+/// A digest as a link to its image page; a digest that is none (a manifest can say anything) as text only.
+fn digest_link(h: &mut Html, repo: &str, digest: &str, short: bool) {
+    let text = if short { short_digest(digest) } else { digest };
+    if !super::valid_digest(digest) {
+        h.t(text);
+        return;
+    }
+    h.s("<a href=\"");
+    image_url(h, repo, digest);
+    h.s("\" title=\"").t(digest).s("\">").t(text).s("</a>");
+}
+
 fn short_digest(d: &str) -> &str {
     match d.split_once(':') {
         Some((_, hex)) if hex.len() > 12 => &d[..d.len() - hex.len() + 12],
@@ -364,7 +376,11 @@ pub fn tags(c: &Chrome, t: &Tags) -> String {
         .t(&t.sort)
         .s("\"><button type=\"submit\">Filter</button></form>");
     if t.rows.is_empty() {
-        if t.filter.is_empty() {
+        if t.total > 0 {
+            h.s("<p class=\"empty\">Nothing on this page any more: tags were deleted meanwhile. <a href=\"");
+            repo_url(&mut h, &t.repo);
+            h.s("\">Back to the first page</a></p>");
+        } else if t.filter.is_empty() {
             h.s("<div class=\"empty\"><p>No tags in this repository.</p>");
             copy_line(
                 &mut h,
@@ -414,15 +430,9 @@ pub fn tags(c: &Chrome, t: &Tags) -> String {
     for row in &t.rows {
         h.s("<tr><td class=\"tag\"><a href=\"");
         image_url(&mut h, &t.repo, &row.tag);
-        h.s("\">")
-            .t(&row.tag)
-            .s("</a></td><td class=\"mono\"><a href=\"");
-        image_url(&mut h, &t.repo, &row.digest);
-        h.s("\" title=\"")
-            .t(&row.digest)
-            .s("\">")
-            .t(short_digest(&row.digest))
-            .s("</a></td><td class=\"num\">");
+        h.s("\">").t(&row.tag).s("</a></td><td class=\"mono\">");
+        digest_link(&mut h, &t.repo, &row.digest, true);
+        h.s("</td><td class=\"num\">");
         match row.size {
             Some(n) => h.t(&human_size(n)),
             None => h.s("?"),
@@ -615,7 +625,7 @@ pub fn image(c: &Chrome, i: &Image) -> String {
         .s("</dd>");
     match &i.body {
         Body::Image { layers, .. } => {
-            let total: u64 = layers.iter().map(|l| l.size).sum();
+            let total = layers.iter().fold(0u64, |a, l| a.saturating_add(l.size));
             h.s("<dt>Layers</dt><dd><span class=\"layer-count\">")
                 .n(layers.len() as u64)
                 .s("</span> (")
@@ -635,11 +645,9 @@ pub fn image(c: &Chrome, i: &Image) -> String {
             for m in manifests {
                 h.s("<tr><td>")
                     .t(m.label.as_deref().unwrap_or("unknown"))
-                    .s("</td><td class=\"mono\"><a href=\"");
-                image_url(&mut h, &i.repo, &m.digest);
-                h.s("\">")
-                    .t(&m.digest)
-                    .s("</a></td><td class=\"num\">")
+                    .s("</td><td class=\"mono\">");
+                digest_link(&mut h, &i.repo, &m.digest, false);
+                h.s("</td><td class=\"num\">")
                     .t(&human_size(m.size))
                     .s("</td></tr>");
             }
@@ -737,13 +745,9 @@ pub fn image(c: &Chrome, i: &Image) -> String {
         for r in &i.referrers {
             h.s("<tr><td class=\"mono\">")
                 .t(r.label.as_deref().unwrap_or("unknown"))
-                .s("</td><td class=\"mono\"><a href=\"");
-            image_url(&mut h, &i.repo, &r.digest);
-            h.s("\" title=\"")
-                .t(&r.digest)
-                .s("\">")
-                .t(short_digest(&r.digest))
-                .s("</a></td><td class=\"num\">")
+                .s("</td><td class=\"mono\">");
+            digest_link(&mut h, &i.repo, &r.digest, true);
+            h.s("</td><td class=\"num\">")
                 .t(&human_size(r.size))
                 .s("</td><td>")
                 .t(r.created.as_deref().unwrap_or(""))
@@ -958,6 +962,19 @@ mod tests {
         assert!(page.contains("application/vnd.example.sbom"));
         assert!(page.contains("/-/delete?ref=v1"));
         assert_no_injection(&page);
+    }
+
+    #[test]
+    fn only_real_digests_become_links() {
+        let mut h = Html::new();
+        digest_link(&mut h, "app", "../../../v2/x/tags/list", false);
+        assert_eq!(h.finish(), "../../../v2/x/tags/list");
+        let d = format!("sha256:{}", "ef".repeat(32));
+        let mut h = Html::new();
+        digest_link(&mut h, "app", &d, true);
+        assert!(h
+            .finish()
+            .starts_with(&format!("<a href=\"/ui/r/app/-/image/{d}\"")));
     }
 
     #[test]

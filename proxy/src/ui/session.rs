@@ -1,13 +1,20 @@
-//! Web interface sessions: a signed cookie that says who and until when, bound to the user's htpasswd line (a
-//! changed password or a removed user ends it), ended early by logging out; and the token that each form
-//! carries against cross-site request forgery.
+//! Web interface sessions: a signed cookie that says who, since when and until when, bound to the user's
+//! htpasswd line (a changed password or a removed user ends it), ended early by logging out; and the token
+//! that each form carries against cross-site request forgery.
 //!
-//! The cookie is `berth_session=v1.USER.EXPIRY.NONCE.MAC`: the user name in base64url, the expiry in Unix
-//! seconds, 16 random bytes in hex, and an HMAC-SHA256 under `ui-session.key` in the certificates folder (0600,
-//! made at first use, shared by proxies sharing the folder) over all of it and the user's htpasswd line.
+//! The cookie is `__Host-berth_session=v1.USER.ISSUED.EXPIRY.NONCE.MAC` (`__Host-`: only this host, over
+//! https, `Path=/`, so no neighbouring site can plant one): the user name in base64url, when it was issued
+//! (Unix milliseconds), the expiry (Unix seconds), 16 random bytes in hex, and an HMAC-SHA256 under
+//! `ui-session.key` in the certificates folder (0600, made at first use, shared by proxies sharing the folder)
+//! over all of it and the user's htpasswd line.
+//!
+//! Logging out ends every session of that user issued before it: the moment is kept per user in
+//! `ui-logouts` next to the key (written whole then renamed, re-read when another proxy changes it), so it
+//! survives restarts, holds one line per user, and proxies sharing the folder share it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,28 +27,108 @@ use subtle::ConstantTimeEq;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The cookie's name.
-pub const COOKIE: &str = "berth_session";
+pub const COOKIE: &str = "__Host-berth_session";
 /// The key file in the certificates folder.
 pub const KEY_FILE: &str = "ui-session.key";
-/// Most logged-out sessions remembered until they expire.
-const MAX_REVOKED: usize = 100_000;
+/// The logouts file in the certificates folder.
+pub const LOGOUTS_FILE: &str = "ui-logouts";
 
 /// A valid session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     /// Who logged in.
     pub user: String,
-    /// Its random part, what logging out revokes and what the form token is made from.
+    /// Its random part, what the form token is made from.
     pub nonce: String,
+    /// When it was issued, Unix milliseconds.
+    pub issued: u64,
     /// When it ends, Unix seconds.
     pub expires: u64,
+}
+
+/// When each user last logged out, Unix milliseconds: sessions issued before are void.
+#[derive(Debug, Default)]
+struct Logouts {
+    path: Option<PathBuf>,
+    state: Mutex<(Option<crate::watch::FileStamp>, HashMap<String, u64>)>,
+}
+
+impl Logouts {
+    fn parse(text: &str) -> HashMap<String, u64> {
+        text.lines()
+            .filter_map(|l| {
+                let (user, at) = l.split_once(' ')?;
+                let user = String::from_utf8(URL_SAFE_NO_PAD.decode(user).ok()?).ok()?;
+                Some((user, at.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The user's last logout, after re-reading the file if another proxy changed it.
+    fn cutoff(&self, user: &str) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &self.path {
+            let now = crate::watch::stamp(path);
+            if now != state.0 {
+                state.1 = std::fs::read_to_string(path)
+                    .map(|t| Logouts::parse(&t))
+                    .unwrap_or_default();
+                state.0 = now;
+            }
+        }
+        state.1.get(user).copied()
+    }
+
+    /// Records a logout of `user` at `at`; entries older than `forget_before` (every session they void has
+    /// expired) are dropped. Written whole, then renamed over the file.
+    fn record(&self, user: &str, at: u64, forget_before: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &self.path {
+            if let Ok(t) = std::fs::read_to_string(path) {
+                for (u, t) in Logouts::parse(&t) {
+                    let e = state.1.entry(u).or_insert(t);
+                    *e = (*e).max(t);
+                }
+            }
+        }
+        let e = state.1.entry(user.to_string()).or_insert(at);
+        *e = (*e).max(at);
+        state.1.retain(|_, t| *t >= forget_before);
+        let Some(path) = &self.path else {
+            return;
+        };
+        let mut text = String::new();
+        for (u, t) in &state.1 {
+            text.push_str(&format!("{} {t}\n", URL_SAFE_NO_PAD.encode(u.as_bytes())));
+        }
+        let written = (|| -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                tmp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            tmp.write_all(text.as_bytes())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(path).map_err(|e| e.error)?;
+            Ok(())
+        })();
+        match written {
+            Ok(()) => state.0 = crate::watch::stamp(path),
+            Err(e) => tracing::warn!(
+                "{}: {e}; this logout holds in this process only",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// Issues and checks sessions.
 pub struct Sessions {
     mac: HmacSha256,
     ttl: Duration,
-    revoked: Mutex<HashMap<String, u64>>,
+    logouts: Logouts,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -50,10 +137,14 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-fn now_secs() -> u64 {
+fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn now_secs() -> u64 {
+    now_millis() / 1000
 }
 
 impl Sessions {
@@ -67,15 +158,17 @@ impl Sessions {
             );
             rand::random::<[u8; 32]>().to_vec()
         });
-        Sessions::with_key(&key, ttl)
+        let mut sessions = Sessions::with_key(&key, ttl);
+        sessions.logouts.path = Some(dir.join(LOGOUTS_FILE));
+        sessions
     }
 
-    /// Sessions signed with `key`.
+    /// Sessions signed with `key`, logouts kept in memory only.
     pub fn with_key(key: &[u8], ttl: Duration) -> Sessions {
         Sessions {
             mac: HmacSha256::new_from_slice(key).expect("HMAC takes a key of any length"),
             ttl,
-            revoked: Mutex::new(HashMap::new()),
+            logouts: Logouts::default(),
         }
     }
 
@@ -84,10 +177,19 @@ impl Sessions {
         self.ttl
     }
 
-    fn sign(&self, user_b64: &str, expires: u64, nonce: &str, fingerprint: &[u8; 32]) -> String {
+    fn sign(
+        &self,
+        user_b64: &str,
+        issued: u64,
+        expires: u64,
+        nonce: &str,
+        fingerprint: &[u8; 32],
+    ) -> String {
         let mut mac = self.mac.clone();
         mac.update(b"berth-ui-session\0");
         mac.update(user_b64.as_bytes());
+        mac.update(b"\0");
+        mac.update(issued.to_string().as_bytes());
         mac.update(b"\0");
         mac.update(expires.to_string().as_bytes());
         mac.update(b"\0");
@@ -100,13 +202,15 @@ impl Sessions {
     /// A new session's cookie value for `user`, whose htpasswd line has `fingerprint`.
     pub fn issue(&self, user: &str, fingerprint: &[u8; 32]) -> String {
         let user_b64 = URL_SAFE_NO_PAD.encode(user.as_bytes());
-        let expires = now_secs().saturating_add(self.ttl.as_secs());
+        // Always after the user's last logout, even within the same millisecond.
+        let issued = now_millis().max(self.logouts.cutoff(user).map_or(0, |c| c.saturating_add(1)));
+        let expires = (issued / 1000).saturating_add(self.ttl.as_secs());
         let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let mac = self.sign(&user_b64, expires, &nonce, fingerprint);
-        format!("v1.{user_b64}.{expires}.{nonce}.{mac}")
+        let mac = self.sign(&user_b64, issued, expires, &nonce, fingerprint);
+        format!("v1.{user_b64}.{issued}.{expires}.{nonce}.{mac}")
     }
 
-    /// The session a cookie value stands for, if it is genuine, unexpired, not logged out, and
+    /// The session a cookie value stands for, if it is genuine, unexpired, issued after its user's last logout, and
     /// `fingerprint` (the named user's htpasswd line now; `None` when there is no such user) is the one it
     /// was issued for.
     pub fn verify(
@@ -115,7 +219,8 @@ impl Sessions {
         fingerprint: impl FnOnce(&str) -> Option<[u8; 32]>,
     ) -> Option<Session> {
         let mut parts = value.split('.');
-        let (Some("v1"), Some(user_b64), Some(expires), Some(nonce), Some(mac), None) = (
+        let (Some("v1"), Some(user_b64), Some(issued), Some(expires), Some(nonce), Some(mac), None) = (
+            parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
@@ -125,41 +230,39 @@ impl Sessions {
         ) else {
             return None;
         };
+        let issued: u64 = issued.parse().ok()?;
         let expires: u64 = expires.parse().ok()?;
         if expires <= now_secs() || nonce.len() != 32 {
             return None;
         }
         let user = String::from_utf8(URL_SAFE_NO_PAD.decode(user_b64).ok()?).ok()?;
         let fp = fingerprint(&user)?;
-        let want = self.sign(user_b64, expires, nonce, &fp);
+        let want = self.sign(user_b64, issued, expires, nonce, &fp);
         if !bool::from(want.as_bytes().ct_eq(mac.as_bytes())) {
             return None;
         }
         if self
-            .revoked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(nonce)
+            .logouts
+            .cutoff(&user)
+            .is_some_and(|cutoff| issued <= cutoff)
         {
             return None;
         }
         Some(Session {
             user,
             nonce: nonce.to_string(),
+            issued,
             expires,
         })
     }
 
-    /// Ends a session before its time (logging out).
+    /// Logging out: ends this session and every other session of its user issued before now. Blocking (writes
+    /// the logouts file).
     pub fn revoke(&self, session: &Session) {
-        let now = now_secs();
-        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        if revoked.len() >= MAX_REVOKED {
-            revoked.retain(|_, expires| *expires > now);
-        }
-        if revoked.len() < MAX_REVOKED {
-            revoked.insert(session.nonce.clone(), session.expires);
-        }
+        let now = now_millis().max(session.issued);
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        self.logouts
+            .record(&session.user, now, now.saturating_sub(ttl_ms));
     }
 
     /// The token a session's forms carry: only pages of this session know it.
@@ -211,15 +314,44 @@ mod tests {
     }
 
     #[test]
-    fn logging_out_ends_the_session_and_expiry_too() {
+    fn logging_out_ends_the_users_sessions_and_expiry_too() {
         let s = Sessions::with_key(b"k", Duration::from_secs(60));
         let v = s.issue("alice", &FP);
+        let other = s.issue("alice", &FP);
+        let bob = s.issue("bob", &FP);
         let session = s.verify(&v, |_| Some(FP)).unwrap();
         s.revoke(&session);
         assert!(s.verify(&v, |_| Some(FP)).is_none());
+        assert!(s.verify(&other, |_| Some(FP)).is_none());
+        assert!(s.verify(&bob, |_| Some(FP)).is_some());
         let expired = Sessions::with_key(b"k", Duration::from_secs(0));
         let v = expired.issue("alice", &FP);
         assert!(expired.verify(&v, |_| Some(FP)).is_none());
+    }
+
+    #[test]
+    fn logouts_survive_a_restart_and_are_shared_through_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Sessions::load(dir.path(), Duration::from_secs(60));
+        let b = Sessions::load(dir.path(), Duration::from_secs(60));
+        let v = a.issue("al ice", &FP);
+        let session = b.verify(&v, |_| Some(FP)).expect("shared key");
+        a.revoke(&session);
+        assert!(b.verify(&v, |_| Some(FP)).is_none(), "the other proxy");
+        let restarted = Sessions::load(dir.path(), Duration::from_secs(60));
+        assert!(
+            restarted.verify(&v, |_| Some(FP)).is_none(),
+            "after a restart"
+        );
+        assert!(restarted
+            .verify(&restarted.issue("al ice", &FP), |_| Some(FP))
+            .is_some());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(LOGOUTS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
@@ -237,7 +369,9 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.append(
             http::header::COOKIE,
-            "a=1; berth_session=v1.x".parse().unwrap(),
+            "a=1; __Host-berth_session=v1.x; berth_session=v1.y"
+                .parse()
+                .unwrap(),
         );
         assert_eq!(cookie_value(&h), Some("v1.x"));
     }
