@@ -36,6 +36,16 @@
 # the mirror registry's peak RSS. Prints the table and the targets, writes JSON with --out; exits non-zero on any
 # error (a failed pull, a digest mismatch, an error in berth's logs), not on a missed target. --smoke: a 64 MiB
 # layer, one run.
+#
+#   scripts/bench.sh --ui [--smoke] [--out FILE.json] [more: bench/ui.py --help]
+#
+# The web interface instead: one berth stack on loopback, a repository of 10,000 tags (one small image pushed to
+# the registry, its manifest tagged t00000 .. t09999), a login, then the server time (the client's, on one
+# keep-alive HTTPS connection) of the repository page (first page by name, sort=-pushed, a middle page), an image
+# page and the repository list, 50 requests each after a warm-up: p50, p95 and max per page. Prints the table and
+# the target (the repository page under 100 ms at p50), writes JSON with --out; exits non-zero on any error (a
+# request that did not answer 200 with the expected page, an error in berth's logs), not on a missed target.
+# --smoke: 500 tags, 5 requests per page.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
@@ -75,6 +85,17 @@ if [ "${1:-}" = "--mirror" ]; then
     cargo build --release --locked --bins
   fi
   exec python3 bench/mirror.py --bin-dir "${BERTH_BIN_DIR:-target/release}" "$@"
+fi
+
+if [ "${1:-}" = "--ui" ]; then
+  shift
+  step "web interface: tools"
+  need curl:curl openssl:openssl python3:python3 htpasswd:apache2-utils
+  if [ -z "${BERTH_BIN_DIR:-}" ]; then
+    step "web interface: release binaries"
+    cargo build --release --locked --bins
+  fi
+  exec python3 bench/ui.py --bin-dir "${BERTH_BIN_DIR:-target/release}" "$@"
 fi
 
 step "bench: tools"

@@ -22,6 +22,9 @@ step "end-to-end"
 BERTH_BIN_DIR=target/release scripts/e2e-registry.sh
 BERTH_BIN_DIR=target/release scripts/e2e.sh
 
+step "web interface in a real browser (chromium + chromedriver + Selenium; screenshots in target/ui-test)"
+BERTH_BIN_DIR=target/release python3 scripts/ui-test.py --out target/ui-test
+
 step "benchmark smoke run (both stacks serve; figures are not checked)"
 BENCH_OUT=$(mktemp /tmp/berth-bench-smoke.XXXXXX.json)
 BERTH_BIN_DIR=target/release scripts/bench.sh --smoke --out "$BENCH_OUT"
@@ -35,6 +38,11 @@ rm -f "$BENCH_OUT"
 step "pull-through mirror benchmark smoke run: a 64 MiB layer through a mirror of a second berth stack (any error fails)"
 BENCH_OUT=$(mktemp /tmp/berth-mirror-smoke.XXXXXX.json)
 BERTH_BIN_DIR=target/release scripts/bench.sh --mirror --smoke --out "$BENCH_OUT"
+rm -f "$BENCH_OUT"
+
+step "web interface benchmark smoke run: pages of a repository with 500 tags (any error fails; figures are not checked)"
+BENCH_OUT=$(mktemp /tmp/berth-ui-smoke.XXXXXX.json)
+BERTH_BIN_DIR=target/release scripts/bench.sh --ui --smoke --out "$BENCH_OUT"
 rm -f "$BENCH_OUT"
 
 step "soak smoke runs: 30 s of mixed load on the filesystem and on S3 (any failed operation fails the suite)"
