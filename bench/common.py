@@ -73,6 +73,32 @@ class BenchError(Exception):
     """A stack failed to serve or a tool failed: the run is invalid."""
 
 
+def tool_versions(cmds):
+    """The first line each version command prints: {name: [argv]} -> {name: line}."""
+    out = {}
+    for name, cmd in cmds.items():
+        p = run(cmd, check=False)
+        out[name] = ((p.stdout + p.stderr).strip().splitlines() or ["?"])[0]
+    return out
+
+
+def berth_versions(bin_dir, **more):
+    """The versions of the two berth binaries in bin_dir, and of the tools in `more` (name=argv)."""
+    cmds = {b: [os.path.join(bin_dir, b), "--version"] for b in ("berth-registry", "berth-proxy")}
+    cmds.update(more)
+    return tool_versions(cmds)
+
+
+def preflight(bin_dir, tools, flag):
+    """Exits with one FAILED line when a berth binary or a tool is missing (scripts/bench.sh FLAG installs them)."""
+    for b in ("berth-proxy", "berth-registry"):
+        if not os.access(os.path.join(bin_dir, b), os.X_OK):
+            sys.exit(f"FAILED: {bin_dir}/{b} missing: cargo build --release --bins")
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        sys.exit(f"FAILED: {', '.join(missing)} missing: scripts/bench.sh {flag} installs them")
+
+
 def log(msg):
     print(f"    {msg}", flush=True)
 

@@ -62,7 +62,7 @@ if BENCH_DIR not in sys.path:
 from common import (  # noqa: E402
     MiB, GiB, PASSWORD, ROOT, USER, BenchError, Blob, RssSampler, Stack, curl_base, human_size, log, make_certs,
     make_htpasswd, median, oci_layout, parse_size, random_file, report_logs, rss_kib, run, run_reported,
-    skopeo_alone, skopeo_push, step, wait_ready,
+    skopeo_alone, skopeo_push, step, wait_ready, berth_versions, preflight,
 )
 
 TAG = "latest"
@@ -403,16 +403,6 @@ def scan_logs(stacks):
     return out, warnings
 
 
-def versions(bin_dir):
-    out = {}
-    for name, cmd in (("berth-registry", [os.path.join(bin_dir, "berth-registry"), "--version"]),
-                      ("berth-proxy", [os.path.join(bin_dir, "berth-proxy"), "--version"]),
-                      ("skopeo", ["skopeo", "--version"])):
-        p = run(cmd, check=False)
-        out[name] = ((p.stdout + p.stderr).strip().splitlines() or ["?"])[0]
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a 64 MiB layer, 1 run: the whole thing end to end, "
@@ -429,19 +419,14 @@ def main(argv=None):
     a.size = a.size or (64 * MiB if a.smoke else GiB)
     a.runs = a.runs or (1 if a.smoke else 3)
     a.bin_dir = os.path.abspath(a.bin_dir)
-    for b in ("berth-proxy", "berth-registry"):
-        if not os.access(os.path.join(a.bin_dir, b), os.X_OK):
-            sys.exit(f"FAILED: {a.bin_dir}/{b} missing: cargo build --release --bins")
-    missing = [t for t in ("skopeo", "curl", "openssl", "htpasswd") if not shutil.which(t)]
-    if missing:
-        sys.exit(f"FAILED: {', '.join(missing)} missing: scripts/bench.sh --mirror installs them")
+    preflight(a.bin_dir, ("skopeo", "curl", "openssl", "htpasswd"), "--mirror")
 
     work = tempfile.mkdtemp(prefix="berth-mirror.", dir=os.environ.get("BERTH_BENCH_TMP", "/tmp"))
     os.chmod(work, 0o755)
     results = {"meta": {
         "smoke": a.smoke, "size": a.size, "runs": a.runs, "client": a.client, "bin_dir": a.bin_dir,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(),
-        "loadavg_start": open("/proc/loadavg").read().split()[:3], "versions": versions(a.bin_dir),
+        "loadavg_start": open("/proc/loadavg").read().split()[:3], "versions": berth_versions(a.bin_dir, skopeo=["skopeo", "--version"]),
     }}
     stacks = []
     try:

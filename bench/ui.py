@@ -57,7 +57,7 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 from common import (  # noqa: E402
     OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, PASSWORD, ROOT, USER, BenchError, Stack, log, make_certs, make_htpasswd,
-    percentile, report_logs, run, run_reported, start_berth, step,
+    berth_versions, percentile, preflight, report_logs, run_reported, start_berth, step,
 )
 from mirror import scan_logs  # noqa: E402  (berth's logs: errors and warnings, the same rules)
 
@@ -438,14 +438,6 @@ def print_table(r, a):
         print(f"    [{'met ' if t['met'] else 'MISS'}] {t['target']}: {t['value']} (goal {t['goal']}; {t['note']})")
 
 
-def versions(bin_dir):
-    out = {}
-    for name in ("berth-registry", "berth-proxy"):
-        p = run([os.path.join(bin_dir, name), "--version"], check=False)
-        out[name] = ((p.stdout + p.stderr).strip().splitlines() or ["?"])[0]
-    return out
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="500 tags, 1 warm-up and 5 timed requests per page: the "
@@ -465,19 +457,14 @@ def main(argv=None):
     if a.tags < 1 or a.tags > 100000 or a.requests < 1 or a.threads < 1:
         ap.error("--tags 1..100000, --requests and --threads at least 1")
     a.bin_dir = os.path.abspath(a.bin_dir)
-    for b in ("berth-proxy", "berth-registry"):
-        if not os.access(os.path.join(a.bin_dir, b), os.X_OK):
-            sys.exit(f"FAILED: {a.bin_dir}/{b} missing: cargo build --release --bins")
-    missing = [t for t in ("curl", "openssl", "htpasswd") if not shutil.which(t)]
-    if missing:
-        sys.exit(f"FAILED: {', '.join(missing)} missing: scripts/bench.sh --ui installs them")
+    preflight(a.bin_dir, ("curl", "openssl", "htpasswd"), "--ui")
 
     work = tempfile.mkdtemp(prefix="berth-ui.", dir=os.environ.get("BERTH_BENCH_TMP", "/tmp"))
     os.chmod(work, 0o755)
     results = {"meta": {
         "smoke": a.smoke, "tags": a.tags, "requests": a.requests, "warmup": a.warmup, "bin_dir": a.bin_dir,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(),
-        "loadavg_start": open("/proc/loadavg").read().split()[:3], "versions": versions(a.bin_dir),
+        "loadavg_start": open("/proc/loadavg").read().split()[:3], "versions": berth_versions(a.bin_dir),
     }}
     stacks = []
     t0 = time.monotonic()

@@ -219,6 +219,28 @@ impl Ctx<'_> {
         Ok((parts.status, parts.headers, bytes))
     }
 
+    /// A JSON answer of the registry (200 only) with its headers; otherwise the page that says what went
+    /// wrong with `what`.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        target: &str,
+        accept: Option<&'static str>,
+        what: &str,
+    ) -> Result<(HeaderMap, Bytes, T), Response<ProxyBody>> {
+        let (status, headers, body) = self.upstream(Method::GET, target, accept, None).await?;
+        if status != StatusCode::OK {
+            return Err(self.registry_error(status, &body, what));
+        }
+        match serde_json::from_slice::<T>(&body) {
+            Ok(v) => Ok((headers, body, v)),
+            Err(e) => Err(self.error(
+                StatusCode::BAD_GATEWAY,
+                "The registry's answer could not be read",
+                &format!("{what}: not what this interface expects ({e})."),
+            )),
+        }
+    }
+
     /// The registry's error answer as a page.
     fn registry_error(&self, status: StatusCode, body: &[u8], what: &str) -> Response<ProxyBody> {
         let message = serde_json::from_slice::<serde_json::Value>(body)
@@ -872,19 +894,10 @@ async fn tags(ctx: &Ctx<'_>, req: &Request<Incoming>, repo: &str) -> Response<Pr
             .append_pair("q", &filter)
             .finish();
         let target = format!("/v2/{repo}/tags/list?{query}");
-        let (status, _, body) = match ctx.upstream(Method::GET, &target, None, None).await {
-            Ok(r) => r,
+        let what = format!("Repository {repo}");
+        let details = match ctx.get_json::<Details>(&target, None, &what).await {
+            Ok((_, _, d)) => d,
             Err(resp) => return resp,
-        };
-        if status != StatusCode::OK {
-            return ctx.registry_error(status, &body, &format!("Repository {repo}"));
-        }
-        let Ok(details) = serde_json::from_slice::<Details>(&body) else {
-            return ctx.error(
-                StatusCode::BAD_GATEWAY,
-                "The registry's answer could not be read",
-                "The tag list was not what this interface expects.",
-            );
         };
         let pages = details.total.div_ceil(TAGS_PER_PAGE).max(1);
         // Past the last page (tags deleted meanwhile, an edited address): show the last one.
@@ -1063,22 +1076,13 @@ async fn image(ctx: &Ctx<'_>, repo: &str, reference: &str) -> Response<ProxyBody
         );
     }
     let target = format!("/v2/{repo}/manifests/{reference}");
-    let (status, headers, body) = match ctx
-        .upstream(Method::GET, &target, Some(MANIFEST_ACCEPT), None)
+    let what = format!("{repo}:{reference}");
+    let (headers, body, doc) = match ctx
+        .get_json::<ManifestDoc>(&target, Some(MANIFEST_ACCEPT), &what)
         .await
     {
         Ok(r) => r,
         Err(resp) => return resp,
-    };
-    if status != StatusCode::OK {
-        return ctx.registry_error(status, &body, &format!("{repo}:{reference}"));
-    }
-    let Ok(doc) = serde_json::from_slice::<ManifestDoc>(&body) else {
-        return ctx.error(
-            StatusCode::BAD_GATEWAY,
-            "Unreadable manifest",
-            "The registry's manifest is not JSON this interface understands.",
-        );
     };
     let digest = headers
         .get("docker-content-digest")
