@@ -252,6 +252,79 @@ async fn browse_delete_and_log_out_under_the_access_rules() {
     assert!(image.contains(&format!("docker pull {host}/team/app:2.0")));
     assert!(image.contains(&format!("docker pull {host}/team/app@{d}")));
 
+    // An index shows its platforms; a referrer (an SBOM) shows on the image it refers to.
+    let (p, m) = api(
+        &mut c,
+        "GET",
+        &format!("/v2/team/app/manifests/{d}"),
+        "robot",
+        Bytes::new(),
+        None,
+    )
+    .await;
+    assert_eq!(p.status, 200);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d,
+                       "size": m.len(), "platform": {"os": "linux", "architecture": "arm64"}}],
+    })
+    .to_string();
+    let (p, _) = api(
+        &mut c,
+        "PUT",
+        "/v2/team/app/manifests/multi",
+        "robot",
+        Bytes::from(index),
+        Some("application/vnd.oci.image.index.v1+json"),
+    )
+    .await;
+    assert_eq!(p.status, 201);
+    let empty = b"{}";
+    let (p, _) = api(
+        &mut c,
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={}", digest(empty)),
+        "robot",
+        Bytes::from_static(empty),
+        None,
+    )
+    .await;
+    assert_eq!(p.status, 201);
+    let sbom = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/spdx+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest(empty), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest(empty), "size": 2}],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": m.len()},
+    })
+    .to_string();
+    let sbom_digest = digest(sbom.as_bytes());
+    let (p, _) = api(
+        &mut c,
+        "PUT",
+        &format!("/v2/team/app/manifests/{sbom_digest}"),
+        "robot",
+        Bytes::from(sbom),
+        Some("application/vnd.oci.image.manifest.v1+json"),
+    )
+    .await;
+    assert_eq!(p.status, 201);
+    let (p, page) = web.get("/ui/r/team/app/-/image/multi", Some(&alice)).await;
+    assert_eq!(p.status, 200);
+    assert!(page.contains("<h2>Platforms</h2>"));
+    assert!(page.contains("linux/arm64"));
+    assert!(page.contains(&format!("href=\"/ui/r/team/app/-/image/{d}\"")));
+    let (_, image) = web
+        .get(&format!("/ui/r/team/app/-/image/{d}"), Some(&alice))
+        .await;
+    assert!(
+        image.contains("application/spdx+json"),
+        "the SBOM is listed"
+    );
+    assert!(image.contains(&format!("/ui/r/team/app/-/image/{sbom_digest}")));
+
     // Deleting: the confirmation carries the form token; without it, or from elsewhere, nothing goes.
     let (p, confirm) = web
         .get("/ui/r/team/app/-/delete?ref=2.0", Some(&alice))
@@ -276,7 +349,10 @@ async fn browse_delete_and_log_out_under_the_access_rules() {
         )
         .await;
     assert_eq!(p.status, 403);
-    assert_eq!(tags_of(&mut c, "team/app").await, ["1.0", "2.0", "latest"]);
+    assert_eq!(
+        tags_of(&mut c, "team/app").await,
+        ["1.0", "2.0", "latest", "multi"]
+    );
     let (p, _) = web
         .post(
             "/ui/r/team/app/-/delete",
@@ -287,7 +363,10 @@ async fn browse_delete_and_log_out_under_the_access_rules() {
         .await;
     assert_eq!(p.status, 303);
     assert_eq!(p.headers["location"], "/ui/r/team/app?deleted=2.0");
-    assert_eq!(tags_of(&mut c, "team/app").await, ["1.0", "latest"]);
+    assert_eq!(
+        tags_of(&mut c, "team/app").await,
+        ["1.0", "latest", "multi"]
+    );
 
     // bob may pull team/** but not delete there; carol may not even see it.
     let bob = web.login("bob", "bob-pw").await;
