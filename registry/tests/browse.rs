@@ -195,4 +195,35 @@ async fn the_same_view_on_s3() {
     assert_eq!(d["total"], 5);
     assert!(d["tags"][0]["pushed"].as_u64().is_some());
     assert_eq!(d["deletes"], false, "deletes are off by default");
+    // Past 16 tags the times come from one listing of the tags folder, not a HEAD per tag: the same answers.
+    let m = reg
+        .get(&format!("/v2/app/manifests/{amd}"))
+        .await
+        .body
+        .clone();
+    for i in 0..20 {
+        put(
+            &reg,
+            "app",
+            &format!("many{i:02}"),
+            MANIFEST,
+            std::str::from_utf8(&m).unwrap(),
+        )
+        .await;
+    }
+    let d = json(&reg, "/v2/app/tags/list?berth=details&sort=-pushed&n=100").await;
+    assert_eq!(d["total"], 25);
+    let times: Vec<u64> = d["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["pushed"].as_u64().expect("every tag has its push time"))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    let s = json(&reg, "/v2/app/tags/list?berth=summary").await;
+    assert_eq!(s["tags"], 25);
+    assert_eq!(s["pushed"], times[0]);
 }

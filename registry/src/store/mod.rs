@@ -670,13 +670,34 @@ impl RegistryStore {
     }
 
     /// When each tag's link was last written (its last push), `None` where the tag went meanwhile. On a
-    /// filesystem each is a `stat` on the request's thread; elsewhere they are asked 32 at a time.
+    /// filesystem each is a `stat` on the request's thread. Elsewhere a few are asked 32 at a time, and many
+    /// are read from one listing of the tags folder (on S3, a request per thousand objects instead of one per
+    /// tag).
     pub async fn tag_times(
         &self,
         name: &RepoName,
         tags: &[String],
     ) -> Result<Vec<Option<std::time::SystemTime>>, RegistryError> {
+        /// More tags than this, on storage that is no filesystem, are read from a listing.
+        const LIST_ABOVE: usize = 16;
         let dir = paths::tags_dir(name);
+        if tags.len() > LIST_ABOVE && self.storage.local_path(&dir).is_none() {
+            let prefix = format!("{dir}/");
+            let mut found = std::collections::HashMap::new();
+            let mut objects = self.storage.walk(&dir);
+            while let Some((key, meta)) = objects.try_next().await? {
+                if let Some(tag) = key
+                    .strip_prefix(&prefix)
+                    .and_then(|k| k.strip_suffix("/current/link"))
+                {
+                    found.insert(tag.to_string(), meta.modified);
+                }
+            }
+            return Ok(tags
+                .iter()
+                .map(|t| found.get(t.as_str()).copied().flatten())
+                .collect());
+        }
         let mut times = Vec::with_capacity(tags.len());
         for chunk in tags.chunks(32) {
             let keys: Vec<String> = chunk
