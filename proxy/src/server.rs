@@ -204,6 +204,11 @@ impl ProxyState {
         &self.audit
     }
 
+    /// Whether `ip` is a trusted front proxy (`trusted_proxies`), whose `X-Forwarded-*` headers are kept.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
     /// The web interface, unless it is turned off.
     pub fn ui(&self) -> Option<&crate::ui::Ui> {
         self.ui.as_ref()

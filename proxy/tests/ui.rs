@@ -430,6 +430,34 @@ async fn the_help_page_and_the_ca_need_no_login() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_front_proxy_the_forwarded_host_is_the_origin() {
+    let registry = RealRegistry::start();
+    for trusted in [false, true] {
+        let proxy = Proxy::start(vec![registry.url()], |c| {
+            if trusted {
+                c.trusted_proxies = vec!["127.0.0.1".into()];
+            }
+        })
+        .await;
+        let mut web = Web::new(&proxy).await;
+        let body = "user=alice&password=alice-pw&next=%2Fui%2F";
+        let req = web
+            .c
+            .request("POST", "/ui/login")
+            .header("user-agent", BROWSER)
+            .header("x-forwarded-host", "registry.example:443")
+            .header("origin", "https://registry.example:443")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("content-length", body.len())
+            .body(full(body))
+            .unwrap();
+        let (p, _) = web.c.send(req).await;
+        let want = if trusted { 303 } else { 403 };
+        assert_eq!(p.status, want, "trusted front proxy: {trusted}");
+    }
+}
+
+#[tokio::test]
 async fn the_interface_can_be_turned_off() {
     let registry = RealRegistry::start();
     let proxy = Proxy::start(vec![registry.url()], |c| c.ui = false).await;

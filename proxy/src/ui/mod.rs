@@ -452,7 +452,23 @@ pub(crate) async fn handle(
             None,
         );
     };
-    let host_text = String::from_utf8_lossy(host.as_bytes()).into_owned();
+    // The name the browser used: a trusted front proxy's `X-Forwarded-Host`, else `Host`.
+    let forwarded = state
+        .trusts(peer.ip())
+        .then(|| req.headers().get("x-forwarded-host"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| {
+            !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        });
+    let host_text = match forwarded {
+        Some(f) => f.to_string(),
+        None => String::from_utf8_lossy(host.as_bytes()).into_owned(),
+    };
     let session = session::cookie_value(req.headers()).and_then(|v| {
         ui.sessions
             .verify(v, |user| state.auth().user_fingerprint(user))
