@@ -449,6 +449,12 @@ def start_berth(stack, bin_dir, certs, htpasswd_path, storage_env=None):
         stack.data = None
         env.update(storage_env)
     stack.start("berth-registry", [os.path.join(bin_dir, "berth-registry")], env=env)
+    start_proxy(stack, bin_dir, certs, htpasswd_path)
+
+
+def start_proxy(stack, bin_dir, certs, htpasswd_path):
+    """berth-proxy in front of the stack's registry (TLS from certs, users from htpasswd_path); returns once it
+    answers GET /v2/ with 200."""
     env = dict(os.environ)
     env.update(BERTH_LISTEN=stack.host, BERTH_UPSTREAM=f"http://127.0.0.1:{stack.registry_port}",
                BERTH_CERTS_DIR=certs, BERTH_HTPASSWD=htpasswd_path)
@@ -457,6 +463,22 @@ def start_berth(stack, bin_dir, certs, htpasswd_path, storage_env=None):
     stack.cert_dir = os.path.join(certs, "skopeo")
     stack.htpasswd = htpasswd_path
     wait_ready(stack)
+
+
+def finish_run(a, results, work, rc):
+    """The end of a benchmark run: the load average, the JSON (with --out), and the work directory kept (with
+    --keep or after a failure: the processes' logs are there) or removed."""
+    results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nJSON written to {a.out}")
+    if a.keep or rc != 0:
+        print(f"work directory kept (the processes' logs are in {work}/*/): {work}")
+    else:
+        t = time.monotonic()
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"work directory removed ({time.monotonic() - t:.1f} s)")
 
 
 def start_nginx(stack, certs, htpasswd_src, docker_addr=None, registry_template=None, registry_values=None,

@@ -62,7 +62,7 @@ if BENCH_DIR not in sys.path:
 from common import (  # noqa: E402
     MiB, GiB, PASSWORD, ROOT, USER, BenchError, Blob, RssSampler, Stack, curl_base, human_size, log, make_certs,
     make_htpasswd, median, oci_layout, parse_size, random_file, report_logs, rss_kib, run, run_reported,
-    skopeo_alone, skopeo_push, step, wait_ready, berth_versions, preflight,
+    skopeo_alone, skopeo_push, step, wait_ready, berth_versions, preflight, start_proxy, finish_run,
 )
 
 TAG = "latest"
@@ -108,14 +108,7 @@ def start_stack(stack, bin_dir, certs, htpasswd, config=None, extra_env=None):
     os.makedirs(stack.data, exist_ok=True)
     stack.config, stack.extra_env = config, extra_env
     start_registry(stack, bin_dir, config, extra_env)
-    env = dict(os.environ)
-    env.update(BERTH_LISTEN=stack.host, BERTH_UPSTREAM=f"http://127.0.0.1:{stack.registry_port}",
-               BERTH_CERTS_DIR=certs, BERTH_HTPASSWD=htpasswd)
-    stack.start("berth-proxy", [os.path.join(bin_dir, "berth-proxy"), "serve"], env=env)
-    stack.cacert = os.path.join(certs, "devdockerCA.crt")
-    stack.cert_dir = os.path.join(certs, "skopeo")
-    stack.htpasswd = htpasswd
-    wait_ready(stack)
+    start_proxy(stack, bin_dir, certs, htpasswd)
 
 
 def registry_log(stack):
@@ -435,15 +428,7 @@ def main(argv=None):
         for st in stacks:
             st.stop()
         rc = max(rc, report_logs(*scan_logs(stacks), results))
-        results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
-        if a.out:
-            with open(a.out, "w") as f:
-                json.dump(results, f, indent=2)
-            print(f"\nJSON written to {a.out}")
-        if a.keep or rc != 0:
-            print(f"work directory kept (the processes' logs are in {work}/*/): {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_run(a, results, work, rc)
     return rc
 
 

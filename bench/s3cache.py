@@ -44,7 +44,6 @@ import argparse
 import ast
 import http.client
 import importlib.metadata
-import json
 import os
 import re
 import shutil
@@ -61,7 +60,7 @@ if BENCH_DIR not in sys.path:
 from common import (  # noqa: E402
     OCI_MANIFEST, ROOT, BenchError, Blob, Stack, alternate, children_of, cpu_delta, cpu_seconds, free_port, h2load,
     log, make_certs, make_htpasswd, median, oci_layout, parse_size, random_file, report_logs, run, run_reported,
-    skopeo_pull, skopeo_push, stack_cpu, start_berth, start_moto, start_nginx, step,
+    skopeo_pull, skopeo_push, stack_cpu, start_berth, start_moto, start_nginx, step, finish_run,
 )
 
 KiB = 1024
@@ -569,15 +568,7 @@ def main(argv=None):
             results["meta"]["relay_totals"] = ast.literal_eval(m.group(1)) if m else None
         except OSError:
             pass
-        results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
-        if a.out:
-            with open(a.out, "w") as f:
-                json.dump(results, f, indent=2)
-            print(f"\nJSON written to {a.out}")
-        if a.keep or rc != 0:
-            print(f"work directory kept (the processes' logs are in {work}/*/): {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        finish_run(a, results, work, rc)
     return rc
 
 

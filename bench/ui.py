@@ -43,7 +43,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import ssl
 import sys
 import tempfile
@@ -57,7 +56,7 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 from common import (  # noqa: E402
     OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, PASSWORD, ROOT, USER, BenchError, Stack, log, make_certs, make_htpasswd,
-    berth_versions, percentile, preflight, report_logs, run_reported, start_berth, step,
+    berth_versions, finish_run, percentile, preflight, report_logs, run_reported, start_berth, step,
 )
 from mirror import scan_logs  # noqa: E402  (berth's logs: errors and warnings, the same rules)
 
@@ -474,18 +473,8 @@ def main(argv=None):
         for st in stacks:
             st.stop()
         rc = max(rc, report_logs(*scan_logs(stacks), results))
-        results["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         results["meta"]["run_s"] = round(time.monotonic() - t0, 1)
-        if a.out:
-            with open(a.out, "w") as f:
-                json.dump(results, f, indent=2)
-            print(f"\nJSON written to {a.out}")
-        if a.keep or rc != 0:
-            print(f"work directory kept (the processes' logs are in {work}/*/): {work}")
-        else:
-            t = time.monotonic()
-            shutil.rmtree(work, ignore_errors=True)
-            print(f"work directory removed ({time.monotonic() - t:.1f} s)")
+        finish_run(a, results, work, rc)
     print(f"\n{'FAILED' if rc else 'done'} in {time.monotonic() - t0:.0f} s")
     return rc
 

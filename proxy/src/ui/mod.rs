@@ -301,19 +301,33 @@ fn secure_headers(h: &mut HeaderMap) {
     );
 }
 
-fn html_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+/// A whole answer of the interface's own: its type and length, how long it may be cached, the security headers.
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    cache_control: Option<&'static str>,
+    body: Bytes,
+) -> Response<ProxyBody> {
     let len = body.len();
     let mut resp = Response::new(full_body(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(c) = cache_control {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(c));
+    }
     secure_headers(h);
     resp
+}
+
+fn html_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+    response(
+        status,
+        "text/html; charset=utf-8",
+        Some("no-store"),
+        Bytes::from(body),
+    )
 }
 
 fn redirect(to: &str) -> Response<ProxyBody> {
@@ -330,16 +344,12 @@ fn redirect(to: &str) -> Response<ProxyBody> {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(full_body(Bytes::from_static(body.as_bytes())));
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
-    secure_headers(h);
-    resp
+    response(
+        StatusCode::OK,
+        content_type,
+        Some("public, max-age=3600"),
+        Bytes::from_static(body.as_bytes()),
+    )
 }
 
 fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
@@ -571,19 +581,16 @@ fn ca_cert(ctx: &Ctx<'_>) -> Response<ProxyBody> {
     let path = ctx.state.config().certs_dir.join(crate::ca::CA_CERT);
     match std::fs::read(&path) {
         Ok(pem) if pem.starts_with(b"-----BEGIN CERTIFICATE-----") => {
-            let len = pem.len();
-            let mut resp = Response::new(full_body(pem));
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-pem-file"),
+            let mut resp = response(
+                StatusCode::OK,
+                "application/x-pem-file",
+                None,
+                Bytes::from(pem),
             );
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            h.insert(
+            resp.headers_mut().insert(
                 header::CONTENT_DISPOSITION,
                 HeaderValue::from_static("attachment; filename=\"devdockerCA.crt\""),
             );
-            secure_headers(h);
             resp
         }
         _ => ctx.error(
