@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -22,8 +22,12 @@ use crate::paths;
 /// A request body as a stream of bytes.
 pub type BodyStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-/// Bytes gathered from the network before one write to storage.
+/// Bytes gathered from the network before they are handed to the hash and the disk together. A batch is the
+/// body's own chunks, not a copy of them: the storage writer copies them once, into its own buffers.
 const BATCH: usize = 1024 * 1024;
+
+/// Chunks of a body, shared by the hash and the disk stages.
+type Batch = Arc<Vec<Bytes>>;
 /// Batches queued for each of the hash and the disk (bounds memory per upload). The hash is the slow stage;
 /// two batches are milliseconds of its work, enough to keep it busy while the network refills the queue.
 const IN_FLIGHT: usize = 2;
@@ -246,11 +250,13 @@ impl RegistryStore {
         // takes batches while the next one is read, and the hash has its own task and channel, so a slow write
         // (or a periodic sync) never holds the hash up and the hash never holds the disk up. The channels bound
         // what is held in memory; a batch is shared by both consumers, not copied.
-        let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+        let (tx, mut rx) = mpsc::channel::<Batch>(IN_FLIGHT);
         let worker = tokio::spawn(async move {
             let _writing = writing;
             while let Some(batch) = rx.recv().await {
-                writer.write(batch).await?;
+                for chunk in batch.iter() {
+                    writer.write(chunk.clone()).await?;
+                }
             }
             let size = writer.size();
             writer.finish().await?;
@@ -258,12 +264,14 @@ impl RegistryStore {
         });
         let (mut hash_tx, hashing) = match hasher {
             Some(hasher) => {
-                let (htx, mut hrx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+                let (htx, mut hrx) = mpsc::channel::<Batch>(IN_FLIGHT);
                 let task = tokio::spawn(async move {
                     let mut hasher = hasher;
                     while let Some(batch) = hrx.recv().await {
                         hasher = tokio::task::spawn_blocking(move || {
-                            hasher.update(&batch);
+                            for chunk in batch.iter() {
+                                hasher.update(chunk);
+                            }
                             hasher
                         })
                         .await
@@ -278,9 +286,9 @@ impl RegistryStore {
         // A batch goes to the hash first, then to the disk. When the hash task has gone (it cannot, short of a
         // panic), the data is still written and hashed again at commit.
         async fn send(
-            batch: Bytes,
-            hash_tx: &mut Option<mpsc::Sender<Bytes>>,
-            tx: &mpsc::Sender<Bytes>,
+            batch: Batch,
+            hash_tx: &mut Option<mpsc::Sender<Batch>>,
+            tx: &mpsc::Sender<Batch>,
         ) -> bool {
             if let Some(h) = hash_tx {
                 if h.send(batch.clone()).await.is_err() {
@@ -290,7 +298,8 @@ impl RegistryStore {
             tx.send(batch).await.is_ok()
         }
         let mut received: u64 = 0;
-        let mut batch = BytesMut::new();
+        let mut batch = Vec::new();
+        let mut batched = 0;
         let mut body_error = None;
         while let Some(chunk) = body.next().await {
             match chunk {
@@ -302,17 +311,15 @@ impl RegistryStore {
                         ));
                         break;
                     }
-                    // A batch is sent before it would outgrow its one allocation.
-                    if !batch.is_empty()
-                        && batch.len() + c.len() > BATCH
-                        && !send(std::mem::take(&mut batch).freeze(), &mut hash_tx, &tx).await
-                    {
-                        break;
+                    // A batch is sent when the next chunk would take it past its size.
+                    if batched > 0 && batched + c.len() > BATCH {
+                        batched = 0;
+                        if !send(Arc::new(std::mem::take(&mut batch)), &mut hash_tx, &tx).await {
+                            break;
+                        }
                     }
-                    if batch.capacity() - batch.len() < c.len() {
-                        batch.reserve(BATCH.max(c.len()));
-                    }
-                    batch.extend_from_slice(&c);
+                    batched += c.len();
+                    batch.push(c);
                 }
                 Err(e) => {
                     body_error = Some(RegistryError::BlobUploadInvalid(format!(
@@ -323,7 +330,7 @@ impl RegistryStore {
             }
         }
         if !batch.is_empty() {
-            send(batch.freeze(), &mut hash_tx, &tx).await;
+            send(Arc::new(batch), &mut hash_tx, &tx).await;
         }
         drop(tx);
         let hash_live = hash_tx.take().is_some();
