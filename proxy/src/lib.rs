@@ -15,6 +15,7 @@ pub mod filter;
 pub mod forward;
 pub mod log;
 pub mod metrics;
+pub mod readahead;
 pub mod server;
 pub mod tls;
 pub mod ui;

@@ -32,6 +32,7 @@ use crate::forward::{
 };
 use crate::log::AccessRecord;
 use crate::metrics::Metrics;
+use crate::readahead::ReadAhead;
 use crate::tls::{server_config, server_paths, ReloadableCert, TlsError};
 use crate::upstream::Upstreams;
 use berth_net::{discard_body, LingerBounds, Lingering};
@@ -380,7 +381,7 @@ impl Server {
                 // Holds the connection's slot until the connection has finished lingering.
                 let tls = Lingering::new(
                     tls,
-                    |tls| tls.into_inner().0,
+                    |tls| tls.into_inner().0.into_inner(),
                     linger_bounds,
                     // The slot and the open-connection count go when lingering is over.
                     Some(Box::new((permit, open))),
@@ -616,7 +617,7 @@ async fn handshake(
     peer: SocketAddr,
     timeout: Duration,
     metrics: &Metrics,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>> {
     let failed = |why: &str| metrics.handshake(why);
     // One deadline for the whole handshake (first byte, plain-HTTP answer, TLS), not one per step.
     let deadline = tokio::time::Instant::now() + timeout;
@@ -660,7 +661,7 @@ async fn handshake(
         failed("plain_http");
         return None;
     }
-    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, acceptor.accept(ReadAhead::new(tcp))).await {
         Ok(Ok(tls)) => {
             failed("ok");
             Some(tls)
