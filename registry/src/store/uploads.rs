@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
@@ -28,6 +28,58 @@ const BATCH: usize = 1024 * 1024;
 
 /// Chunks of a body, shared by the hash and the disk stages.
 type Batch = Arc<Vec<Bytes>>;
+
+/// Chunks smaller than this are copied together instead of kept as they came (see [`Batcher`]).
+const SMALL_CHUNK: usize = 16 * 1024;
+
+/// Gathers a body's chunks into batches of about [`BATCH`] bytes. Chunks of [`SMALL_CHUNK`] bytes or more are
+/// kept as they are, without a copy; smaller ones are copied together, so that a body sent in tiny pieces (a
+/// chunked upload of 1-byte chunks) cannot make a batch of a million handles, each keeping alive the network
+/// buffer it was read into.
+#[derive(Default)]
+struct Batcher {
+    chunks: Vec<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+impl Batcher {
+    /// Adds a chunk; returns the batch gathered so far when this chunk would take it past [`BATCH`].
+    fn push(&mut self, c: Bytes) -> Option<Batch> {
+        let full = (self.len > 0 && self.len + c.len() > BATCH).then(|| self.take());
+        self.len += c.len();
+        if c.len() >= SMALL_CHUNK {
+            self.seal_small();
+            self.chunks.push(c);
+        } else {
+            if self.small.capacity() - self.small.len() < c.len() {
+                self.small.reserve(4 * SMALL_CHUNK);
+            }
+            self.small.extend_from_slice(&c);
+            if self.small.len() >= SMALL_CHUNK {
+                self.seal_small();
+            }
+        }
+        full
+    }
+
+    fn seal_small(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+    }
+
+    /// The batch gathered so far.
+    fn take(&mut self) -> Batch {
+        self.seal_small();
+        self.len = 0;
+        Arc::new(std::mem::take(&mut self.chunks))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 /// Batches queued for each of the hash and the disk (bounds memory per upload). The hash is the slow stage;
 /// two batches are milliseconds of its work, enough to keep it busy while the network refills the queue.
 const IN_FLIGHT: usize = 2;
@@ -298,8 +350,7 @@ impl RegistryStore {
             tx.send(batch).await.is_ok()
         }
         let mut received: u64 = 0;
-        let mut batch = Vec::new();
-        let mut batched = 0;
+        let mut batcher = Batcher::default();
         let mut body_error = None;
         while let Some(chunk) = body.next().await {
             match chunk {
@@ -311,15 +362,11 @@ impl RegistryStore {
                         ));
                         break;
                     }
-                    // A batch is sent when the next chunk would take it past its size.
-                    if batched > 0 && batched + c.len() > BATCH {
-                        batched = 0;
-                        if !send(Arc::new(std::mem::take(&mut batch)), &mut hash_tx, &tx).await {
+                    if let Some(full) = batcher.push(c) {
+                        if !send(full, &mut hash_tx, &tx).await {
                             break;
                         }
                     }
-                    batched += c.len();
-                    batch.push(c);
                 }
                 Err(e) => {
                     body_error = Some(RegistryError::BlobUploadInvalid(format!(
@@ -329,8 +376,8 @@ impl RegistryStore {
                 }
             }
         }
-        if !batch.is_empty() {
-            send(Arc::new(batch), &mut hash_tx, &tx).await;
+        if !batcher.is_empty() {
+            send(batcher.take(), &mut hash_tx, &tx).await;
         }
         drop(tx);
         let hash_live = hash_tx.take().is_some();
@@ -631,6 +678,48 @@ mod tests {
         fn walk(&self, prefix: &str) -> crate::storage::ObjectStream {
             self.inner.walk(prefix)
         }
+    }
+
+    /// Batches keep every byte in order, stay near their size, and a body of tiny chunks makes a few large
+    /// pieces, not one handle per chunk; large chunks are kept as they came.
+    #[test]
+    fn batches_keep_order_and_tiny_chunks_are_gathered() {
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        let mut b = Batcher::default();
+        let mut batches = Vec::new();
+        let big = Bytes::from(vec![7u8; 3 * SMALL_CHUNK]);
+        for i in 0..(3 * BATCH) {
+            // Mostly 1-byte chunks, with a large one now and then.
+            let c = if i % 100_000 == 99_999 {
+                big.clone()
+            } else {
+                Bytes::from(vec![(i % 251) as u8])
+            };
+            sent.extend_from_slice(&c);
+            batches.extend(b.push(c));
+        }
+        batches.push(b.take());
+        for batch in &batches {
+            let len: usize = batch.iter().map(|c| c.len()).sum();
+            assert!(len <= BATCH, "a batch of {len} bytes");
+            assert!(
+                batch.len() <= 2 * BATCH / SMALL_CHUNK + 2,
+                "{} pieces",
+                batch.len()
+            );
+            for c in batch.iter() {
+                got.extend_from_slice(c);
+            }
+        }
+        assert!(got == sent, "the batches do not give back the body");
+        assert!(
+            batches
+                .iter()
+                .flat_map(|b| b.iter())
+                .any(|c| c.as_ptr() == big.as_ptr()),
+            "a large chunk was copied"
+        );
     }
 
     /// A request dropped mid-body (the client went away) leaves batches queued for its writer. The next
