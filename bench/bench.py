@@ -8,9 +8,10 @@ processes it started, by PID, and removes its directory.
 
 Measurements, in the order they run; each section is one module in bench/sections/ whose docstring gives its
 method (the --skip name first; see bench/README.md for the method and the last figures):
-  machine   machine.py   openssl speed sha256 / aes-256-gcm (one core), fsync'd sequential write, loopback TCP
+  machine   machine.py   openssl speed sha256 / aes-256-gcm (one core), fsync'd write (median of 3), loopback TCP
   scaling   scaling.py   skopeo push/pull time by layer size, peak RSS of every process during each push
-  raw       raw.py       curl over TLS + basic auth: monolithic and chunked upload, download, nginx static file
+  raw       raw.py       curl: monolithic and chunked upload, download; over TLS + basic auth, berth-registry
+                         direct over plain HTTP, Trow (--trow) over plain HTTP; nginx static file over TLS
   skopeo    skopeo.py    skopeo push and pull of one layer of random bytes, and skopeo alone (no registry)
   docker    docker.py    docker push and pull by a private Docker daemon, verified TLS on a veth address (root)
   requests  requests.py  h2load, 64 connections: GET /v2/, HEAD blob, GET manifest; HTTP/1.1, HTTP/2; 3 hashes
@@ -21,6 +22,11 @@ method (the --skip name first; see bench/README.md for the method and the last f
   listing   listing.py   _catalog and tags/list latency with 100 / 1,000 / 10,000 repositories and tags
   gc        gc.py        garbage collection, berth's vs registry:2's (time, peak RSS), pushes while berth collects
 Shared helpers are in common.py, the targets and the table in summary.py.
+
+Trow (github.com/Trow-Registry/trow, a registry in Rust) is an optional peer of the raw section: --trow PATH (or
+the environment variable BERTH_BENCH_TROW) names its binary, which scripts/bench.sh builds when TROW_SRC names its
+source folder (SQLX_OFFLINE=true cargo build --release --locked there). Without it the raw section notes that Trow
+was skipped (JSON raw_trow) and goes on.
 """
 
 import argparse
@@ -59,6 +65,9 @@ def main():
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: machine,raw,skopeo,docker,"
                                                "requests,acl,metrics,floods,pulls,scaling,listing,gc")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--trow", metavar="PATH", default=os.environ.get("BERTH_BENCH_TROW") or None,
+                    help="the Trow binary measured by the raw section (default: $BERTH_BENCH_TROW; scripts/bench.sh "
+                         "builds it from $TROW_SRC); none: Trow is skipped with a note")
     a = ap.parse_args()
     smoke = a.smoke
     runs = a.runs or (1 if smoke else 3)
@@ -72,6 +81,7 @@ def main():
 
     # The stacks run in their own work directory: a relative binary path must not depend on it.
     a.bin_dir = os.path.abspath(a.bin_dir)
+    a.trow = a.trow and os.path.abspath(a.trow)
     for b in ("berth-proxy", "berth-registry"):
         if not os.access(os.path.join(a.bin_dir, b), os.X_OK):
             sys.exit(f"FAILED: {a.bin_dir}/{b} missing: cargo build --release --bins")
@@ -106,6 +116,8 @@ def main():
              ("h2load", ["h2load", "--version"]), ("openssl", ["openssl", "version"])]
     if "docker" not in skip:
         tools += [("dockerd", ["dockerd", "--version"]), ("docker", ["docker", "--version"])]
+    if a.trow and os.access(a.trow, os.X_OK):
+        tools.append(("trow", [a.trow, "--version"]))
     for name, cmd in tools:
         p = run(cmd, check=False)
         results["meta"]["versions"][name] = (p.stdout + p.stderr).strip().splitlines()[0]

@@ -1,5 +1,6 @@
 """What bench.py and its sections (bench/sections/) share, and soak.py and s3cache.py use: constants, process and
-/proc helpers, the two stacks (Stack, start_berth, start_nginx) and their set-up, an S3 endpoint (start_moto), the
+/proc helpers, the two stacks (Stack, start_berth, start_nginx) and their set-up, a registry reached over plain HTTP
+(PlainHttp: berth-registry without its proxy, or Trow, started by start_trow), an S3 endpoint (start_moto), the
 test data (Blob, random_file, oci_layout), the clients (curl, skopeo, h2load) and the Context that each section's
 measure(ctx) receives. What belongs to one measurement (DockerSide, the floods, the listing and gc seeding, ...)
 is in that section's module."""
@@ -291,6 +292,33 @@ class Stack:
                 p.wait(timeout=5)
 
 
+class PlainHttp:
+    """A registry process of a stack reached straight over plain HTTP on loopback, without TLS or credentials:
+    berth-registry without berth-proxy in front, or Trow. It stands in for a Stack where curl_req, wait_ready and
+    RssSampler take one: name (the key of its figures), label, dir, base, pids (only the process of `role`) and
+    check_alive (the whole stack's)."""
+
+    cacert = None  # curl_base: plain HTTP, no credentials
+
+    def __init__(self, name, label, stack, port, role):
+        self.name = name
+        self.label = label
+        self.stack = stack
+        self.dir = stack.dir
+        self.port = port
+        self.role = role
+
+    @property
+    def base(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self):
+        return {pid: r for pid, r in self.stack.pids().items() if r == self.role}
+
+    def check_alive(self):
+        self.stack.check_alive()
+
+
 class RssSampler:
     """Peak RSS of every process of the given stacks while active: the kernel's VmHWM after a reset, and a
     20 ms sampler as a cross-check (the larger of the two is reported)."""
@@ -413,8 +441,10 @@ def fill_template(src, dst, **values):
 
 
 def curl_base(stack, http2=False):
-    return ["curl", "-sS", "--cacert", stack.cacert, "-u", f"{USER}:{PASSWORD}",
-            "--http2" if http2 else "--http1.1"]
+    """curl's arguments for every request to a stack: its CA and the user over TLS or, for a PlainHttp (no CA),
+    none (plain HTTP, no credentials)."""
+    tls = ["--cacert", stack.cacert, "-u", f"{USER}:{PASSWORD}"] if stack.cacert else []
+    return ["curl", "-sS", *tls, "--http2" if http2 else "--http1.1"]
 
 
 def http_status(stack, path, extra=(), base=None):
@@ -463,6 +493,18 @@ def start_proxy(stack, bin_dir, certs, htpasswd_path):
     stack.cert_dir = os.path.join(certs, "skopeo")
     stack.htpasswd = htpasswd_path
     wait_ready(stack)
+
+
+def start_trow(stack, binary):
+    """Trow (github.com/Trow-Registry/trow, the --trow binary) as the stack's process "trow": plain HTTP on the
+    stack's port, no user configured (so no authentication), its blobs and SQLite database in stack.data under
+    the stack's directory; returns a PlainHttp to it once it answers GET /v2/ with 200."""
+    stack.data = os.path.join(stack.dir, "data")
+    os.makedirs(stack.data, exist_ok=True)
+    stack.start("trow", [binary, "--bind", f"127.0.0.1:{stack.port}", "--data-dir", stack.data])
+    trow = PlainHttp("trow", "Trow", stack, stack.port, "trow")
+    wait_ready(trow)
+    return trow
 
 
 def finish_run(a, results, work, rc):
@@ -800,7 +842,8 @@ class Context:
 
     def __init__(self, args, results, work, berth, nginx, stacks, smoke, runs, size, scaling_sizes, duration,
                  listing_counts, pull_size, hashes, skip, cleanups):
-        self.args = args  # the parsed command line (args.bin_dir: where berth-proxy and berth-registry are)
+        self.args = args  # the parsed command line (args.bin_dir: where berth-proxy and berth-registry are;
+        # args.trow: the Trow binary of the raw section, or None)
         self.results = results  # the JSON written with --out; "meta" holds the run's settings and versions
         self.work = work  # the temporary work directory (removed at the end unless --keep)
         self.berth = berth

@@ -51,9 +51,11 @@ def main(paths):
                    f"nginx bcrypt support: {m.get('nginx_bcrypt_supported')}")
     if "machine" in r:
         m = r["machine"]
+        runs = m.get("disk_fsync_write_runs_MBps")
         out.append(f"- machine, same run: openssl sha256 {m['sha256_MBps']} MB/s, aes-256-gcm "
                    f"{m['aes256gcm_MBps']} MB/s (one core, 16 KiB blocks), fsync'd sequential write "
-                   f"{m['disk_fsync_write_MBps']} MB/s, loopback TCP {m['loopback_tcp_MBps']} MB/s")
+                   f"{m['disk_fsync_write_MBps']} MB/s" + (f" (median of {', '.join(map(str, runs))})" if runs else "")
+                   + f", loopback TCP {m['loopback_tcp_MBps']} MB/s")
     out.append("")
     out.append("| what | berth | nginx + registry:2 | berth's advantage |")
     out.append("|---|---|---|---|")
@@ -65,6 +67,25 @@ def main(paths):
             out.append(mbps_row(name, raw, k))
         out.append(f"| nginx serving the blob as a static file over TLS, MB/s | | "
                    f"{f(raw['nginx']['static_download']['MBps'])} | |")
+        direct, trow = raw.get("berth-direct"), raw.get("trow")
+        if direct:
+            # berth-registry without its proxy; beside it, Trow reached the same way when it ran
+            figures = [("monolithic", "monolithic upload"), ("chunked", "streamed chunked PATCH upload"),
+                       ("download", "blob download")]
+            if trow:
+                figures.append(("monolithic_durable", "monolithic upload, Trow's followed by `sync -f` (durable)"))
+            for k, name in figures:
+                b = direct[k.replace("_durable", "")]["MBps"]
+                cell = ""
+                if trow:
+                    # a refusal's text on one line of a table cell
+                    refused = " ".join(trow[k].get("error", "").split()).replace("|", "\\|")
+                    cell = f"{f(trow[k]['MBps']) if 'MBps' in trow[k] else 'refused: ' + refused} (Trow)"
+                vs = ", against Trow" if trow else ""
+                out.append(f"| straight to berth-registry over plain HTTP (no proxy, TLS or auth){vs}: {name}, MB/s | "
+                           f"{f(b)} | {cell} | {ratio(b, trow and trow[k].get('MBps'))} |")
+        if "raw_trow" in r:
+            out.append(f"| {r['raw_trow']['skipped']} | | | |")
     sk = r.get("skopeo")
     if sk:
         for k in ("push", "pull"):

@@ -10,6 +10,11 @@
 # durations, finishes in a few minutes and exits non-zero if either stack fails to serve. The method and the last
 # measured figures are in bench/README.md.
 #   BERTH_BIN_DIR=DIR  use these binaries instead of building
+#   TROW_SRC=DIR       also measure Trow (a registry in Rust, github.com/Trow-Registry/trow) in the raw section,
+#                      next to berth-registry reached directly: builds it in that source folder
+#                      (SQLX_OFFLINE=true cargo build --release --locked) and passes DIR/target/release/trow to
+#                      bench.py --trow. Without it (or BERTH_BENCH_TROW), Trow is skipped with a note.
+#   BERTH_BENCH_TROW=FILE  use this Trow binary instead (bench.py's default for --trow; TROW_SRC is not built)
 #
 #   scripts/bench.sh --soak DURATION [--s3] [--clients N] [--out FILE.json] [more: bench/soak.py --help]
 #
@@ -110,4 +115,12 @@ else
   BIN=$BERTH_BIN_DIR
 fi
 
-exec python3 bench/bench.py --bin-dir "$BIN" "$@"
+trow=()
+if [ -z "${BERTH_BENCH_TROW:-}" ] && [ -n "${TROW_SRC:-}" ]; then
+  step "bench: Trow from $TROW_SRC"
+  # its own target folder, whatever CARGO_TARGET_DIR says for berth's
+  (cd "$TROW_SRC" && SQLX_OFFLINE=true CARGO_TARGET_DIR="$PWD/target" cargo build --release --locked)
+  trow=(--trow "$TROW_SRC/target/release/trow")
+fi
+
+exec python3 bench/bench.py --bin-dir "$BIN" "${trow[@]}" "$@"
