@@ -26,6 +26,10 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// body's own chunks, not a copy of them: the storage writer copies them once, into its own buffers.
 const BATCH: usize = 1024 * 1024;
 
+/// Batches queued for each of the hash and the disk (bounds memory per upload). The hash is the slow stage;
+/// two batches are milliseconds of its work, enough to keep it busy while the network refills the queue.
+const IN_FLIGHT: usize = 2;
+
 /// Chunks of a body, shared by the hash and the disk stages.
 type Batch = Arc<Vec<Bytes>>;
 
@@ -80,9 +84,6 @@ impl Batcher {
         self.len == 0
     }
 }
-/// Batches queued for each of the hash and the disk (bounds memory per upload). The hash is the slow stage;
-/// two batches are milliseconds of its work, enough to keep it busy while the network refills the queue.
-const IN_FLIGHT: usize = 2;
 
 /// Running hash of an upload's data, valid for its first `offset` bytes.
 struct HashState {

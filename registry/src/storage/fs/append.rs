@@ -127,8 +127,6 @@ pub(super) struct FsAppend {
     spare: Option<AlignedBuf>,
     /// The write in flight.
     writing: Option<JoinHandle<Written>>,
-    /// Size of the object with everything given so far.
-    size: u64,
     /// Bytes written since the last sync started.
     unsynced: u64,
     syncing: Option<JoinHandle<io::Result<()>>>,
@@ -173,7 +171,6 @@ pub(super) fn open(key: &str, path: &Path, space: Arc<SpaceGuard>) -> io::Result
         base,
         spare: None,
         writing: None,
-        size,
         unsynced: 0,
         syncing: None,
         written: false,
@@ -259,7 +256,6 @@ impl AppendWriter for FsAppend {
         while !rest.is_empty() {
             let n = self.fill.room().min(rest.len());
             self.fill.push(&rest[..n]);
-            self.size += n as u64;
             rest = &rest[n..];
             if self.fill.room() == 0 {
                 self.flush().await?;
@@ -269,7 +265,8 @@ impl AppendWriter for FsAppend {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        // Everything before `base` was handed to the disk; the rest is in the buffer.
+        self.base + self.fill.len as u64
     }
 
     async fn finish(mut self: Box<Self>) -> Result<(), StorageError> {
